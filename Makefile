@@ -1,0 +1,45 @@
+# rwkvkit set-up. Two commands on a fresh machine:
+#   make demo   create .venv, install rwkvkit, run the main job
+#   make test   create .venv, install rwkvkit with its development dependencies, run every test
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+# torch goes in first, pinned: a bare `torch` requirement would resolve to a multi-GB CUDA build.
+TORCH := torch==2.13.0
+
+.PHONY: demo test lint format clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.torch-installed: | $(BIN)/python
+	$(PIP) install -q $(TORCH)
+	touch $@
+
+# runtime + the official package (the demo prints parity against it)
+$(VENV)/.run-installed: pyproject.toml $(VENV)/.torch-installed
+	$(PIP) install -q -e ".[oracle]"
+	touch $@
+
+# everything the tests need
+$(VENV)/.dev-installed: pyproject.toml $(VENV)/.torch-installed
+	$(PIP) install -q -e ".[dev,plot]"
+	touch $@ $(VENV)/.run-installed
+
+demo: $(VENV)/.run-installed
+	$(BIN)/python -m rwkvkit.demo
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: $(VENV)/.dev-installed
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

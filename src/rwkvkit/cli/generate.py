@@ -1,0 +1,115 @@
+"""``rwkvkit generate``: continue a prompt with a model, optionally streaming, saving the state."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rwkvkit.errors import TokenizerError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate text from a prompt",
+        description="Continue a prompt: chunked prefill, then recurrent decoding.",
+    )
+    p.add_argument("--model", required=True, help="checkpoint file (official BlinkDL .pth)")
+    p.add_argument("--prompt", default="", help="text to continue (may be empty with --state-in)")
+    p.add_argument("--max-tokens", type=int, default=100, help="most new tokens to generate (default 100)")
+    p.add_argument(
+        "--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (default 1)"
+    )
+    p.add_argument(
+        "--top-p", type=float, default=0.85, help="nucleus mass in (0, 1]; 1 = no cut (default 0.85)"
+    )
+    p.add_argument(
+        "--top-k", type=int, default=0, help="keep only the k most likely tokens; 0 = off (default)"
+    )
+    p.add_argument("--presence-penalty", type=float, default=0.0, help="official alpha_presence (default 0)")
+    p.add_argument(
+        "--frequency-penalty", type=float, default=0.0, help="official alpha_frequency (default 0)"
+    )
+    p.add_argument(
+        "--penalty-decay", type=float, default=0.996, help="penalty decay per token (default 0.996)"
+    )
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not printed")
+    p.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text")
+    p.add_argument(
+        "--stream", action=argparse.BooleanOptionalAction, default=True, help="print text as it is generated"
+    )
+    p.add_argument("--state-in", default=None, help="continue from a state saved by --state-out")
+    p.add_argument("--state-out", default=None, help="save the state after the generated text to this file")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["fp32", "bf16", "fp16"],
+        help="weight dtype (default: the checkpoint's)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="'world', 'bytes' or a tokenizer file (default: chosen from the model's vocabulary size)",
+    )
+    p.set_defaults(func=run)
+
+
+def pick_tokenizer(spec: str | None, vocab_size: int):
+    """The tokenizer named by ``spec``, or the one implied by the model's vocabulary; checks the fit."""
+    from rwkvkit.tokenizer import load_tokenizer
+
+    if spec is None:
+        if vocab_size >= 65530:
+            spec = "world"
+        elif vocab_size == 256:
+            spec = "bytes"
+        else:
+            raise TokenizerError(
+                f"cannot tell which tokenizer a model with vocabulary {vocab_size} uses; pass --tokenizer"
+            )
+    tok = load_tokenizer(spec)
+    if tok.vocab_size > vocab_size:
+        raise TokenizerError(
+            f"tokenizer {spec!r} has {tok.vocab_size} ids but the model's vocabulary has only {vocab_size}; "
+            "pass the tokenizer the model was trained with (--tokenizer)"
+        )
+    return tok
+
+
+def run(args: argparse.Namespace) -> int:
+    import rwkvkit
+
+    model = rwkvkit.load(args.model, dtype=args.dtype)
+    tok = pick_tokenizer(args.tokenizer, model.config.vocab_size)
+    state = rwkvkit.State.load(args.state_in) if args.state_in else None
+    if state is not None:
+        state.check_fits(model.config)
+    gen = rwkvkit.generate(
+        model,
+        tok,
+        args.prompt,
+        max_new_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
+        penalty_decay=args.penalty_decay,
+        stop=tuple(args.stop),
+        seed=args.seed,
+        state=state,
+        stream=True,
+    )
+    if args.stream:
+        sys.stdout.write(args.prompt)
+        for piece in gen:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    else:
+        text = "".join(gen)
+        print(args.prompt + text)
+    if args.state_out:
+        gen.state.save(args.state_out)
+        print(f"state saved to {args.state_out}", file=sys.stderr)
+    return 0

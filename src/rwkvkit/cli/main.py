@@ -1,0 +1,44 @@
+"""``rwkvkit`` command line: a thin layer that parses options and calls one library function.
+
+Errors a user can cause print one line (``error: ...``) and exit with status 2; anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rwkvkit import __version__
+from rwkvkit.errors import RWKVKitError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rwkvkit.cli import generate, info
+
+    parser = argparse.ArgumentParser(
+        prog="rwkvkit",
+        description="RWKV language models: inspect checkpoints and generate text.",
+    )
+    parser.add_argument("--version", action="version", version=f"rwkvkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (info, generate):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RWKVKitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Errors a user can cause.
+
+Every error that bad input can trigger (a missing or corrupt file, an unknown version, a size
+mismatch, a bad option) is a subclass of :class:`RWKVKitError`. Its message names the problem and
+what to do; the CLI prints that one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+
+class RWKVKitError(Exception):
+    """Base class of every error rwkvkit raises on bad user input."""
+
+
+class CheckpointError(RWKVKitError):
+    """A checkpoint is missing, unreadable, corrupt, or cannot be mapped to a model."""
+
+
+class UnsupportedVersionError(CheckpointError):
+    """The checkpoint is of an RWKV version (or another architecture) rwkvkit cannot run."""
+
+
+class TokenizerError(RWKVKitError):
+    """A tokenizer cannot be loaded, or does not fit the model it is used with."""
+
+
+class StateError(RWKVKitError):
+    """A saved state is unreadable or does not fit the model."""
+
+
+class ConfigError(RWKVKitError):
+    """An option or configuration value is invalid."""
+
+
+class InputError(RWKVKitError, ValueError):
+    """Tensors passed to a model have the wrong shape, dtype or range."""

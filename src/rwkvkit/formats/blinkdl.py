@@ -1,0 +1,171 @@
+"""The official (BlinkDL) checkpoint format: a ``torch.save``'d state dict, usually bf16.
+
+Reading never executes code from the file (``torch.load(weights_only=True)``). Key names are
+rwkvkit's own module names, so the map is the identity except for renamed keys of older releases
+(RWKV-7 before November 2024, spec section 6) and the version detection, done from keys and shapes
+alone (no environment variable).
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+from rwkvkit.errors import CheckpointError, UnsupportedVersionError
+from rwkvkit.models.rwkv.config import RWKVConfig
+
+# RWKV-7 key renames of commit 348e56e (Nov 2024): old suffix -> new suffix, per block
+V7_OLD_NAMES: dict[str, str] = {
+    "att.xx_r": "att.x_r", "att.xx_w": "att.x_w", "att.xx_k": "att.x_k",
+    "att.xx_v": "att.x_v", "att.xx_a": "att.x_a", "att.xx_g": "att.x_g",
+    "att.ww_b": "att.w0", "att.ww_w1": "att.w1", "att.ww_w2": "att.w2",
+    "att.aa_b": "att.a0", "att.aa_w1": "att.a1", "att.aa_w2": "att.a2",
+    "att.vv_b": "att.v0", "att.vv_w1": "att.v1", "att.vv_w2": "att.v2",
+    "att.gg_w1": "att.g1", "att.gg_w2": "att.g2",
+    "att.kk_s": "att.k_k", "att.ka_s": "att.k_a", "att.rk_s": "att.r_k",
+    "ffn.xx_k": "ffn.x_k",
+}  # fmt: skip
+
+_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+def read_pth(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a ``torch.save``'d state dict safely; every failure becomes a one-line CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, expected a .pth file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes); the download or save was interrupted")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if zipfile.is_zipfile(path):  # torch.save's format since 1.6: memory-map it
+        load_kw = {"mmap": True}
+    elif head.startswith(b"PK"):
+        raise CheckpointError(
+            f"{path} is truncated or corrupt ({size} bytes; its zip archive has no central directory); "
+            "download or copy it again"
+        )
+    elif head.startswith(b"\x80"):  # legacy (pre-1.6) pickle serialisation; cannot be memory-mapped
+        load_kw = {}
+    else:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (it starts with {head[:8]!r})")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, **load_kw)
+    except Exception as e:  # noqa: BLE001 - classify every failure into one readable line
+        text = str(e)
+        if "Unsupported global" in text:  # the pickle names a class or function to call
+            raise CheckpointError(
+                f"{path} contains pickled code or objects, not just tensors; rwkvkit never executes code "
+                "from a checkpoint (re-save it as a plain state dict of tensors)"
+            ) from None
+        # torch's own text may suggest weights_only=False, which we never do: name the failure only
+        raise CheckpointError(
+            f"{path} is truncated or corrupt (reading it raised {type(e).__name__}); "
+            "download or copy it again"
+        ) from None
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    if "state_dict" in sd or "model" in sd:
+        raise CheckpointError(f"{path} looks like a training checkpoint; pass the model's state dict")
+    return sd
+
+
+def detect_version(sd: dict[str, torch.Tensor]) -> str:
+    """The RWKV version of an official state dict, from its keys and shapes alone.
+
+    Unlike the official package this works for one-layer checkpoints (it looks at the shape of
+    ``time_decay`` together with the keys of the same block, not at keys of earlier blocks).
+    """
+    keys = list(sd)
+    if "emb.weight" not in sd or not any(k.startswith("blocks.") for k in keys):
+        found = ", ".join(keys[:6]) + (", ..." if len(keys) > 6 else "")
+        raise UnsupportedVersionError(
+            f"not an RWKV checkpoint: expected keys 'emb.weight' and 'blocks.N.*', found {found}"
+        )
+    has = lambda suffix: any(k.endswith(suffix) for k in keys)  # noqa: E731
+    if has("att.r_k") or has("att.rk_s") or has("att.x_r") or has("att.xx_r"):
+        return "7"
+    if has("att.time_maa_x") or has("ffn.time_maa_k"):
+        return "6"
+    if has("att.ln_x.weight"):
+        decay = next(v for k, v in sd.items() if k.endswith("att.time_decay"))
+        if decay.dim() >= 2 and decay.shape[-1] > 1:
+            return "5.2"  # per-channel decay (H, N)
+        return "5.1" if has("att.gate.weight") else "5.0"
+    if has("att.time_first") and has("att.time_mix_k"):
+        return "4"
+    raise UnsupportedVersionError("unrecognised RWKV checkpoint: its attention keys match no known version")
+
+
+def rename_old_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map pre-November-2024 RWKV-7 names to the current ones (a no-op for current files)."""
+    out = {}
+    for k, v in sd.items():
+        m = _BLOCK_KEY.match(k)
+        if m and m.group(2) in V7_OLD_NAMES:
+            k = f"blocks.{m.group(1)}.{V7_OLD_NAMES[m.group(2)]}"
+        out[k] = v
+    return out
+
+
+def n_layer_of(sd: dict[str, torch.Tensor]) -> int:
+    return 1 + max(int(m.group(1)) for k in sd if (m := _BLOCK_KEY.match(k)))
+
+
+def config_from_state_dict(sd: dict[str, torch.Tensor], version: str) -> RWKVConfig:
+    """Read every size from tensor shapes (LoRA ranks included: formulas do not always give them)."""
+    try:
+        vocab_size, n_embd = sd["emb.weight"].shape
+        if version == "7":
+            n_head, head_size = sd["blocks.0.att.r_k"].shape
+            return RWKVConfig(
+                version="7",
+                n_layer=n_layer_of(sd),
+                n_embd=n_embd,
+                vocab_size=vocab_size,
+                head_size=head_size,
+                dim_ffn=sd["blocks.0.ffn.key.weight"].shape[0],
+                lora_w=sd["blocks.0.att.w1"].shape[1],
+                lora_a=sd["blocks.0.att.a1"].shape[1],
+                lora_v=sd["blocks.1.att.v1" if "blocks.1.att.v1" in sd else "blocks.0.att.v1"].shape[1],
+                lora_g=sd["blocks.0.att.g1"].shape[1],
+            )
+    except KeyError as e:
+        raise CheckpointError(f"RWKV-{version} checkpoint is missing the key {e.args[0]!r}") from None
+    except ValueError as e:
+        raise CheckpointError(f"RWKV-{version} checkpoint has unexpected tensor shapes: {e}") from None
+    raise UnsupportedVersionError(
+        f"RWKV-{version} checkpoints are recognised but not supported yet; rwkvkit runs RWKV-7 today"
+    )
+
+
+def to_native(sd: dict[str, torch.Tensor], version: str, config: RWKVConfig) -> dict[str, torch.Tensor]:
+    """Official state dict -> rwkvkit state dict (same names; fills what old files lack)."""
+    sd = rename_old_keys(sd) if version == "7" else dict(sd)
+    if version == "7" and "blocks.0.att.v1" not in sd:
+        # old RWKV-7 files have no layer-0 value-residual LoRA; it is unused at layer 0 anyway
+        C, D = config.n_embd, config.lora_v
+        ref = sd["blocks.0.att.w0"]
+        sd["blocks.0.att.v0"] = ref.new_zeros(1, 1, C)
+        sd["blocks.0.att.v1"] = ref.new_zeros(C, D)
+        sd["blocks.0.att.v2"] = ref.new_zeros(D, C)
+    return sd
+
+
+def from_native(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """rwkvkit state dict -> official state dict (identity names, contiguous tensors)."""
+    return {k: v.detach().contiguous() for k, v in sd.items()}
+
+
+def save_pth(sd: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Write an official-format ``.pth`` (atomically: temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(from_native(sd), tmp)
+    tmp.replace(path)

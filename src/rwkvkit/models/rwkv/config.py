@@ -1,0 +1,95 @@
+"""Configuration of the RWKV language models (v4 to v7): one frozen dataclass, named presets.
+
+Sizes are read from checkpoint shapes (``rwkvkit.formats``), never from formulas: the official
+LoRA ranks do not always follow the published formula (spec section 6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from rwkvkit.errors import ConfigError
+
+VERSIONS = ("4", "5.0", "5.1", "5.2", "6", "7")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RWKVConfig:
+    """Sizes of an RWKV language model.
+
+    ``version``: ``"7"`` (Goose); later issues add ``"4"``, ``"5.x"``, ``"6"``.
+    """
+
+    version: str
+    n_layer: int
+    n_embd: int  # C
+    vocab_size: int  # V (rows of emb / head); need not be a multiple of 64
+    head_size: int = 64  # N; 64 in every official v5/v6/v7 model
+    dim_ffn: int = 0  # F; 0 means the version's default (v7: 4C)
+    # RWKV-7 low-rank (LoRA) ranks of the decay, in-context learning rate, value residual and gate
+    lora_w: int = 0
+    lora_a: int = 0
+    lora_v: int = 0
+    lora_g: int = 0
+
+    def __post_init__(self) -> None:
+        if self.version not in VERSIONS:
+            raise ConfigError(f"unknown RWKV version {self.version!r}; known: {', '.join(VERSIONS)}")
+        for name in ("n_layer", "n_embd", "vocab_size", "head_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"RWKVConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_embd % self.head_size:
+            raise ConfigError(
+                f"n_embd {self.n_embd} is not a multiple of head_size {self.head_size}; "
+                "RWKV splits the channels into heads of head_size"
+            )
+        if self.dim_ffn == 0:  # derived once here, never changed later
+            object.__setattr__(self, "dim_ffn", 4 * self.n_embd)
+        if self.version == "7":
+            for name in ("lora_w", "lora_a", "lora_v", "lora_g"):
+                if getattr(self, name) < 1:
+                    raise ConfigError(f"RWKV-7 needs RWKVConfig.{name} >= 1, got {getattr(self, name)}")
+
+    @property
+    def n_head(self) -> int:
+        """H = C / N."""
+        return self.n_embd // self.head_size
+
+    def replace(self, **changes) -> RWKVConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RWKVConfig:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise ConfigError(f"unknown RWKVConfig fields {sorted(unknown)}; known: {sorted(fields)}")
+        return cls(**d)
+
+    @classmethod
+    def from_name(cls, name: str) -> RWKVConfig:
+        """A named preset (exact match), e.g. ``"rwkv7-0.1b"``."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+        return PRESETS[name]
+
+
+def _v7(n_layer: int, n_embd: int, lw: int, la: int, lv: int, lg: int, vocab: int = 65536) -> RWKVConfig:
+    return RWKVConfig(
+        version="7", n_layer=n_layer, n_embd=n_embd, vocab_size=vocab,
+        lora_w=lw, lora_a=la, lora_v=lv, lora_g=lg,
+    )  # fmt: skip
+
+
+# Official RWKV-7 World sizes (spec section 6 table of LoRA ranks; vocab 65536, F = 4C).
+PRESETS: dict[str, RWKVConfig] = {
+    "rwkv7-0.1b": _v7(12, 768, 64, 64, 32, 128),
+    "rwkv7-0.4b": _v7(24, 1024, 64, 64, 32, 128),
+    "rwkv7-1.5b": _v7(24, 2048, 96, 96, 64, 256),
+    "rwkv7-2.9b": _v7(32, 2560, 96, 96, 64, 320),
+    "rwkv7-7.2b": _v7(32, 4096, 128, 128, 96, 480),
+}

@@ -1,0 +1,49 @@
+"""Pure tensor operators (no nn.Module, nothing imported but torch).
+
+Layout everywhere: inputs ``[B, T, H, K]``, state ``[B, H, K, V]``. Each operator comes in tiers:
+``naive`` (the spec as a readable fp32 loop: the reference), ``chunk`` (parallel form in pure
+PyTorch: training and prefill) and ``step`` (one token: decoding). :func:`wkv7` picks one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rwkvkit.ops.rwkv7 import DEFAULT_CHUNK_SIZE, wkv7_chunk, wkv7_naive, wkv7_step
+
+IMPLS = ("auto", "naive", "chunk", "step")
+
+
+def wkv7(
+    r: torch.Tensor,
+    log_w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    state: torch.Tensor | None = None,
+    *,
+    impl: str = "auto",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """WKV-7 over a sequence: ``(o [B, T, H, V], state [B, H, K, V])``.
+
+    ``impl``: ``"naive"``, ``"chunk"``, ``"step"`` (needs ``T == 1``) or ``"auto"``: the one-token
+    form when ``T == 1`` (decoding: no chunk set-up to pay), the chunked form otherwise.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"wkv7: unknown impl {impl!r}; choose one of {IMPLS}")
+    T = r.shape[1] if r.dim() == 4 else -1
+    if impl == "auto":
+        impl = "step" if T == 1 else "chunk"
+    if impl == "naive":
+        return wkv7_naive(r, log_w, k, v, a, b, state)
+    if impl == "chunk":
+        return wkv7_chunk(r, log_w, k, v, a, b, state, chunk_size=chunk_size)
+    if T != 1:
+        raise ValueError(f"wkv7: impl='step' takes one token (T == 1), got input of shape {tuple(r.shape)}")
+    o, S = wkv7_step(*(x[:, 0] for x in (r, log_w, k, v, a, b)), state)
+    return o.unsqueeze(1), S
+
+
+__all__ = ["wkv7", "wkv7_naive", "wkv7_chunk", "wkv7_step", "IMPLS"]

@@ -1,0 +1,48 @@
+"""The one tensor layout of rwkvkit's operators, and the shape checks shared by all of them.
+
+Every sequence operator takes per-head inputs of shape ``[B, T, H, K]`` (batch, time, heads, key
+dimension; values ``[B, T, H, V]``) and a recurrent state of shape ``[B, H, K, V]``: key-major,
+``S[b, h, key, value]``. Official RWKV-7 code stores the transpose (``[H, V, K]``); conversion
+happens only at the format boundary (``rwkvkit.state``).
+
+This module imports nothing but torch; errors are plain ``ValueError`` with a message that names
+the offending tensor and the expected shape.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_same_shape(op: str, names: tuple[str, ...], tensors: tuple[torch.Tensor, ...]) -> None:
+    """All ``tensors`` must have the shape of the first one."""
+    ref = tensors[0].shape
+    for name, t in zip(names, tensors):
+        if t.shape != ref:
+            raise ValueError(
+                f"{op}: `{name}` has shape {tuple(t.shape)} but `{names[0]}` has {tuple(ref)}; "
+                "all per-key inputs must share the layout [B, T, H, K]"
+            )
+
+
+def check_bthk(op: str, name: str, x: torch.Tensor, ndim: int = 4) -> None:
+    if x.dim() != ndim:
+        layout = "[B, T, H, K]" if ndim == 4 else "[B, H, K]"
+        raise ValueError(f"{op}: `{name}` must have {ndim} dims {layout}, got shape {tuple(x.shape)}")
+
+
+def check_state(op: str, state: torch.Tensor | None, B: int, H: int, K: int, V: int) -> None:
+    if state is None:
+        return
+    if tuple(state.shape) != (B, H, K, V):
+        raise ValueError(
+            f"{op}: `state` has shape {tuple(state.shape)}, expected [B, H, K, V] = {(B, H, K, V)}"
+        )
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """fp32 unless an input is fp64: the recurrence always accumulates in at least fp32."""
+    dt = torch.float32
+    for t in tensors:
+        dt = torch.promote_types(dt, t.dtype)
+    return dt

@@ -1,0 +1,66 @@
+"""WKV-7 reference: the RWKV-7 recurrence of the spec, a readable loop over T.
+
+This is the reference every other WKV-7 implementation is tested against (trust chain
+naive -> chunk -> step / kernels). It computes in fp32 (fp64 if given fp64 inputs).
+
+Per head, with a key-major state ``S`` of shape ``[K, V]`` (the transpose of the official
+``S[value, key]``)::
+
+    sa_t = a_t^T S_{t-1}                                  # [V]
+    S_t  = diag(w_t) S_{t-1} + b_t sa_t^T + k_t v_t^T     # w_t = exp(log_w_t), the decay
+    o_t  = S_t^T r_t                                      # uses the UPDATED state (no bonus u)
+
+i.e. ``S_t = (diag(w_t) + b_t a_t^T) S_{t-1} + k_t v_t^T``. RWKV-7 calls it with ``a = -kappa_hat``
+and ``b = kappa_hat * a_icl`` (official kernel argument order ``RWKV7_OP(r, w, k, v, -kk, kk*a)``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, compute_dtype
+
+
+def wkv7_naive(
+    r: torch.Tensor,
+    log_w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequential WKV-7.
+
+    Args:
+        r, log_w, k, a, b: ``[B, T, H, K]``. ``log_w`` is the natural log of the per-channel decay
+            (``<= 0``; RWKV-7 keeps it in ``(-exp(-0.5), 0)``).
+        v: ``[B, T, H, V]``.
+        state: optional initial state ``[B, H, K, V]`` (zeros if None).
+
+    Returns:
+        ``(o, state)``: ``o`` of shape ``[B, T, H, V]`` in ``r.dtype``; the final state
+        ``[B, H, K, V]`` in the compute dtype (fp32, or fp64 for fp64 inputs).
+    """
+    op = "wkv7_naive"
+    for name, x in zip("r log_w k v a b".split(), (r, log_w, k, v, a, b)):
+        check_bthk(op, name, x)
+    check_same_shape(op, ("r", "log_w", "k", "a", "b"), (r, log_w, k, a, b))
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    check_state(op, state, B, H, K, V)
+    dt = compute_dtype(r, log_w, k, v, a, b)
+    r, log_w, k, v, a, b = (x.to(dt) for x in (r, log_w, k, v, a, b))
+    S = r.new_zeros(B, H, K, V) if state is None else state.to(dt)
+    w = torch.exp(log_w)
+    outs = []
+    for t in range(T):
+        sa = torch.einsum("bhk,bhkv->bhv", a[:, t], S)  # a^T S, from the OLD state
+        S = (
+            S * w[:, t, :, :, None]
+            + b[:, t, :, :, None] * sa[:, :, None, :]
+            + k[:, t, :, :, None] * v[:, t, :, None, :]
+        )
+        outs.append(torch.einsum("bhk,bhkv->bhv", r[:, t], S))
+    o = torch.stack(outs, dim=1) if outs else r.new_zeros(B, 0, H, V)
+    return o.to(r.dtype if r.dtype.is_floating_point else dt), S

@@ -1,0 +1,187 @@
+"""The recurrent state of an RWKV model, for a batch of sequences.
+
+A :class:`State` is a small named collection of tensors, each laid out ``[L, B, ...]`` (layer axis
+first, batch axis second), always in fp32:
+
+=========== ===================== ===================================================
+name        shape                 meaning
+=========== ===================== ===================================================
+att_shift   ``[L, B, C]``         LN1 output of the previous token (time-mix token shift)
+wkv         ``[L, B, H, K, V]``   WKV matrix state, key-major ``S[key, value]`` (v5-v7)
+ffn_shift   ``[L, B, C]``         LN2 output of the previous token (channel-mix token shift)
+=========== ===================== ===================================================
+
+The official package keeps, per layer, ``[att_xprev, S, ffn_xprev]`` with the v7 ``S`` stored
+value-major (``S[value, key]``); :meth:`State.to_official` / :meth:`State.from_official` convert
+at that boundary and nowhere else.
+
+States are values: a model's forward returns a new State and never modifies the one passed in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from rwkvkit.errors import StateError
+
+_FORMAT = "rwkvkit.state/1"
+
+# names of the state tensors per version, in order
+STATE_FIELDS: dict[str, tuple[str, ...]] = {"7": ("att_shift", "wkv", "ffn_shift")}
+
+
+def state_shapes(config, batch_size: int) -> dict[str, tuple[int, ...]]:
+    """Shape of every state tensor of a model with ``config`` (an RWKVConfig)."""
+    L, C = config.n_layer, config.n_embd
+    if config.version == "7":
+        H, N = config.n_head, config.head_size
+        return {
+            "att_shift": (L, batch_size, C),
+            "wkv": (L, batch_size, H, N, N),
+            "ffn_shift": (L, batch_size, C),
+        }
+    raise StateError(f"no state layout for RWKV version {config.version!r} yet")
+
+
+class State:
+    """Recurrent state for a batch of sequences (see the module docstring for the layout)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], version: str) -> None:
+        self.tensors = dict(tensors)
+        self.version = version
+
+    # ---- construction ------------------------------------------------------------------------
+    @classmethod
+    def zeros(cls, config, batch_size: int = 1, device: torch.device | str = "cpu") -> State:
+        shapes = state_shapes(config, batch_size)
+        return cls({n: torch.zeros(s, dtype=torch.float32, device=device) for n, s in shapes.items()},
+                   config.version)  # fmt: skip
+
+    # ---- access ------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.tensors.values())).shape[1]
+
+    @property
+    def n_layer(self) -> int:
+        return next(iter(self.tensors.values())).shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.tensors.values())).device
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{n}={tuple(t.shape)}" for n, t in self.tensors.items())
+        return f"State(version={self.version!r}, {shapes})"
+
+    # ---- value operations --------------------------------------------------------------------
+    def _map(self, fn) -> State:
+        return State({n: fn(t) for n, t in self.tensors.items()}, self.version)
+
+    def clone(self) -> State:
+        return self._map(torch.clone)
+
+    def detach(self) -> State:
+        return self._map(torch.Tensor.detach)
+
+    def to(self, device: torch.device | str) -> State:
+        return self._map(lambda t: t.to(device))
+
+    def select(self, index: int | Sequence[int] | torch.Tensor) -> State:
+        """The state of some sequences of the batch (keeps the batch axis)."""
+        if isinstance(index, int):
+            index = [index]
+        idx = torch.as_tensor(index, dtype=torch.long, device=self.device)
+        return self._map(lambda t: t.index_select(1, idx))
+
+    @staticmethod
+    def cat(states: Iterable[State]) -> State:
+        """Concatenate states along the batch axis."""
+        states = list(states)
+        if not states:
+            raise StateError("State.cat needs at least one state")
+        versions = {s.version for s in states}
+        if len(versions) > 1:
+            raise StateError(f"cannot concatenate states of different versions {sorted(versions)}")
+        names = states[0].tensors.keys()
+        return State({n: torch.cat([s.tensors[n] for s in states], dim=1) for n in names}, states[0].version)
+
+    def check_fits(self, config, batch_size: int | None = None) -> None:
+        """Raise StateError unless this state fits a model with ``config`` (and the batch size)."""
+        if self.version != config.version:
+            raise StateError(f"the state is for RWKV-{self.version} but the model is RWKV-{config.version}")
+        expected = state_shapes(config, self.batch_size if batch_size is None else batch_size)
+        if set(expected) != set(self.tensors):
+            raise StateError(f"state has tensors {sorted(self.tensors)}, the model needs {sorted(expected)}")
+        for name, shape in expected.items():
+            if tuple(self.tensors[name].shape) != shape:
+                raise StateError(
+                    f"state tensor {name!r} has shape {tuple(self.tensors[name].shape)} but this model "
+                    f"(L={config.n_layer}, C={config.n_embd}, H={config.n_head}) with batch size "
+                    f"{shape[1]} needs {shape}; was the state saved from a different model?"
+                )
+
+    # ---- official package layout --------------------------------------------------------------
+    def to_official(self, b: int = 0) -> list[torch.Tensor]:
+        """Sequence ``b`` as the official package's state list ``[att_xprev, S, ffn_xprev] * L``."""
+        if self.version != "7":
+            raise StateError(f"to_official is not implemented for RWKV-{self.version}")
+        out = []
+        for layer in range(self.n_layer):
+            out += [
+                self.tensors["att_shift"][layer, b].clone(),
+                self.tensors["wkv"][layer, b].transpose(-1, -2).contiguous(),  # [H, K, V] -> [H, V, K]
+                self.tensors["ffn_shift"][layer, b].clone(),
+            ]
+        return out
+
+    @classmethod
+    def from_official(cls, tensors: Sequence[torch.Tensor], version: str = "7") -> State:
+        """Build a batch-1 State from the official package's per-layer state list."""
+        if version != "7" or len(tensors) % 3:
+            raise StateError("from_official expects an RWKV-7 state list of 3 tensors per layer")
+        att = torch.stack([t.float() for t in tensors[0::3]])[:, None]
+        wkv = torch.stack([t.float().transpose(-1, -2) for t in tensors[1::3]])[:, None]
+        ffn = torch.stack([t.float() for t in tensors[2::3]])[:, None]
+        return cls({"att_shift": att, "wkv": wkv, "ffn_shift": ffn}, version)
+
+    # ---- persistence -------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write the state as safetensors (no code, any process can read it back)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        meta = {"format": _FORMAT, "version": self.version, "fields": json.dumps(list(self.tensors))}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(
+            {n: t.detach().contiguous().cpu() for n, t in self.tensors.items()}, str(tmp), metadata=meta
+        )
+        tmp.replace(path)  # atomic: a crash never leaves a half-written state behind
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> State:
+        """Read a state written by :meth:`save`."""
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise StateError(f"state file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != _FORMAT:
+                    raise StateError(
+                        f"{path} is not an rwkvkit state file (format tag {meta.get('format')!r})"
+                    )
+                names = json.loads(meta["fields"])
+                tensors = {n: f.get_tensor(n) for n in names}
+        except (SafetensorError, OSError, ValueError, KeyError) as e:
+            raise StateError(f"cannot read state file {path}: {e}") from None
+        return cls(tensors, meta["version"])
