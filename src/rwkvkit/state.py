@@ -11,6 +11,10 @@ wkv         ``[L, B, H, K, V]``   WKV matrix state, key-major ``S[key, value]`` 
 ffn_shift   ``[L, B, C]``         LN2 output of the previous token (channel-mix token shift)
 =========== ===================== ===================================================
 
+A State may also carry ``logits`` ``[B, V]``: the model's next-token logits after the last token it
+consumed (the model's forward sets them), so generation can continue from a saved state without
+new input.
+
 The official package keeps, per layer, ``[att_xprev, S, ffn_xprev]`` with the v7 ``S`` stored
 value-major (``S[value, key]``); :meth:`State.to_official` / :meth:`State.from_official` convert
 at that boundary and nowhere else.
@@ -50,9 +54,12 @@ def state_shapes(config, batch_size: int) -> dict[str, tuple[int, ...]]:
 class State:
     """Recurrent state for a batch of sequences (see the module docstring for the layout)."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], version: str) -> None:
+    def __init__(
+        self, tensors: dict[str, torch.Tensor], version: str, logits: torch.Tensor | None = None
+    ) -> None:
         self.tensors = dict(tensors)
         self.version = version
+        self.logits = logits  # [B, V] next-token logits after the last consumed token, if known
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
@@ -83,7 +90,8 @@ class State:
 
     # ---- value operations --------------------------------------------------------------------
     def _map(self, fn) -> State:
-        return State({n: fn(t) for n, t in self.tensors.items()}, self.version)
+        logits = None if self.logits is None else fn(self.logits.unsqueeze(0)).squeeze(0)
+        return State({n: fn(t) for n, t in self.tensors.items()}, self.version, logits)
 
     def clone(self) -> State:
         return self._map(torch.clone)
@@ -111,7 +119,10 @@ class State:
         if len(versions) > 1:
             raise StateError(f"cannot concatenate states of different versions {sorted(versions)}")
         names = states[0].tensors.keys()
-        return State({n: torch.cat([s.tensors[n] for s in states], dim=1) for n in names}, states[0].version)
+        tensors = {n: torch.cat([s.tensors[n] for s in states], dim=1) for n in names}
+        has_logits = all(s.logits is not None for s in states)
+        logits = torch.cat([s.logits for s in states]) if has_logits else None
+        return State(tensors, states[0].version, logits)
 
     def check_fits(self, config, batch_size: int | None = None) -> None:
         """Raise StateError unless this state fits a model with ``config`` (and the batch size)."""
@@ -159,10 +170,11 @@ class State:
 
         path = Path(path)
         meta = {"format": _FORMAT, "version": self.version, "fields": json.dumps(list(self.tensors))}
+        tensors = {n: t.detach().contiguous().cpu() for n, t in self.tensors.items()}
+        if self.logits is not None:
+            tensors["logits"] = self.logits.detach().float().contiguous().cpu()
         tmp = path.with_name(path.name + ".tmp")
-        save_file(
-            {n: t.detach().contiguous().cpu() for n, t in self.tensors.items()}, str(tmp), metadata=meta
-        )
+        save_file(tensors, str(tmp), metadata=meta)
         tmp.replace(path)  # atomic: a crash never leaves a half-written state behind
 
     @classmethod
@@ -182,6 +194,7 @@ class State:
                     )
                 names = json.loads(meta["fields"])
                 tensors = {n: f.get_tensor(n) for n in names}
+                logits = f.get_tensor("logits") if "logits" in f.keys() else None
         except (SafetensorError, OSError, ValueError, KeyError) as e:
             raise StateError(f"cannot read state file {path}: {e}") from None
-        return cls(tensors, meta["version"])
+        return cls(tensors, meta["version"], logits)

@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         stop=tuple(args.stop),
         seed=args.seed,
         state=state,
+        logits=state.logits if state is not None and not args.prompt else None,
         stream=True,
     )
     if args.stream:

@@ -88,8 +88,8 @@ class RWKV(nn.Module):
                 ``"chunk"``, ``"naive"`` or ``"step"``.
 
         Returns:
-            ``(logits, new_state)``: float32 logits ``[B, T, V]``; the state after the last token.
-            The input state is not modified.
+            ``(logits, new_state)``: float32 logits ``[B, T, V]``; the state after the last token
+            (``new_state.logits`` holds the last position's logits). The input state is not modified.
         """
         tokens = self._check_tokens(tokens)
         B, T = tokens.shape
@@ -123,6 +123,7 @@ class RWKV(nn.Module):
                 "ffn_shift": torch.stack(ffn_shift).float(),
             },
             cfg.version,
+            logits=logits[:, -1].detach().clone(),  # lets generation continue from a saved state
         )
         return logits, new_state
 

@@ -1,0 +1,143 @@
+"""Tokenizers: RWKV World, byte-level, and Hugging Face ``tokenizer.json`` files.
+
+::
+
+    from rwkvkit.tokenizer import load_tokenizer
+    tok = load_tokenizer("world")          # RWKV World (65530 ids, eos 0), from the `rwkv` package
+    ids = tok.encode("Hello world")        # [33155, 40213]
+    tok.decode(ids)                        # "Hello world"
+    dec = tok.stream_decoder()             # for generation: whole characters only
+    text = "".join(dec.push(i) for i in ids) + dec.flush()
+
+``load_tokenizer`` accepts ``"world"``, ``"bytes"``, a World-format ``.txt`` vocabulary, a
+Hugging Face ``tokenizer.json`` (or a directory holding one). Every tokenizer satisfies the
+:class:`Tokenizer` protocol (``name``, ``vocab_size``, ``eos_id``, ``encode``, ``decode``,
+``decode_bytes``, ``stream_decoder``). Loaded tokenizers are cached and immutable, so sharing them
+is safe.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from rwkvkit.errors import TokenizerError
+from rwkvkit.tokenizer.byte_level import (
+    ByteLevelTokenizer,
+    ByteTokenizer,
+    StreamDecoder,
+    Tokenizer,
+    Utf8StreamDecoder,
+)
+from rwkvkit.tokenizer.world import WORLD_VOCAB_FILE, WorldTokenizer, read_vocab
+
+__all__ = [
+    "ByteLevelTokenizer",
+    "ByteTokenizer",
+    "StreamDecoder",
+    "Tokenizer",
+    "Utf8StreamDecoder",
+    "WORLD_VOCAB_FILE",
+    "WorldTokenizer",
+    "load_tokenizer",
+    "read_vocab",
+    "world_vocab_path",
+]
+
+_NAMES = ("world", "bytes")
+_USAGE = (
+    "pass 'world', 'bytes', the path of a World vocabulary (.txt, like rwkv_vocab_v20230424.txt) "
+    "or the path of a Hugging Face tokenizer.json"
+)
+
+
+def world_vocab_path() -> Path:
+    """Path of ``rwkv_vocab_v20230424.txt`` inside the installed ``rwkv`` package (not imported)."""
+    try:
+        spec = importlib.util.find_spec("rwkv")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise TokenizerError(
+            f"the World vocabulary ({WORLD_VOCAB_FILE}) ships with the official `rwkv` package, which is not "
+            "installed: run `pip install rwkv`, or pass the path of the vocabulary file instead of 'world'"
+        )
+    for d in spec.submodule_search_locations:
+        path = Path(d) / WORLD_VOCAB_FILE
+        if path.is_file():
+            return path
+    raise TokenizerError(
+        f"the installed `rwkv` package ({', '.join(spec.submodule_search_locations)}) has no "
+        f"{WORLD_VOCAB_FILE}: reinstall it (`pip install --force-reinstall rwkv`) "
+        "or pass the path of the vocabulary file"
+    )
+
+
+def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Tokenizer:
+    """Load a tokenizer by name or path.
+
+    * ``"world"``: the RWKV World tokenizer (:class:`WorldTokenizer`; ``vocab_size`` 65530,
+      ``eos_id`` 0) from the vocabulary file of the installed ``rwkv`` package.
+    * ``"bytes"``: :class:`ByteTokenizer` (id = byte value, ``vocab_size`` 256, no eos id).
+    * a ``.txt`` path: a World-format vocabulary (``<id> <literal> <byte length>`` per line).
+    * a ``.json`` path, or a directory with a ``tokenizer.json``: a Hugging Face tokenizer
+      (:class:`rwkvkit.tokenizer.hf.HFTokenizer`), e.g. the GPT-NeoX 20B tokenizer.
+
+    The names win over files of the same name (use ``./world`` for such a file). Results are cached
+    per file (path, size and modification time), so repeated calls are free.
+    Raises TokenizerError (one line saying what to do) for an unknown name, a missing path, or an
+    unreadable or malformed file.
+    """
+    if isinstance(name_or_path, str) and name_or_path in _NAMES:
+        if name_or_path == "bytes":
+            return _bytes_tokenizer()
+        return _load_file("world", *_file_key(world_vocab_path()))
+    try:
+        path = Path(name_or_path).expanduser()
+    except TypeError:
+        raise TypeError(
+            f"load_tokenizer() takes a name or a path, not {type(name_or_path).__name__}"
+        ) from None
+    if not path.exists():
+        raise TokenizerError(f"tokenizer {str(name_or_path)!r} not found (no such name or file): {_USAGE}")
+    if path.is_dir():
+        if not (path / "tokenizer.json").is_file():
+            raise TokenizerError(f"directory {path} has no tokenizer.json: {_USAGE}")
+        path = path / "tokenizer.json"
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return _load_file("txt", *_file_key(path))
+    if suffix == ".json":
+        return _load_file("json", *_file_key(path))
+    raise TokenizerError(
+        f"cannot tell the tokenizer format of {path} from its extension {path.suffix!r}: {_USAGE}"
+    )
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    """(resolved path, size, mtime_ns): a changed file is loaded again."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise TokenizerError(f"cannot read tokenizer file {path}: {e.strerror or e}") from None
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
+@lru_cache(maxsize=1)
+def _bytes_tokenizer() -> ByteTokenizer:
+    return ByteTokenizer()
+
+
+@lru_cache(maxsize=8)
+def _load_file(kind: str, path: str, size: int, mtime_ns: int) -> Tokenizer:
+    """Load (and cache) a tokenizer file; ``size``/``mtime_ns`` are only part of the cache key."""
+    del size, mtime_ns
+    if kind == "world":
+        return WorldTokenizer.from_file(path, name="world")
+    if kind == "txt":
+        return WorldTokenizer.from_file(path)
+    from rwkvkit.tokenizer.hf import HFTokenizer  # imports `tokenizers` only when needed
+
+    return HFTokenizer.from_file(path)
