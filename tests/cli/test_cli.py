@@ -93,11 +93,11 @@ def test_corrupt_checkpoint(ckpt, tmp_path):
     _one_line_error(run_cli("info", str(tmp_path / "bad.pth")), "corrupt")
 
 
-def test_unsupported_version(tmp_path):
-    z = torch.zeros
-    sd = {"emb.weight": z(10, 8), "blocks.0.att.time_maa_x": z(1, 1, 8), "blocks.0.att.ln_x.weight": z(8)}
-    torch.save(sd, tmp_path / "v6.pth")
-    _one_line_error(run_cli("info", str(tmp_path / "v6.pth")), "RWKV-6")
+def test_unsupported_version(ckpt, tmp_path):
+    sd = torch.load(ckpt, weights_only=True)
+    sd["blocks.0.ffn.s_emb.weight"] = torch.zeros(256, 1024)  # the RWKV-7 DeepEmbed variant
+    torch.save(sd, tmp_path / "de.pth")
+    _one_line_error(run_cli("info", str(tmp_path / "de.pth")), "DeepEmbed")
 
 
 def test_tokenizer_that_does_not_fit_the_model(ckpt):

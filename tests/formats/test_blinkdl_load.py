@@ -129,10 +129,12 @@ def test_pickled_code_is_refused(tmp_path):
     assert "never executes code" in _err(tmp_path / "evil.pth")
 
 
-def test_unsupported_version(tmp_path):
-    torch.save(_keys("6", 2), tmp_path / "v6.pth")
-    with pytest.raises(UnsupportedVersionError, match="RWKV-6"):
-        rwkvkit.load(tmp_path / "v6.pth")
+def test_unsupported_variant(ckpt, tmp_path):
+    sd = torch.load(ckpt, weights_only=True)
+    sd["blocks.0.ffn.s_emb.weight"] = torch.zeros(CFG.vocab_size, 1024)  # RWKV-7 DeepEmbed
+    torch.save(sd, tmp_path / "de.pth")
+    with pytest.raises(UnsupportedVersionError, match="DeepEmbed"):
+        rwkvkit.load(tmp_path / "de.pth")
 
 
 def test_not_rwkv(tmp_path):

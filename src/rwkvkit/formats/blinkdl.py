@@ -89,6 +89,10 @@ def detect_version(sd: dict[str, torch.Tensor]) -> str:
             f"not an RWKV checkpoint: expected keys 'emb.weight' and 'blocks.N.*', found {found}"
         )
     has = lambda suffix: any(k.endswith(suffix) for k in keys)  # noqa: E731
+    if has("ffn.s_emb.weight"):
+        raise UnsupportedVersionError(
+            "this is an RWKV-7 DeepEmbed checkpoint (keys ffn.s_emb.*), a variant rwkvkit does not run"
+        )
     if has("att.r_k") or has("att.rk_s") or has("att.x_r") or has("att.xx_r"):
         return "7"
     if has("att.time_maa_x") or has("ffn.time_maa_k"):
@@ -122,27 +126,47 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], version: str) -> RWKVCon
     """Read every size from tensor shapes (LoRA ranks included: formulas do not always give them)."""
     try:
         vocab_size, n_embd = sd["emb.weight"].shape
+        common = {
+            "version": version,
+            "n_layer": n_layer_of(sd),
+            "n_embd": n_embd,
+            "vocab_size": vocab_size,
+            "dim_ffn": sd["blocks.0.ffn.key.weight"].shape[0],
+        }
         if version == "7":
             n_head, head_size = sd["blocks.0.att.r_k"].shape
+            v1 = "blocks.1.att.v1" if "blocks.1.att.v1" in sd else "blocks.0.att.v1"
             return RWKVConfig(
-                version="7",
-                n_layer=n_layer_of(sd),
-                n_embd=n_embd,
-                vocab_size=vocab_size,
+                **common,
                 head_size=head_size,
-                dim_ffn=sd["blocks.0.ffn.key.weight"].shape[0],
                 lora_w=sd["blocks.0.att.w1"].shape[1],
                 lora_a=sd["blocks.0.att.a1"].shape[1],
-                lora_v=sd["blocks.1.att.v1" if "blocks.1.att.v1" in sd else "blocks.0.att.v1"].shape[1],
+                lora_v=sd[v1].shape[1],
                 lora_g=sd["blocks.0.att.g1"].shape[1],
+            )
+        dim_att = sd["blocks.0.att.key.weight"].shape[0]
+        if version == "4":
+            return RWKVConfig(**common, dim_att=dim_att)
+        if version in ("5.0", "5.1"):  # per-head decay (H,): the head size is A / H
+            n_head = sd["blocks.0.att.time_decay"].shape[0]
+            return RWKVConfig(**common, dim_att=dim_att, head_size=dim_att // n_head)
+        bonus = sd.get("blocks.0.att.time_faaaa", sd.get("blocks.0.att.time_first"))
+        head_size = bonus.shape[-1]  # time_faaaa (H, N)
+        if version == "5.2":
+            return RWKVConfig(**common, dim_att=dim_att, head_size=head_size)
+        if version == "6":
+            return RWKVConfig(
+                **common,
+                dim_att=dim_att,
+                head_size=head_size,
+                lora_mix=sd["blocks.0.att.time_maa_w1"].shape[1] // 5,
+                lora_decay=sd["blocks.0.att.time_decay_w1"].shape[1],
             )
     except KeyError as e:
         raise CheckpointError(f"RWKV-{version} checkpoint is missing the key {e.args[0]!r}") from None
-    except ValueError as e:
+    except (ValueError, AttributeError) as e:
         raise CheckpointError(f"RWKV-{version} checkpoint has unexpected tensor shapes: {e}") from None
-    raise UnsupportedVersionError(
-        f"RWKV-{version} checkpoints are recognised but not supported yet; rwkvkit runs RWKV-7 today"
-    )
+    raise UnsupportedVersionError(f"RWKV-{version} checkpoints are not supported")
 
 
 def to_native(sd: dict[str, torch.Tensor], version: str, config: RWKVConfig) -> dict[str, torch.Tensor]:

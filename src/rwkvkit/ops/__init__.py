@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from rwkvkit.ops.rwkv4 import wkv4, wkv4_initial_state, wkv4_naive
+from rwkvkit.ops.rwkv6 import wkv5, wkv6, wkv6_naive
 from rwkvkit.ops.rwkv7 import DEFAULT_CHUNK_SIZE, wkv7_chunk, wkv7_naive, wkv7_step
 
 IMPLS = ("auto", "naive", "chunk", "step")
@@ -46,4 +48,9 @@ def wkv7(
     return o.unsqueeze(1), S
 
 
-__all__ = ["wkv7", "wkv7_naive", "wkv7_chunk", "wkv7_step", "IMPLS"]
+__all__ = [
+    "wkv4", "wkv4_naive", "wkv4_initial_state",
+    "wkv5", "wkv6", "wkv6_naive",
+    "wkv7", "wkv7_naive", "wkv7_chunk", "wkv7_step",
+    "IMPLS",
+]  # fmt: skip

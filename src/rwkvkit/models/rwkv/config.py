@@ -18,15 +18,19 @@ VERSIONS = ("4", "5.0", "5.1", "5.2", "6", "7")
 class RWKVConfig:
     """Sizes of an RWKV language model.
 
-    ``version``: ``"7"`` (Goose); later issues add ``"4"``, ``"5.x"``, ``"6"``.
+    ``version``: ``"4"``, ``"5.0"``, ``"5.1"``, ``"5.2"`` (Eagle), ``"6"`` (Finch) or ``"7"`` (Goose).
     """
 
     version: str
     n_layer: int
     n_embd: int  # C
     vocab_size: int  # V (rows of emb / head); need not be a multiple of 64
-    head_size: int = 64  # N; 64 in every official v5/v6/v7 model
-    dim_ffn: int = 0  # F; 0 means the version's default (v7: 4C)
+    head_size: int = 64  # N; 64 in every official v5/v6/v7 model; unused by v4 (no heads)
+    dim_att: int = 0  # A, width of the v4-v6 time mix; 0 means C (every official model)
+    dim_ffn: int = 0  # F; 0 means the version's default (v4, v7: 4C; v5, v6: int(3.5C) // 32 * 32)
+    # RWKV-6 low-rank ranks of the data-dependent lerp (D_mix, 32 officially) and decay (D_dec, 64)
+    lora_mix: int = 0
+    lora_decay: int = 0
     # RWKV-7 low-rank (LoRA) ranks of the decay, in-context learning rate, value residual and gate
     lora_w: int = 0
     lora_a: int = 0
@@ -39,22 +43,28 @@ class RWKVConfig:
         for name in ("n_layer", "n_embd", "vocab_size", "head_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"RWKVConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_embd % self.head_size:
+        # derived values are filled in once here and never changed later
+        if self.dim_att == 0:
+            object.__setattr__(self, "dim_att", self.n_embd)
+        if self.dim_ffn == 0:
+            default = 4 * self.n_embd if self.version in ("4", "7") else int(3.5 * self.n_embd) // 32 * 32
+            object.__setattr__(self, "dim_ffn", default)
+        if self.version == "7" and self.dim_att != self.n_embd:
+            raise ConfigError(f"RWKV-7 has dim_att == n_embd, got dim_att {self.dim_att}, n_embd {self.n_embd}")
+        if self.version != "4" and self.dim_att % self.head_size:
             raise ConfigError(
-                f"n_embd {self.n_embd} is not a multiple of head_size {self.head_size}; "
+                f"dim_att {self.dim_att} is not a multiple of head_size {self.head_size}; "
                 "RWKV splits the channels into heads of head_size"
             )
-        if self.dim_ffn == 0:  # derived once here, never changed later
-            object.__setattr__(self, "dim_ffn", 4 * self.n_embd)
-        if self.version == "7":
-            for name in ("lora_w", "lora_a", "lora_v", "lora_g"):
-                if getattr(self, name) < 1:
-                    raise ConfigError(f"RWKV-7 needs RWKVConfig.{name} >= 1, got {getattr(self, name)}")
+        needs = {"6": ("lora_mix", "lora_decay"), "7": ("lora_w", "lora_a", "lora_v", "lora_g")}
+        for name in needs.get(self.version, ()):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"RWKV-{self.version} needs RWKVConfig.{name} >= 1, got {getattr(self, name)}")
 
     @property
     def n_head(self) -> int:
-        """H = C / N."""
-        return self.n_embd // self.head_size
+        """H = A / N (v5-v7; 0 for v4, which has no heads)."""
+        return 0 if self.version == "4" else self.dim_att // self.head_size
 
     def replace(self, **changes) -> RWKVConfig:
         return dataclasses.replace(self, **changes)
