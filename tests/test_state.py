@@ -60,9 +60,9 @@ def test_state_that_does_not_fit_is_refused(model):
     other = RWKVConfig(version="7", n_layer=3, n_embd=64, vocab_size=97, head_size=32,
                        lora_w=8, lora_a=8, lora_v=4, lora_g=16)  # fmt: skip
     with pytest.raises(StateError, match="different model"):
-        model(torch.zeros(1, 2, dtype=torch.long), State.zeros(other, 1))
+        model(torch.zeros(1, 2, dtype=torch.long), State.initial(other, 1))
     with pytest.raises(StateError, match="batch size 2"):
-        model(torch.zeros(2, 2, dtype=torch.long), State.zeros(CFG, 1))
+        model(torch.zeros(2, 2, dtype=torch.long), State.initial(CFG, 1))
 
 
 def test_load_errors(tmp_path):
@@ -76,7 +76,7 @@ def test_load_errors(tmp_path):
 def test_official_layout_roundtrip(model):
     with torch.no_grad():
         _, state = model(torch.randint(0, CFG.vocab_size, (1, 5)))
-    back = State.from_official(state.to_official())
+    back = State.from_official(state.to_official(), "7")
     for name in state.tensors:
         assert torch.equal(back[name], state[name])
     # official S is value-major: S_official[h, v, k] == ours[h, k, v]

@@ -7,7 +7,8 @@ first, batch axis second), always in fp32:
 name        shape                 meaning
 =========== ===================== ===================================================
 att_shift   ``[L, B, C]``         LN1 output of the previous token (time-mix token shift)
-wkv         ``[L, B, H, K, V]``   WKV matrix state, key-major ``S[key, value]`` (v5-v7)
+wkv         ``[L, B, H, K, V]``   v5-v7: WKV matrix state, key-major ``S[key, value]``
+            ``[L, B, 3, A]``      v4: ``aa, bb, pp`` (numerator, denominator, max exponent)
 ffn_shift   ``[L, B, C]``         LN2 output of the previous token (channel-mix token shift)
 =========== ===================== ===================================================
 
@@ -34,21 +35,18 @@ from rwkvkit.errors import StateError
 
 _FORMAT = "rwkvkit.state/1"
 
-# names of the state tensors per version, in order
-STATE_FIELDS: dict[str, tuple[str, ...]] = {"7": ("att_shift", "wkv", "ffn_shift")}
+PP_INIT = -1e30  # RWKV-4 "minus infinity" exponent of a fresh state (the official package's value)
 
 
 def state_shapes(config, batch_size: int) -> dict[str, tuple[int, ...]]:
     """Shape of every state tensor of a model with ``config`` (an RWKVConfig)."""
-    L, C = config.n_layer, config.n_embd
-    if config.version == "7":
+    L, C, B = config.n_layer, config.n_embd, batch_size
+    if config.version == "4":
+        wkv = (L, B, 3, config.dim_att)
+    else:
         H, N = config.n_head, config.head_size
-        return {
-            "att_shift": (L, batch_size, C),
-            "wkv": (L, batch_size, H, N, N),
-            "ffn_shift": (L, batch_size, C),
-        }
-    raise StateError(f"no state layout for RWKV version {config.version!r} yet")
+        wkv = (L, B, H, N, N)
+    return {"att_shift": (L, B, C), "wkv": wkv, "ffn_shift": (L, B, C)}
 
 
 class State:
@@ -63,10 +61,13 @@ class State:
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
-    def zeros(cls, config, batch_size: int = 1, device: torch.device | str = "cpu") -> State:
+    def initial(cls, config, batch_size: int = 1, device: torch.device | str = "cpu") -> State:
+        """The state before any token: zeros (and ``pp = -1e30`` for RWKV-4)."""
         shapes = state_shapes(config, batch_size)
-        return cls({n: torch.zeros(s, dtype=torch.float32, device=device) for n, s in shapes.items()},
-                   config.version)  # fmt: skip
+        tensors = {n: torch.zeros(s, dtype=torch.float32, device=device) for n, s in shapes.items()}
+        if config.version == "4":
+            tensors["wkv"][:, :, 2] = PP_INIT
+        return cls(tensors, config.version)
 
     # ---- access ------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -141,27 +142,43 @@ class State:
 
     # ---- official package layout --------------------------------------------------------------
     def to_official(self, b: int = 0) -> list[torch.Tensor]:
-        """Sequence ``b`` as the official package's state list ``[att_xprev, S, ffn_xprev] * L``."""
-        if self.version != "7":
-            raise StateError(f"to_official is not implemented for RWKV-{self.version}")
-        out = []
+        """Sequence ``b`` in the official package's state list.
+
+        v4: ``[att_xx, aa, bb, pp, ffn_xx]`` per layer; v5/v6: ``[att_xx, S[key, value], ffn_xx]``;
+        v7: ``[att_xx, S[value, key], ffn_xx]`` (the v7 package transposes its matrix state).
+        """
+        out: list[torch.Tensor] = []
         for layer in range(self.n_layer):
+            wkv = self.tensors["wkv"][layer, b]
+            if self.version == "4":
+                mid = [t.clone() for t in wkv.unbind(0)]
+            elif self.version == "7":
+                mid = [wkv.transpose(-1, -2).contiguous()]  # [H, K, V] -> [H, V, K]
+            else:
+                mid = [wkv.clone()]
             out += [
                 self.tensors["att_shift"][layer, b].clone(),
-                self.tensors["wkv"][layer, b].transpose(-1, -2).contiguous(),  # [H, K, V] -> [H, V, K]
+                *mid,
                 self.tensors["ffn_shift"][layer, b].clone(),
             ]
         return out
 
     @classmethod
-    def from_official(cls, tensors: Sequence[torch.Tensor], version: str = "7") -> State:
+    def from_official(cls, tensors: Sequence[torch.Tensor], version: str) -> State:
         """Build a batch-1 State from the official package's per-layer state list."""
-        if version != "7" or len(tensors) % 3:
-            raise StateError("from_official expects an RWKV-7 state list of 3 tensors per layer")
-        att = torch.stack([t.float() for t in tensors[0::3]])[:, None]
-        wkv = torch.stack([t.float().transpose(-1, -2) for t in tensors[1::3]])[:, None]
-        ffn = torch.stack([t.float() for t in tensors[2::3]])[:, None]
-        return cls({"att_shift": att, "wkv": wkv, "ffn_shift": ffn}, version)
+        per_layer = 5 if version == "4" else 3
+        if len(tensors) % per_layer:
+            raise StateError(f"an official RWKV-{version} state has {per_layer} tensors per layer")
+        layers = [tensors[i : i + per_layer] for i in range(0, len(tensors), per_layer)]
+        att = torch.stack([ls[0].float() for ls in layers])[:, None]
+        ffn = torch.stack([ls[-1].float() for ls in layers])[:, None]
+        if version == "4":
+            wkv = torch.stack([torch.stack([t.float() for t in ls[1:4]]) for ls in layers])
+        elif version == "7":
+            wkv = torch.stack([ls[1].float().transpose(-1, -2) for ls in layers])
+        else:
+            wkv = torch.stack([ls[1].float() for ls in layers])
+        return cls({"att_shift": att, "wkv": wkv[:, None], "ffn_shift": ffn}, version)
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rwkvkit.layers.token_shift import token_shift
+from rwkvkit.layers.token_shift import acc_dtype, token_shift
 from rwkvkit.ops import wkv7
 
 _NEG_EXP_HALF = -math.exp(-0.5)  # the official code writes 0.606531
@@ -86,7 +86,7 @@ class RWKV7TimeMix(nn.Module):
         v = self.value(xv)
         w_lora = torch.tanh(xw @ self.w1) @ self.w2
         # the decay is computed in fp32 from the model-dtype pre-activation, as the official code does
-        log_w = _NEG_EXP_HALF * torch.sigmoid((self.w0 + w_lora).float())
+        log_w = _NEG_EXP_HALF * torch.sigmoid((self.w0 + w_lora).to(acc_dtype(x)))
         a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
         g = torch.sigmoid(xg @ self.g1) @ self.g2
 

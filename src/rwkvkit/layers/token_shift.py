@@ -13,3 +13,8 @@ def token_shift(x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return prev.to(x.dtype).unsqueeze(1)
     return torch.cat([prev.to(x.dtype).unsqueeze(1), x[:, :-1]], dim=1)
+
+
+def acc_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype recurrences accumulate in: fp32, or fp64 when the model runs in fp64."""
+    return torch.promote_types(x.dtype, torch.float32)

@@ -28,6 +28,8 @@ class RWKVConfig:
     head_size: int = 64  # N; 64 in every official v5/v6/v7 model; unused by v4 (no heads)
     dim_att: int = 0  # A, width of the v4-v6 time mix; 0 means C (every official model)
     dim_ffn: int = 0  # F; 0 means the version's default (v4, v7: 4C; v5, v6: int(3.5C) // 32 * 32)
+    # RWKV-5: the bonus is stored as its log (``time_first``, u = exp) instead of ``time_faaaa`` (u)
+    v5_log_bonus: bool = False
     # RWKV-6 low-rank ranks of the data-dependent lerp (D_mix, 32 officially) and decay (D_dec, 64)
     lora_mix: int = 0
     lora_decay: int = 0
@@ -50,7 +52,9 @@ class RWKVConfig:
             default = 4 * self.n_embd if self.version in ("4", "7") else int(3.5 * self.n_embd) // 32 * 32
             object.__setattr__(self, "dim_ffn", default)
         if self.version == "7" and self.dim_att != self.n_embd:
-            raise ConfigError(f"RWKV-7 has dim_att == n_embd, got dim_att {self.dim_att}, n_embd {self.n_embd}")
+            raise ConfigError(
+                f"RWKV-7 has dim_att == n_embd, got dim_att {self.dim_att}, n_embd {self.n_embd}"
+            )
         if self.version != "4" and self.dim_att % self.head_size:
             raise ConfigError(
                 f"dim_att {self.dim_att} is not a multiple of head_size {self.head_size}; "
@@ -59,7 +63,9 @@ class RWKVConfig:
         needs = {"6": ("lora_mix", "lora_decay"), "7": ("lora_w", "lora_a", "lora_v", "lora_g")}
         for name in needs.get(self.version, ()):
             if getattr(self, name) < 1:
-                raise ConfigError(f"RWKV-{self.version} needs RWKVConfig.{name} >= 1, got {getattr(self, name)}")
+                raise ConfigError(
+                    f"RWKV-{self.version} needs RWKVConfig.{name} >= 1, got {getattr(self, name)}"
+                )
 
     @property
     def n_head(self) -> int:

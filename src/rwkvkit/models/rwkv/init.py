@@ -51,6 +51,26 @@ def random_init_(model: RWKV, seed: int = 0) -> RWKV:
             uniform(p, 0.8, 1.2)
         elif leaf == "r_k":
             normal(p, 0.1)
+        elif leaf.startswith(("time_mix_", "time_maa_")) and p.dim() == 3 and p.shape[:2] == (1, 1):
+            uniform(p, 0.0, 1.0)  # v4/v5 mix coefficients, v6 ddlerp biases
+        elif leaf == "time_decay":
+            if model.config.version == "4":
+                uniform(p, -5.0, 3.0)  # w = -exp(.) from -0.007 (slow) to -20 (fast) per step
+            else:
+                uniform(p, -6.0, 1.0)  # decay exp(-exp(.)) from 0.9975 down to 0.066
+        elif leaf == "time_first":
+            if model.config.version == "4":
+                uniform(p, -1.0, 1.0)  # added in the exponent
+            else:
+                normal(p, 0.5)  # v5 files that store log u
+        elif leaf == "time_faaaa":
+            normal(p, 0.5)
+        elif leaf in ("time_maa_w1", "time_decay_w1"):
+            normal(p, p.shape[0] ** -0.5)
+        elif leaf == "time_maa_w2":
+            normal(p, 0.5 * p.shape[1] ** -0.5)
+        elif leaf == "time_decay_w2":
+            normal(p, 0.5 * p.shape[0] ** -0.5)
         elif leaf == "weight" and p.dim() == 2:  # Linear (out, in)
             normal(p, p.shape[1] ** -0.5)
         else:

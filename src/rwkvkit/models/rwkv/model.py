@@ -20,12 +20,22 @@ import torch
 import torch.nn as nn
 
 from rwkvkit.errors import InputError
+from rwkvkit.layers.rwkv4 import RWKV4ChannelMix, RWKV4TimeMix
+from rwkvkit.layers.rwkv5 import RWKV5TimeMix
+from rwkvkit.layers.rwkv6 import RWKV6ChannelMix, RWKV6TimeMix
 from rwkvkit.layers.rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
 from rwkvkit.models.rwkv.config import RWKVConfig
 from rwkvkit.state import State
 
-# version -> (time mix class, channel mix class)
-BLOCK_CLASSES = {"7": (RWKV7TimeMix, RWKV7ChannelMix)}
+# version -> (time mix class, channel mix class); RWKV-5 keeps RWKV-4's channel mix
+BLOCK_CLASSES = {
+    "4": (RWKV4TimeMix, RWKV4ChannelMix),
+    "5.0": (RWKV5TimeMix, RWKV4ChannelMix),
+    "5.1": (RWKV5TimeMix, RWKV4ChannelMix),
+    "5.2": (RWKV5TimeMix, RWKV4ChannelMix),
+    "6": (RWKV6TimeMix, RWKV6ChannelMix),
+    "7": (RWKV7TimeMix, RWKV7ChannelMix),
+}
 
 
 class Block(nn.Module):
@@ -70,8 +80,9 @@ class RWKV(nn.Module):
     def device(self) -> torch.device:
         return self.emb.weight.device
 
-    def zero_state(self, batch_size: int = 1) -> State:
-        return State.zeros(self.config, batch_size, device=self.device)
+    def initial_state(self, batch_size: int = 1) -> State:
+        """The state before any token (what ``state=None`` means)."""
+        return State.initial(self.config, batch_size, device=self.device)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -94,7 +105,7 @@ class RWKV(nn.Module):
         tokens = self._check_tokens(tokens)
         B, T = tokens.shape
         if state is None:
-            state = self.zero_state(B)
+            state = self.initial_state(B)
         else:
             state.check_fits(self.config, B)
         cfg = self.config
