@@ -1,4 +1,4 @@
-"""``rwkvkit info PATH``: what a checkpoint holds (version, sizes, parameter count, dtype)."""
+"""``rwkvkit info PATH``: what a checkpoint holds (format, version, sizes, parameter count, dtype)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,33 @@ import argparse
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("info", help="show a checkpoint's version, sizes, parameter count and dtype")
-    p.add_argument("path", help="checkpoint file (official BlinkDL .pth)")
+    p = sub.add_parser(
+        "info",
+        help="show a checkpoint's format, version, sizes, parameter count and dtype",
+        description="Read a checkpoint of any supported format, check it and describe it (builds no model).",
+    )
+    p.add_argument(
+        "path",
+        help="an official (BlinkDL) .pth, an rwkvkit .safetensors, or an HF model directory "
+        "(transformers RWKV-4, RWKV hub RWKV-5.2/6, fla RWKV-6/7)",
+    )
     p.set_defaults(func=run)
 
 
 def format_info(d: dict) -> str:
     cfg = d["config"]
+    if cfg.version == "4":
+        width = f"{cfg.n_embd} (no heads; attention width {cfg.dim_att})"
+    else:
+        width = f"{cfg.n_embd} (heads {cfg.n_head} x head size {cfg.head_size})"
+        if cfg.dim_att != cfg.n_embd:
+            width += f", attention width {cfg.dim_att}"
     lines = [
         f"path:        {d['path']}",
         f"format:      {d['format']}",
         f"version:     RWKV-{cfg.version}",
         f"layers:      {cfg.n_layer}",
-        f"embedding:   {cfg.n_embd} (heads {cfg.n_head} x head size {cfg.head_size})",
+        f"embedding:   {width}",
         f"ffn:         {cfg.dim_ffn}",
         f"vocabulary:  {cfg.vocab_size}",
     ]
@@ -26,11 +40,17 @@ def format_info(d: dict) -> str:
         lines.append(
             f"LoRA ranks:  decay {cfg.lora_w}, iclr {cfg.lora_a}, value {cfg.lora_v}, gate {cfg.lora_g}"
         )
+    elif cfg.version == "6":
+        lines.append(f"LoRA ranks:  lerp {cfg.lora_mix}, decay {cfg.lora_decay}")
+    elif cfg.version.startswith("5"):
+        lines.append(f"bonus:       {'time_first (log u)' if cfg.v5_log_bonus else 'time_faaaa (u)'}")
     lines += [
         f"parameters:  {d['parameters']:,} ({d['parameters'] / 1e6:.1f} M)",
         f"dtype:       {d['dtype']}" + (f" (also {', '.join(d['dtypes'])})" if len(d["dtypes"]) > 1 else ""),
         f"file size:   {d['file_bytes'] / 2**20:.1f} MiB",
     ]
+    if d.get("source"):
+        lines.append(f"key map:     {d['source']}")
     return "\n".join(lines)
 
 

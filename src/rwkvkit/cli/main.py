@@ -14,7 +14,7 @@ from rwkvkit.errors import RWKVKitError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rwkvkit.cli import generate, info
+    from rwkvkit.cli import convert, generate, info
 
     parser = argparse.ArgumentParser(
         prog="rwkvkit",
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rwkvkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (info, generate):
+    for module in (info, generate, convert):
         module.add_parser(sub)
     return parser
 

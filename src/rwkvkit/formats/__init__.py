@@ -1,39 +1,136 @@
-"""Reading and writing checkpoints: ``rwkvkit.load`` and the per-format key tables."""
+"""Reading, checking and writing RWKV checkpoints in the formats people have.
+
+=========  =========================================================================================
+format     what it is (module)
+=========  =========================================================================================
+blinkdl    the official ``.pth`` (``torch.save`` of the state dict), RWKV-4 to 7 (:mod:`.blinkdl`)
+rwkvkit    one ``.safetensors`` file, official names, RWKVConfig + tag in its metadata (:mod:`.native`)
+hf         a Hugging Face model directory: transformers RWKV-4, the RWKV hub's RWKV-5.2/6, fla
+           RWKV-6/7 (:mod:`.hf`, tables in :mod:`.hf_transformers`, :mod:`.hf_rwkv_hub`, :mod:`.hf_fla`)
+=========  =========================================================================================
+
+Every reader ends in the same place: a :class:`Checkpoint` whose state dict has rwkvkit's names
+(the official ones), whose config is read from the tensor shapes alone, and which has been checked
+key by key and shape by shape against the official layout (spec section 6). A plain
+``.safetensors`` with official names is read as well. Writers are atomic (temporary file or folder,
+then rename) and lossless: every key map is a pure reshaping (:mod:`.keymap`), so a round trip
+through any format gives back the same bits, except RWKV-7's layer-0 value-residual LoRA, which
+fla does not store (unused by the model; it reads back as zeros).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from rwkvkit.errors import CheckpointError
-from rwkvkit.formats import blinkdl
+from rwkvkit.formats import blinkdl, hf, native
+from rwkvkit.formats._io import majority_dtype, parse_dtype
 from rwkvkit.models.rwkv.config import RWKVConfig
 from rwkvkit.models.rwkv.model import RWKV
 
-_DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "fp64": torch.float64, "float64": torch.float64,
-}  # fmt: skip
+FORMATS = ("rwkvkit", "blinkdl", "hf")
 
 
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise CheckpointError(f"unknown dtype {dtype!r}; use one of fp32, bf16, fp16, fp64")
-    return _DTYPES[dtype]
+@dataclass
+class Checkpoint:
+    """A checkpoint as read: rwkvkit-named tensors, the config, and what the file held.
+
+    Attributes:
+        state_dict: tensors under rwkvkit's (official) names, in the file's dtypes.
+        config: sizes and version, read from the tensor shapes.
+        format: ``"blinkdl"``, ``"rwkvkit"``, ``"safetensors"`` (plain, official names) or ``"hf"``.
+        description: a readable name of the format and layout (``rwkvkit info`` prints it).
+        path: the file or directory read.
+        files: every file read (an HF directory's config, weights, shards).
+        stored_parameters: number of values stored (fla leaves out RWKV-7's layer-0 value LoRA).
+        stored_dtypes: the dtypes of the stored tensors.
+        source: where the layout's key map comes from (HF layouts).
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    config: RWKVConfig
+    format: str
+    description: str
+    path: Path
+    files: list[Path] = field(default_factory=list)
+    stored_parameters: int = 0
+    stored_dtypes: list[str] = field(default_factory=list)
+    source: str = ""
 
 
-def _checkpoint_dtype(sd: dict[str, torch.Tensor]) -> torch.dtype:
-    """The dtype most of the checkpoint's parameters are stored in."""
-    counts: dict[torch.dtype, int] = {}
-    for t in sd.values():
-        if t.is_floating_point():
-            counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
-    return max(counts, key=counts.get) if counts else torch.float32
+def _dtype_names(sd: Mapping[str, torch.Tensor]) -> list[str]:
+    return sorted({str(t.dtype).removeprefix("torch.") for t in sd.values()})
+
+
+def _config_diff(a: RWKVConfig, b: RWKVConfig) -> str:
+    da, db = a.to_dict(), b.to_dict()
+    return ", ".join(f"{k} {da[k]!r} vs {db[k]!r}" for k in da if da[k] != db[k])
+
+
+def _from_official(
+    sd: dict[str, torch.Tensor],
+    path: Path,
+    fmt: str,
+    description: str,
+    declared: RWKVConfig | None = None,
+) -> Checkpoint:
+    """Official-name tensors (a .pth or a safetensors file) -> a checked Checkpoint."""
+    sd = blinkdl.strip_wrapper_prefixes(sd)
+    if "emb.weight" not in sd and hf.is_model_dir(path.parent):
+        return _read_hf(path.parent)  # a weights file of an HF directory: read the whole directory
+    stored_parameters, stored_dtypes = sum(t.numel() for t in sd.values()), _dtype_names(sd)
+    version = blinkdl.detect_version(sd)
+    config = blinkdl.config_from_state_dict(blinkdl.rename_old_keys(sd), version)
+    if declared is not None and declared != config:
+        raise CheckpointError(
+            f"{path}: the config in its metadata disagrees with its tensors "
+            f"({_config_diff(declared, config)}); the file was damaged or edited"
+        )
+    sd = blinkdl.to_native(sd, version, config)
+    blinkdl.check_state_dict(sd, config, str(path))
+    return Checkpoint(sd, config, fmt, description, path, [path], stored_parameters, stored_dtypes)
+
+
+def _read_hf(path: Path) -> Checkpoint:
+    sd, config, layout, stored, files = hf.read(path)
+    return Checkpoint(
+        sd, config, "hf", f"HF directory, {layout.title}", path, files,
+        sum(t.numel() for t in stored.values()), _dtype_names(stored), layout.source,
+    )  # fmt: skip
+
+
+def read(path: str | Path) -> Checkpoint:
+    """Read and check a checkpoint of any supported format, without building a model.
+
+    Args:
+        path: an official ``.pth``, an rwkvkit (or official-name) ``.safetensors``, or an HF model
+            directory (or one of its weight files).
+
+    Raises:
+        CheckpointError: missing, unreadable, truncated or corrupt files; keys or shapes that do not
+            map; a config.json or metadata that disagrees with the tensors.
+        UnsupportedVersionError: an RWKV version, variant or HF layout rwkvkit cannot run.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        return _read_hf(path)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes); the download or save was interrupted")
+    if path.suffix == ".safetensors" or native.looks_like_safetensors(path):
+        sd, meta = native.read_safetensors(path)
+        declared = native.config_from_metadata(meta, path)
+        if declared is None:
+            return _from_official(sd, path, "safetensors", "safetensors with official (BlinkDL) names")
+        return _from_official(
+            sd, path, "rwkvkit", f"rwkvkit .safetensors (format {meta[native.TAG]})", declared
+        )
+    return _from_official(blinkdl.read_pth(path), path, "blinkdl", "official (BlinkDL) .pth")
 
 
 def build_model(
@@ -47,42 +144,25 @@ def build_model(
     with torch.device("meta"):
         model = RWKV(config, dtype=dtype)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_short(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_short(unexpected)}")
-        raise CheckpointError(f"cannot map {source} to an RWKV-{config.version} model: " + "; ".join(parts))
+    blinkdl.check_state_dict(sd, config, source, expected)
     tensors = {}
-    for k, shape in expected.items():
-        t = sd[k]
-        if tuple(t.shape) != shape:
-            raise CheckpointError(
-                f"{source}: tensor {k!r} has shape {tuple(t.shape)}, expected {shape} for {config}"
-            )
-        if not t.is_floating_point():
-            raise CheckpointError(f"{source}: tensor {k!r} has non-float dtype {t.dtype}")
-        if not torch.isfinite(t).all():
+    for k in expected:
+        if not torch.isfinite(sd[k]).all():
             raise CheckpointError(f"{source}: tensor {k!r} contains NaN or inf; the checkpoint is corrupt")
-        tensors[k] = t.to(device=device, dtype=dtype)
+        tensors[k] = sd[k].to(device=device, dtype=dtype)
     model.load_state_dict(tensors, assign=True)
     return model.eval()
-
-
-def _short(keys: list[str], n: int = 6) -> str:
-    return "[" + ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "") + "]"
 
 
 def load(
     path: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"
 ) -> RWKV:
-    """Load an RWKV checkpoint, detecting the version from its keys.
+    """Load an RWKV checkpoint of any supported format, detecting the version from its keys.
 
     Args:
-        path: an official (BlinkDL) ``.pth`` file (any key-name generation).
+        path: an official (BlinkDL) ``.pth`` file (any key-name generation), an rwkvkit
+            ``.safetensors`` file, or an HF model directory (transformers RWKV-4, the RWKV hub's
+            RWKV-5.2/6, fla RWKV-6/7; told apart by ``config.json`` and the keys).
         dtype: weight dtype (``torch.float32``, ``"bf16"``, ...); None keeps the checkpoint's dtype.
             The recurrent state and WKV accumulation are fp32 whatever this is.
         device: where to put the weights.
@@ -91,34 +171,94 @@ def load(
         An :class:`rwkvkit.models.rwkv.model.RWKV` in eval mode.
 
     Raises:
-        CheckpointError: missing, unreadable, truncated or corrupt file; keys that do not map.
+        CheckpointError: missing, unreadable, truncated or corrupt file; keys that do not map; a
+            config that disagrees with the tensors.
         UnsupportedVersionError: a version (or architecture) rwkvkit cannot run.
     """
-    path = Path(path)
-    dtype = parse_dtype(dtype)
-    sd = blinkdl.read_pth(path)
-    version = blinkdl.detect_version(sd)
-    config = blinkdl.config_from_state_dict(blinkdl.rename_old_keys(sd), version)
-    sd = blinkdl.to_native(sd, version, config)
-    return build_model(config, sd, dtype or _checkpoint_dtype(sd), device, str(path))
+    ckpt = read(path)
+    dtype = parse_dtype(dtype) or majority_dtype(ckpt.state_dict)
+    return build_model(ckpt.config, ckpt.state_dict, dtype, device, str(ckpt.path))
 
 
 def describe(path: str | Path) -> dict:
     """What a checkpoint holds, without building a model: format, version, sizes, parameters, dtype."""
-    path = Path(path)
-    sd = blinkdl.read_pth(path)
-    version = blinkdl.detect_version(sd)
-    config = blinkdl.config_from_state_dict(blinkdl.rename_old_keys(sd), version)
-    dtypes = sorted({str(t.dtype).replace("torch.", "") for t in sd.values()})
+    ckpt = read(path)
     return {
-        "path": str(path),
-        "format": "official (BlinkDL) .pth",
-        "config": config,
-        "parameters": sum(t.numel() for t in sd.values()),
-        "dtype": str(_checkpoint_dtype(sd)).replace("torch.", ""),
-        "dtypes": dtypes,
-        "file_bytes": path.stat().st_size,
+        "path": str(ckpt.path),
+        "format": ckpt.description,
+        "config": ckpt.config,
+        "parameters": ckpt.stored_parameters,
+        "dtype": str(majority_dtype(ckpt.state_dict)).removeprefix("torch."),
+        "dtypes": ckpt.stored_dtypes,
+        "file_bytes": sum(f.stat().st_size for f in ckpt.files),
+        "source": ckpt.source,
     }
 
 
-__all__ = ["load", "describe", "parse_dtype", "build_model", "blinkdl"]
+def _state_and_config(obj: object) -> tuple[dict[str, torch.Tensor], RWKVConfig]:
+    if isinstance(obj, Checkpoint):
+        return obj.state_dict, obj.config
+    if isinstance(obj, torch.nn.Module):
+        config = getattr(obj, "config", None)
+        if not isinstance(config, RWKVConfig):
+            raise TypeError(
+                f"save() takes an rwkvkit RWKV model, got a {type(obj).__name__} without an RWKVConfig"
+            )
+        sd = obj.state_dict()
+    elif isinstance(obj, Mapping):
+        sd = blinkdl.strip_wrapper_prefixes(dict(obj))
+        version = blinkdl.detect_version(sd)
+        config = blinkdl.config_from_state_dict(blinkdl.rename_old_keys(sd), version)
+        sd = blinkdl.to_native(sd, version, config)
+    else:
+        raise TypeError(f"save() takes a model, a state dict or a Checkpoint, got {type(obj).__name__}")
+    blinkdl.check_state_dict(sd, config, "the state dict to save")
+    return sd, config
+
+
+def save(
+    model_or_state_dict: RWKV | Mapping[str, torch.Tensor] | Checkpoint,
+    path: str | Path,
+    format: str = "rwkvkit",  # noqa: A002 - the natural name of the option
+    dtype: str | torch.dtype | None = None,
+) -> Path:
+    """Write a model, an official-name state dict, or a read :class:`Checkpoint`.
+
+    Args:
+        model_or_state_dict: what to write; a state dict's version and sizes are read from its shapes.
+        path: a file (``rwkvkit``: ``.safetensors``; ``blinkdl``: ``.pth``) or a directory (``hf``).
+        format: ``"rwkvkit"``, ``"blinkdl"`` or ``"hf"`` (layout per version: transformers for
+            RWKV-4, the RWKV hub for 5.2, fla for 6 and 7; RWKV-5.0/5.1 have no HF layout).
+        dtype: cast the floating-point tensors (``"bf16"``, ``torch.float16``, ...); None keeps them.
+
+    Returns:
+        ``path``. The write is atomic: a temporary file or folder, then a rename.
+    """
+    if format not in FORMATS:
+        raise CheckpointError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+    path = Path(path)
+    sd, config = _state_and_config(model_or_state_dict)
+    dtype = parse_dtype(dtype)
+    if format == "hf":
+        hf.write(sd, config, path, dtype=dtype)
+        return path
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; the {format} format is a single file")
+    if format == "rwkvkit":
+        native.write(sd, config, path, dtype)
+    else:
+        blinkdl.save_pth(sd, path, dtype)
+    return path
+
+
+def convert(src: str | Path, dst: str | Path, to: str, dtype: str | torch.dtype | None = None) -> Checkpoint:
+    """Read ``src`` (any format), check it, write it to ``dst`` in format ``to``; returns what was read."""
+    ckpt = read(src)
+    save(ckpt, dst, format=to, dtype=dtype)
+    return ckpt
+
+
+__all__ = [
+    "FORMATS", "Checkpoint", "read", "load", "describe", "save", "convert",
+    "parse_dtype", "build_model", "blinkdl", "hf", "native",
+]  # fmt: skip

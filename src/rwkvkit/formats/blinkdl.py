@@ -3,7 +3,8 @@
 Reading never executes code from the file (``torch.load(weights_only=True)``). Key names are
 rwkvkit's own module names, so the map is the identity except for renamed keys of older releases
 (RWKV-7 before November 2024, spec section 6) and the version detection, done from keys and shapes
-alone (no environment variable).
+alone (no environment variable). :func:`expected_shapes` is the spec's section 6 table: every
+reader checks a state dict against it, so a conversion refuses a broken file without building a model.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 import torch
 
 from rwkvkit.errors import CheckpointError, UnsupportedVersionError
+from rwkvkit.formats._io import atomic_file, owned
+from rwkvkit.formats.keymap import short
 from rwkvkit.models.rwkv.config import RWKVConfig
 
 # RWKV-7 key renames of commit 348e56e (Nov 2024): old suffix -> new suffix, per block
@@ -73,6 +76,22 @@ def read_pth(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     if "state_dict" in sd or "model" in sd:
         raise CheckpointError(f"{path} looks like a training checkpoint; pass the model's state dict")
+    return sd
+
+
+# prefixes that wrappers add to every key: torch.compile (``_orig_mod.``), DataParallel/DDP (``module.``)
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def strip_wrapper_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove ``_orig_mod.`` / ``module.`` when every key carries it (a state dict saved from a wrapper)."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if sd and all(k.startswith(prefix) for k in sd):
+                sd = {k[len(prefix) :]: v for k, v in sd.items()}
+                changed = True
     return sd
 
 
@@ -147,13 +166,14 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], version: str) -> RWKVCon
         dim_att = sd["blocks.0.att.key.weight"].shape[0]
         if version == "4":
             return RWKVConfig(**common, dim_att=dim_att)
+        log_bonus = "blocks.0.att.time_faaaa" not in sd  # v5 files store u or log u
         if version in ("5.0", "5.1"):  # per-head decay (H,): the head size is A / H
             n_head = sd["blocks.0.att.time_decay"].shape[0]
-            return RWKVConfig(**common, dim_att=dim_att, head_size=dim_att // n_head)
-        bonus = sd.get("blocks.0.att.time_faaaa", sd.get("blocks.0.att.time_first"))
-        head_size = bonus.shape[-1]  # time_faaaa (H, N)
+            return RWKVConfig(**common, dim_att=dim_att, head_size=dim_att // n_head, v5_log_bonus=log_bonus)
+        head_size = sd["blocks.0.att.time_decay"].shape[-1]  # v5.2 (H, N); v6 (1, 1, A) fixed below
         if version == "5.2":
-            return RWKVConfig(**common, dim_att=dim_att, head_size=head_size)
+            return RWKVConfig(**common, dim_att=dim_att, head_size=head_size, v5_log_bonus=log_bonus)
+        head_size = sd["blocks.0.att.time_faaaa"].shape[-1]  # v6: time_faaaa (H, N)
         if version == "6":
             return RWKVConfig(
                 **common,
@@ -169,6 +189,99 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], version: str) -> RWKVCon
     raise UnsupportedVersionError(f"RWKV-{version} checkpoints are not supported")
 
 
+def expected_shapes(config: RWKVConfig) -> dict[str, tuple[int, ...]]:
+    """Every key of an official checkpoint of ``config`` and its shape (spec section 6).
+
+    RWKV-5 files name the bonus ``time_first`` (its log, ``config.v5_log_bonus``) or ``time_faaaa``.
+    """
+    v, C, V, F = config.version, config.n_embd, config.vocab_size, config.dim_ffn
+    A, H, N = config.dim_att, config.n_head, config.head_size
+    shapes: dict[str, tuple[int, ...]] = {
+        "emb.weight": (V, C), "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,),
+        "ln_out.weight": (C,), "ln_out.bias": (C,), "head.weight": (V, C),
+    }  # fmt: skip
+    vec = (1, 1, C)
+    for i in range(config.n_layer):
+        att, ffn = f"blocks.{i}.att.", f"blocks.{i}.ffn."
+        for ln in ("ln1", "ln2"):
+            shapes[f"blocks.{i}.{ln}.weight"] = shapes[f"blocks.{i}.{ln}.bias"] = (C,)
+        if v == "7":
+            Dw, Da, Dv, Dg = config.lora_w, config.lora_a, config.lora_v, config.lora_g
+            for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "v0", "k_k", "k_a"):
+                shapes[att + name] = vec
+            shapes |= {
+                att + "w1": (C, Dw), att + "w2": (Dw, C), att + "a1": (C, Da), att + "a2": (Da, C),
+                att + "v1": (C, Dv), att + "v2": (Dv, C), att + "g1": (C, Dg), att + "g2": (Dg, C),
+                att + "r_k": (H, N), att + "ln_x.weight": (C,), att + "ln_x.bias": (C,),
+                ffn + "x_k": vec, ffn + "key.weight": (F, C), ffn + "value.weight": (C, F),
+            }  # fmt: skip
+            for name in ("receptance", "key", "value", "output"):
+                shapes[f"{att}{name}.weight"] = (C, C)
+            continue
+        for name in ("receptance", "key", "value"):
+            shapes[f"{att}{name}.weight"] = (A, C)
+        shapes[att + "output.weight"] = (C, A)
+        shapes |= {
+            ffn + "key.weight": (F, C),
+            ffn + "receptance.weight": (C, C),
+            ffn + "value.weight": (C, F),
+        }
+        if v == "6":
+            for name in ("x", "w", "k", "v", "r", "g"):
+                shapes[f"{att}time_maa_{name}"] = vec
+            Dm, Dd = config.lora_mix, config.lora_decay
+            shapes |= {
+                att + "time_maa_w1": (C, 5 * Dm), att + "time_maa_w2": (5, Dm, C),
+                att + "time_decay": (1, 1, A), att + "time_decay_w1": (C, Dd), att + "time_decay_w2": (Dd, A),
+                att + "time_faaaa": (H, N), ffn + "time_maa_k": vec, ffn + "time_maa_r": vec,
+            }  # fmt: skip
+        else:  # v4, v5.x: static lerps
+            for name in ("k", "v", "r"):
+                shapes[f"{att}time_mix_{name}"] = vec
+            shapes[ffn + "time_mix_k"] = shapes[ffn + "time_mix_r"] = vec
+        if v == "4":
+            shapes[att + "time_decay"] = shapes[att + "time_first"] = (A,)
+        elif v.startswith("5"):
+            decay = (H, N) if v == "5.2" else (H,)
+            shapes[att + "time_decay"] = decay
+            shapes[att + ("time_first" if config.v5_log_bonus else "time_faaaa")] = decay
+        if v in ("5.1", "5.2", "6"):
+            shapes[att + "gate.weight"] = (A, C)
+            if v != "6":
+                shapes[att + "time_mix_g"] = vec
+        if v != "4":
+            shapes[att + "ln_x.weight"] = shapes[att + "ln_x.bias"] = (A,)
+    return shapes
+
+
+def check_state_dict(
+    sd: dict[str, torch.Tensor],
+    config: RWKVConfig,
+    source: str,
+    expected: dict[str, tuple[int, ...]] | None = None,
+) -> None:
+    """Raise a one-line CheckpointError unless ``sd`` has exactly the keys and shapes ``expected``.
+
+    ``expected`` defaults to the official ones (:func:`expected_shapes`); a model passes its own.
+    """
+    expected = expected_shapes(config) if expected is None else expected
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        parts = ([f"missing keys {short(missing)}"] if missing else []) + (
+            [f"unexpected keys {short(unexpected)}"] if unexpected else []
+        )
+        raise CheckpointError(f"cannot map {source} to an RWKV-{config.version} model: " + "; ".join(parts))
+    for k, shape in expected.items():
+        t = sd[k]
+        if tuple(t.shape) != shape:
+            raise CheckpointError(
+                f"{source}: tensor {k!r} has shape {tuple(t.shape)}, expected {shape} for {config}"
+            )
+        if not t.is_floating_point():
+            raise CheckpointError(f"{source}: tensor {k!r} has non-float dtype {t.dtype}")
+
+
 def to_native(sd: dict[str, torch.Tensor], version: str, config: RWKVConfig) -> dict[str, torch.Tensor]:
     """Official state dict -> rwkvkit state dict (same names; fills what old files lack)."""
     sd = rename_old_keys(sd) if version == "7" else dict(sd)
@@ -182,14 +295,12 @@ def to_native(sd: dict[str, torch.Tensor], version: str, config: RWKVConfig) -> 
     return sd
 
 
-def from_native(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """rwkvkit state dict -> official state dict (identity names, contiguous tensors)."""
-    return {k: v.detach().contiguous() for k, v in sd.items()}
+def from_native(sd: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """rwkvkit state dict -> official state dict (identity names; detached tensors owning their bytes)."""
+    return owned(sd, dtype)
 
 
-def save_pth(sd: dict[str, torch.Tensor], path: str | Path) -> None:
+def save_pth(sd: dict[str, torch.Tensor], path: str | Path, dtype: torch.dtype | None = None) -> None:
     """Write an official-format ``.pth`` (atomically: temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(from_native(sd), tmp)
-    tmp.replace(path)
+    official = from_native(sd, dtype)
+    atomic_file(Path(path), lambda tmp: torch.save(official, tmp))
