@@ -15,7 +15,8 @@ CONFIGS = {
     "5.0": RWKVConfig(version="5.0", n_layer=2, n_embd=64, vocab_size=256, head_size=32, v5_log_bonus=True),
     "5.1": RWKVConfig(version="5.1", n_layer=2, n_embd=64, vocab_size=256, head_size=32, v5_log_bonus=True),
     "5.2": RWKVConfig(version="5.2", n_layer=2, n_embd=64, vocab_size=256, head_size=32),
-    "6": RWKVConfig(version="6", n_layer=2, n_embd=64, vocab_size=256, head_size=32, lora_mix=8, lora_decay=8),
+    "6": RWKVConfig(version="6", n_layer=2, n_embd=64, vocab_size=256, head_size=32,
+                    lora_mix=8, lora_decay=8),
     "7": RWKVConfig(version="7", n_layer=2, n_embd=64, vocab_size=256, head_size=32,
                     lora_w=8, lora_a=8, lora_v=4, lora_g=16),
 }  # fmt: skip

@@ -12,7 +12,7 @@ import torch
 
 import rwkvkit
 
-transformers = pytest.importorskip("transformers", reason="transformers is the RWKV-4 oracle (dev dependency)")
+transformers = pytest.importorskip("transformers", reason="the RWKV-4 oracle (a dev dependency)")
 
 TOL = 1e-4  # max |logit difference|, fp32
 
