@@ -32,7 +32,9 @@ def check_wkv4(op: str, w, u, k, v, state) -> None:
         raise ValueError(f"{op}: k and v must both be [B, T, C], got {tuple(k.shape)} and {tuple(v.shape)}")
     B, T, C = k.shape
     if w.shape[-1] != C or u.shape[-1] != C or w.numel() != C or u.numel() != C:
-        raise ValueError(f"{op}: w and u must have C = {C} elements, got {tuple(w.shape)} and {tuple(u.shape)}")
+        raise ValueError(
+            f"{op}: w and u must have C = {C} elements, got {tuple(w.shape)} and {tuple(u.shape)}"
+        )
     if state is not None and tuple(state.shape) != (B, 3, C):
         raise ValueError(f"{op}: `state` has shape {tuple(state.shape)}, expected [B, 3, C] = {(B, 3, C)}")
 
