@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from rwkvkit.ops.rwkv4 import wkv4, wkv4_initial_state, wkv4_naive
-from rwkvkit.ops.rwkv6 import wkv5, wkv6, wkv6_naive
+from rwkvkit.ops.rwkv4 import wkv4, wkv4_chunk, wkv4_initial_state, wkv4_naive, wkv4_step
+from rwkvkit.ops.rwkv6 import wkv5, wkv6, wkv6_chunk, wkv6_naive, wkv6_step
 from rwkvkit.ops.rwkv7 import DEFAULT_CHUNK_SIZE, wkv7_chunk, wkv7_naive, wkv7_step
 
 IMPLS = ("auto", "naive", "chunk", "step")
@@ -49,8 +49,8 @@ def wkv7(
 
 
 __all__ = [
-    "wkv4", "wkv4_naive", "wkv4_initial_state",
-    "wkv5", "wkv6", "wkv6_naive",
+    "wkv4", "wkv4_naive", "wkv4_chunk", "wkv4_step", "wkv4_initial_state",
+    "wkv5", "wkv6", "wkv6_naive", "wkv6_chunk", "wkv6_step",
     "wkv7", "wkv7_naive", "wkv7_chunk", "wkv7_step",
     "IMPLS",
 ]  # fmt: skip

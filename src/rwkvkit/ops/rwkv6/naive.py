@@ -50,13 +50,15 @@ def wkv6_naive(
     B, T, H, K = r.shape
     V = v.shape[-1]
     dt = compute_dtype(r, log_w, k, v, u)
+    out_dtype = r.dtype
     r, log_w, k, v, u = (x.to(dt) for x in (r, log_w, k, v, u))
     S = r.new_zeros(B, H, K, V) if state is None else state.to(dt)
     w = torch.exp(log_w)
     out = []
-    for t in range(T):
-        kv = k[:, t, :, :, None] * v[:, t, :, None, :]  # [B, H, K, V]
-        out.append(torch.einsum("bhk,bhkv->bhv", r[:, t], S + u[:, :, None] * kv))
-        S = S * w[:, t, :, :, None] + kv
+    # unbind, not x[:, t]: indexing in a loop makes autograd write a full-size gradient per step
+    for r_t, w_t, k_t, v_t in zip(*(x.unbind(1) for x in (r, w, k, v))):
+        kv = k_t[..., None] * v_t[:, :, None, :]  # [B, H, K, V]
+        out.append(torch.einsum("bhk,bhkv->bhv", r_t, S + u[:, :, None] * kv))
+        S = S * w_t[..., None] + kv
     y = torch.stack(out, dim=1) if out else r.new_zeros(B, 0, H, V)
-    return y.to(r.dtype if r.dtype.is_floating_point else dt), S
+    return y.to(out_dtype), S

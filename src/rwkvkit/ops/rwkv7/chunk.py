@@ -152,9 +152,10 @@ def wkv7_chunk(
     # the only sequential part: carry the state across chunks
     starts = []
     S = S0
-    for n in range(N):
+    # unbind, not A_ch[:, :, n]: indexing in a loop makes autograd write a full-size gradient per step
+    for A_n, U_n in zip(A_ch.unbind(2), U_ch.unbind(2)):
         starts.append(S)
-        S = A_ch[:, :, n] @ S + U_ch[:, :, n]
+        S = A_n @ S + U_n
     S_starts = torch.stack(starts, dim=2)  # [B, H, N, K, V]: state at the start of each chunk
 
     o = O_S @ S_starts + O_c  # [B, H, N, C, V]

@@ -50,17 +50,16 @@ def wkv7_naive(
     V = v.shape[-1]
     check_state(op, state, B, H, K, V)
     dt = compute_dtype(r, log_w, k, v, a, b)
+    out_dtype = r.dtype
     r, log_w, k, v, a, b = (x.to(dt) for x in (r, log_w, k, v, a, b))
     S = r.new_zeros(B, H, K, V) if state is None else state.to(dt)
     w = torch.exp(log_w)
     outs = []
-    for t in range(T):
-        sa = torch.einsum("bhk,bhkv->bhv", a[:, t], S)  # a^T S, from the OLD state
-        S = (
-            S * w[:, t, :, :, None]
-            + b[:, t, :, :, None] * sa[:, :, None, :]
-            + k[:, t, :, :, None] * v[:, t, :, None, :]
-        )
-        outs.append(torch.einsum("bhk,bhkv->bhv", r[:, t], S))
+    # unbind, not x[:, t]: indexing in a loop makes autograd write a full-size gradient per step
+    steps = zip(*(x.unbind(1) for x in (r, w, k, v, a, b)))
+    for r_t, w_t, k_t, v_t, a_t, b_t in steps:
+        sa = torch.einsum("bhk,bhkv->bhv", a_t, S)  # a^T S, from the OLD state
+        S = S * w_t[..., None] + b_t[..., None] * sa[:, :, None, :] + k_t[..., None] * v_t[:, :, None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", r_t, S))
     o = torch.stack(outs, dim=1) if outs else r.new_zeros(B, 0, H, V)
-    return o.to(r.dtype if r.dtype.is_floating_point else dt), S
+    return o.to(out_dtype), S
