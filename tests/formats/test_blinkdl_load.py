@@ -164,3 +164,21 @@ def test_nan_weights_are_refused(ckpt, tmp_path):
     sd["head.weight"][3, 3] = float("nan")
     torch.save(sd, tmp_path / "m.pth")
     assert "NaN" in _err(tmp_path / "m.pth")
+
+
+ONE_LAYER = {
+    "4": {},
+    "5.0": {"head_size": 16, "v5_log_bonus": True},
+    "5.1": {"head_size": 16, "v5_log_bonus": True},
+    "5.2": {"head_size": 16},
+    "6": {"head_size": 16, "lora_mix": 4, "lora_decay": 4},
+    "7": {"head_size": 16, "lora_w": 4, "lora_a": 4, "lora_v": 4, "lora_g": 4},
+}
+
+
+@pytest.mark.parametrize("version", sorted(ONE_LAYER))
+def test_one_layer_checkpoints_load_as_their_version(version, tmp_path):
+    """The official package's own detection is ambiguous for one-layer files; ours is not."""
+    cfg = RWKVConfig(version=version, n_layer=1, n_embd=32, vocab_size=50, **ONE_LAYER[version])
+    path = random_checkpoint(cfg, tmp_path / "m.pth")
+    assert rwkvkit.load(path).config == cfg
