@@ -14,15 +14,15 @@ from rwkvkit.errors import RWKVKitError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rwkvkit.cli import convert, generate, info
+    from rwkvkit.cli import convert, data, generate, info, train
 
     parser = argparse.ArgumentParser(
         prog="rwkvkit",
-        description="RWKV language models: inspect checkpoints and generate text.",
+        description="RWKV language models: prepare data, train, convert, inspect and generate.",
     )
     parser.add_argument("--version", action="version", version=f"rwkvkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (info, generate, convert):
+    for module in (info, generate, convert, data, train):
         module.add_parser(sub)
     return parser
 

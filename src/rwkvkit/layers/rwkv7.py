@@ -45,8 +45,12 @@ class RWKV7TimeMix(nn.Module):
         self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g = (p(1, 1, C) for _ in range(6))
         self.w0, self.w1, self.w2 = p(1, 1, C), p(C, config.lora_w), p(config.lora_w, C)
         self.a0, self.a1, self.a2 = p(1, 1, C), p(C, config.lora_a), p(config.lora_a, C)
-        # layer 0 has v0..v2 in official checkpoints too, unused (it *defines* v_first)
+        # layer 0 has v0..v2 in official checkpoints too, unused (it *defines* v_first): frozen, so
+        # optimisers and DDP (which insists every trainable parameter gets a gradient) skip them
         self.v0, self.v1, self.v2 = p(1, 1, C), p(C, config.lora_v), p(config.lora_v, C)
+        if layer_id == 0:
+            for unused in (self.v0, self.v1, self.v2):
+                unused.requires_grad_(False)
         self.g1, self.g2 = p(C, config.lora_g), p(config.lora_g, C)
         self.k_k, self.k_a = p(1, 1, C), p(1, 1, C)
         self.r_k = p(H, N)

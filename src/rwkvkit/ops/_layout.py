@@ -11,6 +11,8 @@ the offending tensor and the expected shape.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -46,3 +48,22 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     for t in tensors:
         dt = torch.promote_types(dt, t.dtype)
     return dt
+
+
+def no_autocast(fn):
+    """Run an operator with autocast off: the recurrences are fp32 by design.
+
+    Under ``torch.autocast`` (bf16 training) the matrix products inside the chunked forms would
+    otherwise be cast to bf16, which the decays near 1 cannot afford ("everything must be in fp32
+    because w can be very close to 1", RWKV-LM README). The inputs are cast up inside each op.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        t = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if t is None or not torch.is_autocast_enabled(t.device.type):
+            return fn(*args, **kwargs)
+        with torch.autocast(t.device.type, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper

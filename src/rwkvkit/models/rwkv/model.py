@@ -39,6 +39,8 @@ BLOCK_CLASSES = {
 
 
 class Block(nn.Module):
+    """One residual block: time mix then channel mix, each behind its own LayerNorm."""
+
     def __init__(self, config: RWKVConfig, layer_id: int, device=None, dtype=None) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
@@ -51,6 +53,27 @@ class Block(nn.Module):
         TimeMix, ChannelMix = BLOCK_CLASSES[config.version]
         self.att = TimeMix(config, layer_id, **dd)
         self.ffn = ChannelMix(config, layer_id, **dd)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        att_shift: torch.Tensor,
+        wkv: torch.Tensor,
+        ffn_shift: torch.Tensor,
+        v_first: torch.Tensor | None,
+        impl: str = "auto",
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``x [B, T, C]`` and this layer's state -> ``(x, att_shift, wkv, ffn_shift, v_first)``.
+
+        A real ``forward`` (not called piecewise by the model) so that wrappers applied from outside
+        (FSDP2's ``fully_shard``, activation checkpointing) see each block as one unit.
+        """
+        if self.layer_id == 0:
+            x = self.ln0(x)
+        xx, att_shift, wkv, v_first = self.att(self.ln1(x), att_shift, wkv, v_first, impl=impl)
+        x = x + xx
+        xx, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
+        return x + xx, att_shift, wkv, ffn_shift, v_first
 
 
 class RWKV(nn.Module):
@@ -112,16 +135,11 @@ class RWKV(nn.Module):
         att_shift, wkv, ffn_shift = [], [], []
 
         x = self.emb(tokens)
-        v_first = None
+        v_first = None  # RWKV-7: layer 0's values, shared with every later layer
         for i, block in enumerate(self.blocks):
-            if i == 0:
-                x = block.ln0(x)
-            xx, s_att, s_wkv, v_first = block.att(
-                block.ln1(x), state["att_shift"][i], state["wkv"][i], v_first, impl=impl
+            x, s_att, s_wkv, s_ffn, v_first = block(
+                x, state["att_shift"][i], state["wkv"][i], state["ffn_shift"][i], v_first, impl=impl
             )
-            x = x + xx
-            xx, s_ffn = block.ffn(block.ln2(x), state["ffn_shift"][i])
-            x = x + xx
             att_shift.append(s_att)
             wkv.append(s_wkv)
             ffn_shift.append(s_ffn)

@@ -57,7 +57,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from rwkvkit.ops._layout import compute_dtype
+from rwkvkit.ops._layout import compute_dtype, no_autocast
 from rwkvkit.ops.rwkv4.naive import check_wkv4, wkv4_initial_state
 
 DEFAULT_CHUNK_SIZE = 8
@@ -75,6 +75,7 @@ def _in_chunk_exponents(w: torch.Tensor, u: torch.Tensor, L: int) -> torch.Tenso
     return torch.where(below, lag.unsqueeze(-1) * w, torch.where(diag, u, _NEG_INF))
 
 
+@no_autocast
 def wkv4_chunk(
     w: torch.Tensor,
     u: torch.Tensor,

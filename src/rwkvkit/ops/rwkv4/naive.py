@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from rwkvkit.ops._layout import compute_dtype
+from rwkvkit.ops._layout import compute_dtype, no_autocast
 
 PP_INIT = -1e30  # "minus infinity" of the official package's fresh state
 
@@ -39,6 +39,7 @@ def check_wkv4(op: str, w, u, k, v, state) -> None:
         raise ValueError(f"{op}: `state` has shape {tuple(state.shape)}, expected [B, 3, C] = {(B, 3, C)}")
 
 
+@no_autocast
 def wkv4_naive(
     w: torch.Tensor,
     u: torch.Tensor,

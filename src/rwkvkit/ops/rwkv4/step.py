@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from rwkvkit.ops._layout import compute_dtype
+from rwkvkit.ops._layout import compute_dtype, no_autocast
 from rwkvkit.ops.rwkv4.naive import wkv4_initial_state
 
 
@@ -26,6 +26,7 @@ def _check_step(op: str, w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: t
         raise ValueError(f"{op}: `state` has shape {tuple(state.shape)}, expected [B, 3, C] = {(B, 3, C)}")
 
 
+@no_autocast
 def wkv4_step(
     w: torch.Tensor,
     u: torch.Tensor,

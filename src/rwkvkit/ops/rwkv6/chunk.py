@@ -79,7 +79,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from rwkvkit.ops._layout import compute_dtype
+from rwkvkit.ops._layout import compute_dtype, no_autocast
 from rwkvkit.ops.rwkv6.naive import check_wkv6
 
 DEFAULT_CHUNK_SIZE = 32
@@ -111,6 +111,7 @@ def _placement(index: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tens
     return (index[:, None] == torch.arange(size, device=index.device)).to(dtype)
 
 
+@no_autocast
 def wkv6_chunk(
     r: torch.Tensor,
     log_w: torch.Tensor,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, compute_dtype
+from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, compute_dtype, no_autocast
 
 
 def check_wkv6(op: str, r, log_w, k, v, u, state) -> None:
@@ -26,6 +26,7 @@ def check_wkv6(op: str, r, log_w, k, v, u, state) -> None:
     check_state(op, state, B, H, K, v.shape[-1])
 
 
+@no_autocast
 def wkv6_naive(
     r: torch.Tensor,
     log_w: torch.Tensor,

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, compute_dtype
+from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, compute_dtype, no_autocast
 from rwkvkit.ops.rwkv6.chunk import check_value_layout
 
 
+@no_autocast
 def wkv6_step(
     r: torch.Tensor,
     log_w: torch.Tensor,

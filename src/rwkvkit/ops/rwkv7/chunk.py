@@ -35,7 +35,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, compute_dtype
+from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, compute_dtype, no_autocast
 
 DEFAULT_CHUNK_SIZE = 32
 
@@ -56,6 +56,7 @@ def _safe_chunk_size(log_w: torch.Tensor, chunk_size: int, dt: torch.dtype) -> i
     return C
 
 
+@no_autocast
 def wkv7_chunk(
     r: torch.Tensor,
     log_w: torch.Tensor,

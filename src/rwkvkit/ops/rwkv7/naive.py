@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, compute_dtype
+from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, compute_dtype, no_autocast
 
 
+@no_autocast
 def wkv7_naive(
     r: torch.Tensor,
     log_w: torch.Tensor,

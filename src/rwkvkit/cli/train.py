@@ -1,0 +1,85 @@
+"""``rwkvkit train [CONFIG.toml] [--preset NAME] [--resume] [--FIELD VALUE ...]``.
+
+Every field of :class:`rwkvkit.training.config.TrainConfig` is a command-line option (``--n-layer
+8``, ``--lr 3e-4``, ``--l2wrap false``); its help text is the field's documentation. Precedence:
+preset, then the TOML file, then the options. Under ``torchrun`` the same command trains with DDP
+or FSDP2 (``--parallel fsdp``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import logging
+import sys
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1)
+def field_docs() -> dict[str, str]:
+    """The attribute docstrings of TrainConfig (string literals after each field), by field name."""
+    from rwkvkit.training.config import TrainConfig
+
+    docs: dict[str, str] = {}
+    try:
+        tree = ast.parse(inspect.getsource(TrainConfig))
+    except (OSError, TypeError):  # no source available: options still work, without help texts
+        return docs
+    body = tree.body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def add_parser(sub) -> None:
+    from rwkvkit.training.config import PRESETS, TrainConfig
+
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune a model (every config field is an option)",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    p.add_argument("config", nargs="?", default=None, help="a TOML file of TrainConfig fields (optional)")
+    p.add_argument("--preset", default=None, help=f"start from a named preset: {', '.join(sorted(PRESETS))}")
+    p.add_argument("--resume", action="store_true", help="continue exactly from OUT_DIR/last.pt")
+    docs = field_docs()
+    group = p.add_argument_group("training options (override the preset and the TOML file)")
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default
+        help_text = docs.get(f.name, "")
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f"opt_{f.name}",
+            default=None,
+            metavar=type(default).__name__.upper(),
+            help=f"{help_text} (default {default!r})" if help_text else f"default {default!r}",
+        )
+    p.set_defaults(func=run)
+
+
+def resolve_config(args: argparse.Namespace):
+    from rwkvkit.training.config import TrainConfig, preset
+
+    cfg = preset(args.preset) if args.preset else TrainConfig()
+    if args.config:
+        cfg = TrainConfig.from_toml(args.config, base=cfg)
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
+    return TrainConfig.from_dict(overrides, base=cfg) if overrides else cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from rwkvkit.training.loop import train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    cfg = resolve_config(args)
+    result = train(cfg, resume=args.resume)
+    if result.val_loss is not None:
+        print(
+            f"done: {result.step} steps in {result.seconds / 60:.1f} min; validation loss "
+            f"{result.val_loss:.4f}, {result.val_bpb:.4f} bits/byte; weights in {result.out_dir}"
+        )
+    return 0

@@ -1,0 +1,281 @@
+"""Training configuration: one frozen dataclass, TOML files, named presets, command-line overrides.
+
+A run is fully described by a :class:`TrainConfig`. It comes from a preset (``--preset NAME``), a
+TOML file (flat ``key = value`` pairs, the dataclass field names; ``[model]``-style tables are
+accepted and flattened), and ``--field value`` overrides on the command line, applied in that order.
+The resolved config is written beside the checkpoints, so every run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from rwkvkit.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything a training run needs. Field docstrings are the ``rwkvkit train --help`` texts."""
+
+    # ---- data and output ----
+    data: str = ""
+    """prepared data directory (`rwkvkit data prepare`), with train and val splits"""
+    out_dir: str = "runs/train"
+    """where checkpoints, the resolved config, loss.csv and loss.png go"""
+
+    # ---- model ----
+    arch: str = "rwkv"
+    """model family: rwkv, or gpt (the transformer baseline)"""
+    version: str = "7"
+    """RWKV version to train: 4, 5.2, 6 or 7"""
+    n_layer: int = 6
+    n_embd: int = 256
+    head_size: int = 64
+    """RWKV head size (v5-v7); for gpt the attention head size"""
+    dim_ffn: int = 0
+    """feed-forward width; 0 = the version's default"""
+    vocab_size: int = 0
+    """0 = the tokenizer's vocabulary, rounded up to a multiple of 64"""
+    lora_ranks: str = ""
+    """RWKV-6/7 LoRA ranks as 'w,a,v,g' (v7) or 'mix,decay' (v6); empty = the official formula"""
+    init_from: str = ""
+    """checkpoint to start from (fine-tuning) instead of the official initialisation"""
+
+    # ---- batches ----
+    ctx_len: int = 512
+    """tokens per training window (the context the model learns)"""
+    chunk_len: int = 0
+    """process each window in chunks of this many tokens, carrying the state (0 = whole window)"""
+    batch_size: int = 8
+    """windows per micro-batch per process"""
+    grad_accum: int = 1
+    """micro-batches per optimiser step"""
+    max_steps: int = 1000
+    """optimiser steps in the whole run"""
+
+    # ---- optimiser ----
+    lr: float = 6e-4
+    lr_final: float = 6e-5
+    warmup_steps: int = 50
+    schedule: str = "cosine"
+    """learning-rate decay after warm-up: cosine, exponential or constant"""
+    weight_decay: float = 0.01
+    """on matrices only (the official rule)"""
+    beta1: float = 0.9
+    beta2: float = 0.99
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    """clip the global gradient norm to this (0 = off)"""
+    l2wrap: bool = True
+    """the official L2Wrap loss term on the largest logit"""
+
+    # ---- numerics and speed ----
+    precision: str = "bf16"
+    """bf16 (autocast, fp32 master weights) or fp32"""
+    activation_checkpointing: bool = False
+    """recompute each block in the backward pass (less memory, more time)"""
+    compile: bool = False
+    """torch.compile each block (falls back with a logged warning where unsupported)"""
+    device: str = "cpu"
+    threads: int = 0
+    """torch intra-op threads (0 = torch's default)"""
+    parallel: str = "auto"
+    """under torchrun: ddp or fsdp (fully_shard per block); auto = ddp when WORLD_SIZE > 1"""
+
+    # ---- bookkeeping ----
+    seed: int = 0
+    eval_every: int = 200
+    """steps between validation passes (and at the end)"""
+    eval_tokens: int = 0
+    """validation tokens per pass (0 = the whole validation split)"""
+    save_every: int = 200
+    """steps between checkpoints (and at the end)"""
+    log_every: int = 10
+    progress: bool = True
+    """show a progress bar (off automatically when stderr is not a terminal)"""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.arch in ("rwkv", "gpt"), f"arch must be rwkv or gpt, got {self.arch!r}"),
+            (self.version in ("4", "5.2", "6", "7"), f"version must be 4, 5.2, 6 or 7, got {self.version!r}"),
+            (self.ctx_len >= 1, "ctx_len must be >= 1"),
+            (self.chunk_len >= 0, "chunk_len must be >= 0"),
+            (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
+            (self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.schedule in ("cosine", "exponential", "constant"), f"unknown schedule {self.schedule!r}"),
+            (self.precision in ("bf16", "fp32"), f"precision must be bf16 or fp32, got {self.precision!r}"),
+            (self.parallel in ("auto", "ddp", "fsdp", "none"), f"unknown parallel mode {self.parallel!r}"),
+            (self.lr > 0 and self.lr_final >= 0, "lr must be > 0 and lr_final >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+    @property
+    def effective_chunk(self) -> int:
+        return self.chunk_len or self.ctx_len
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        lines = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            lines.append(
+                f"{f.name} = {json.dumps(value) if not isinstance(value, bool) else str(value).lower()}"
+            )
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+        """``base`` (default: the defaults) with the fields of ``d`` replaced; unknown keys are an error."""
+        flat: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, dict):  # a [table] in TOML: its keys are field names too
+                flat.update(v)
+            else:
+                flat[k] = v
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(flat) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown training option(s) {unknown}; see `rwkvkit train --help`")
+        typed = {k: _coerce(k, v, known[k].type) for k, v in flat.items()}
+        return dataclasses.replace(base or cls(), **typed)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"training config not found: {path}")
+        try:
+            d = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} is not valid TOML: {e}") from None
+        return cls.from_dict(d, base)
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Convert a TOML / command-line value to the field's type, with a clear error."""
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(float(value)) if isinstance(value, str) else int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"option {name} expects a {kind}, got {value!r}") from None
+
+
+def default_lora_ranks(version: str, n_embd: int) -> dict[str, int]:
+    """LoRA ranks of the official trainer's formulas (spec section 6), for training from scratch."""
+    r32 = lambda x: max(32, round(x / 32) * 32)  # noqa: E731
+    if version == "7":
+        C = n_embd
+        return {
+            "lora_w": r32(1.8 * math.sqrt(C)),
+            "lora_a": r32(1.8 * math.sqrt(C)),
+            "lora_v": r32(1.3 * math.sqrt(C)),
+            "lora_g": r32(0.6 * C**0.8),
+        }
+    if version == "6":
+        return {"lora_mix": 32, "lora_decay": 64}
+    return {}
+
+
+def parse_lora_ranks(version: str, text: str, n_embd: int) -> dict[str, int]:
+    if not text:
+        return default_lora_ranks(version, n_embd)
+    names = {"7": ("lora_w", "lora_a", "lora_v", "lora_g"), "6": ("lora_mix", "lora_decay")}.get(version, ())
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"lora_ranks must be comma-separated integers, got {text!r}") from None
+    if len(values) != len(names):
+        raise ConfigError(f"RWKV-{version} takes {len(names)} LoRA ranks ({', '.join(names)}), got {text!r}")
+    return dict(zip(names, values))
+
+
+# ---- presets ------------------------------------------------------------------------------------
+
+PRESETS: dict[str, TrainConfig] = {
+    # the shipped default model: RWKV-7 on the Python standard library (see the README)
+    "default-model": TrainConfig(
+        data="runs/data/stdlib-bpe4096",
+        out_dir="runs/default-model",
+        version="7",
+        n_layer=6,
+        n_embd=256,
+        head_size=64,
+        ctx_len=512,
+        batch_size=8,
+        max_steps=2500,
+        lr=1e-3,
+        lr_final=1e-4,
+        warmup_steps=100,
+        weight_decay=0.01,
+        eval_every=250,
+        save_every=250,
+    ),
+    # the same-size transformer trained on the same data and schedule (the quality yardstick)
+    "default-gpt": TrainConfig(
+        data="runs/data/stdlib-bpe4096",
+        out_dir="runs/default-gpt",
+        arch="gpt",
+        n_layer=6,
+        n_embd=256,
+        head_size=64,
+        ctx_len=512,
+        batch_size=8,
+        max_steps=2500,
+        lr=1e-3,
+        lr_final=1e-4,
+        warmup_steps=100,
+        weight_decay=0.01,
+        l2wrap=False,
+        eval_every=250,
+        save_every=250,
+    ),
+    # a seconds-long run for smoke tests
+    "tiny": TrainConfig(
+        n_layer=2,
+        n_embd=64,
+        head_size=32,
+        ctx_len=64,
+        batch_size=4,
+        max_steps=20,
+        warmup_steps=2,
+        eval_every=10,
+        save_every=10,
+        log_every=5,
+    ),  # fmt: skip
+}
+
+
+def preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown training preset {name!r}; presets: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
+
+
+__all__ = ["TrainConfig", "PRESETS", "preset", "default_lora_ranks", "parse_lora_ranks", "field"]

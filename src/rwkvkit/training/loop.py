@@ -1,0 +1,358 @@
+"""The training loop: one readable function, :func:`train`.
+
+Per optimiser step::
+
+    for each of grad_accum micro-batches:          # windows of ctx_len + 1 tokens, B per process
+        state = None
+        for each chunk of chunk_len tokens:        # long windows: the state carries across chunks,
+            logits, state = model(x_chunk, state)  # so memory is bounded by chunk_len, not ctx_len
+            (loss_chunk * share).backward()        # gradients accumulate; the state is detached
+            state = state.detach()                 # (truncated back-propagation through time)
+    clip, AdamW step with the scheduled learning rate
+
+Every ``eval_every`` steps: validation loss and bits per byte over the validation split. Every
+``save_every`` steps: an atomic checkpoint (``last.pt``: model, optimiser, step, sampler position,
+RNG; ``model.safetensors``: the weights for ``rwkvkit.load``). ``resume=True`` continues from
+``last.pt`` exactly: the losses after a resume equal those of an uninterrupted run (tested).
+A NaN/inf loss stops the run with a clear message; the last good checkpoint stays on disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from rwkvkit.errors import ConfigError, RWKVKitError
+from rwkvkit.training import checkpoint as ckpt
+from rwkvkit.training import parallel
+from rwkvkit.training.config import TrainConfig, parse_lora_ranks
+from rwkvkit.utils.perf import matmul_peak, train_flops_per_token
+
+log = logging.getLogger("rwkvkit.train")
+
+LOG_FIELDS = ["step", "tokens", "lr", "train_loss", "val_loss", "val_bpb", "tokens_per_s", "mfu", "elapsed_s"]
+
+
+class TrainingDiverged(RWKVKitError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    train_losses: list[float]  # one per optimiser step, averaged over processes
+    val_loss: float | None
+    val_bpb: float | None
+    out_dir: Path
+    seconds: float
+
+
+# ---- model construction -------------------------------------------------------------------------
+
+
+def model_vocab(cfg: TrainConfig, tokenizer_vocab: int) -> int:
+    if cfg.vocab_size:
+        if cfg.vocab_size < tokenizer_vocab:
+            raise ConfigError(
+                f"vocab_size {cfg.vocab_size} is smaller than the tokenizer's {tokenizer_vocab} ids"
+            )
+        return cfg.vocab_size
+    return -(-tokenizer_vocab // 64) * 64  # round up: matrix shapes friendly to every backend
+
+
+def build_model(cfg: TrainConfig, vocab_size: int) -> nn.Module:
+    """A freshly initialised model (official initialisation), or the weights of ``cfg.init_from``."""
+    if cfg.arch == "gpt":
+        from rwkvkit.models.gpt.config import GPTConfig
+        from rwkvkit.models.gpt.model import GPT
+
+        gcfg = GPTConfig(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=max(1, cfg.n_embd // cfg.head_size),
+                         vocab_size=vocab_size, block_size=cfg.ctx_len)  # fmt: skip
+        model = GPT(gcfg)
+        model.init_weights(cfg.seed)
+        return model
+    from rwkvkit.models.rwkv.config import RWKVConfig
+    from rwkvkit.models.rwkv.model import RWKV
+    from rwkvkit.training.init import official_init_
+
+    if cfg.init_from:
+        import rwkvkit
+
+        model = rwkvkit.load(cfg.init_from, dtype=torch.float32)
+        if model.config.vocab_size < vocab_size:
+            raise ConfigError(
+                f"{cfg.init_from} has a vocabulary of {model.config.vocab_size}, the data needs {vocab_size}"
+            )
+        return model.train()
+    mcfg = RWKVConfig(
+        version=cfg.version,
+        n_layer=cfg.n_layer,
+        n_embd=cfg.n_embd,
+        vocab_size=vocab_size,
+        head_size=cfg.head_size,
+        dim_ffn=cfg.dim_ffn,
+        **parse_lora_ranks(cfg.version, cfg.lora_ranks, cfg.n_embd),
+    )
+    model = RWKV(mcfg)
+    official_init_(model, seed=cfg.seed)
+    return model
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+
+def _open_data(cfg: TrainConfig):
+    from rwkvkit.data import open_tokens
+
+    if not cfg.data:
+        raise ConfigError("no training data: pass --data DIR (made by `rwkvkit data prepare`)")
+    return open_tokens(cfg.data, split="train"), open_tokens(cfg.data, split="val")
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, val, cfg: TrainConfig, bytes_table: torch.Tensor, device
+) -> tuple[float, float]:
+    """(mean loss per token in nats, bits per byte) over the validation split (or its first
+    ``eval_tokens`` tokens): non-overlapping windows of ctx_len, each from a fresh state, so every
+    validation token is predicted exactly once, by RWKV and by the transformer baseline alike."""
+    from rwkvkit.data import iter_eval_windows
+
+    was_training = model.training
+    model.eval()
+    nats, tokens, nbytes = 0.0, 0, 0
+    limit = cfg.eval_tokens or None
+    for x, y, mask in iter_eval_windows(val.tokens, cfg.ctx_len, cfg.batch_size, limit=limit):
+        x, y, mask = x.to(device), y.to(device), mask.to(device)
+        with _autocast(cfg, device):
+            logits, _ = model(x)
+        ce = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none"
+        ).view_as(y)
+        nats += float((ce * mask).sum())
+        tokens += int(mask.sum())
+        nbytes += int((bytes_table[y] * mask).sum())
+    model.train(was_training)
+    nats = parallel.all_reduce_mean(nats)  # every rank evaluates the same windows
+    loss = nats / max(tokens, 1)
+    return loss, nats / math.log(2) / max(nbytes, 1)
+
+
+def _autocast(cfg: TrainConfig, device):
+    dev = torch.device(device).type
+    return torch.autocast(dev, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+
+# ---- logging ------------------------------------------------------------------------------------
+
+
+def write_log(out_dir: Path, rows: list[dict[str, Any]]) -> None:
+    with open(out_dir / "loss.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: row.get(k, "") for k in LOG_FIELDS})
+
+
+def plot_log(out_dir: Path, rows: list[dict[str, Any]], title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: loss.png not written (pip install 'rwkvkit[plot]')")
+        return
+    train = [(r["tokens"], r["train_loss"]) for r in rows if r.get("train_loss") not in (None, "")]
+    val = [(r["tokens"], r["val_loss"]) for r in rows if r.get("val_loss") not in (None, "")]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), lw=1, alpha=0.7, label="train loss")
+    if val:
+        ax.plot(*zip(*val), "o-", lw=1.5, label="validation loss")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("loss (nats / token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = out_dir / "loss.png.tmp"
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    tmp.replace(out_dir / "loss.png")
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None) -> TrainResult:
+    """Train (or continue training) a model as ``cfg`` says; returns the loss history.
+
+    ``stop_at``: stop (and checkpoint) after this step although the schedule spans ``max_steps``,
+    as an interrupted run would; ``resume=True`` later continues it exactly.
+    """
+    from rwkvkit.data import WindowSampler
+    from rwkvkit.training.loss import lm_loss
+    from rwkvkit.training.optim import build_optimizer, lr_schedule, set_lr
+
+    rank, world_size = parallel.init_distributed(cfg.device)
+    mode = cfg.parallel if cfg.parallel != "auto" else ("ddp" if world_size > 1 else "none")
+    if world_size == 1:
+        mode = "none"
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    out_dir = Path(cfg.out_dir)
+    is_main = rank == 0
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.toml").write_text(cfg.to_toml())
+
+    train_data, val_data = _open_data(cfg)
+    tok_vocab = train_data.tokenizer.vocab_size
+    vocab = model_vocab(cfg, tok_vocab)
+    bytes_table = torch.as_tensor(train_data.token_bytes_table(), dtype=torch.long)
+    bytes_table = torch.nn.functional.pad(bytes_table, (0, vocab - len(bytes_table))).to(device)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, vocab).to(device).train()
+    payload = ckpt.load_training_checkpoint(out_dir / ckpt.CHECKPOINT) if resume else None
+    if payload is not None:
+        model.load_state_dict(payload["model"])
+    flops_per_token = train_flops_per_token(model, cfg.ctx_len)
+    wrapped = parallel.parallelize(model, mode, cfg.activation_checkpointing, cfg.compile)
+    optimizer = build_optimizer(
+        model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps
+    )
+    sampler = WindowSampler(train_data.tokens, cfg.ctx_len, seed=cfg.seed)
+    step, rows, train_losses = 0, [], []
+    if payload is not None:
+        parallel.load_optimizer_state(wrapped, optimizer, payload["optimizer"], mode)
+        sampler.load_state_dict(payload["sampler"])
+        ckpt.set_rng_state(payload["rng"])
+        step, rows, train_losses = payload["step"], payload["rows"], payload["train_losses"]
+        if is_main:
+            log.info("resumed from %s at step %d", out_dir / ckpt.CHECKPOINT, step)
+
+    peak_bf16 = matmul_peak(torch.bfloat16, seconds=0.3) if device.type == "cpu" else None
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.ctx_len * world_size
+    chunk = cfg.effective_chunk
+    show_bar = cfg.progress and is_main and sys.stderr.isatty()
+    bar = None
+    if show_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+
+    def save(val_loss=None) -> None:
+        state_dict = parallel.full_state_dict(wrapped, mode)
+        opt_state = parallel.optimizer_state(wrapped, optimizer, mode)
+        if not is_main:
+            return
+        ckpt.save_training_checkpoint(
+            out_dir / ckpt.CHECKPOINT,
+            {"model": state_dict, "optimizer": opt_state, "sampler": sampler.state_dict(), "step": step,
+             "rng": ckpt.rng_state(), "rows": rows, "train_losses": train_losses, "config": cfg.to_dict()},
+        )  # fmt: skip
+        if cfg.arch == "rwkv":
+            from rwkvkit.formats import save as save_weights
+
+            save_weights(unwrap_for_save(model, state_dict), out_dir / "model.safetensors", format="rwkvkit")
+        write_log(out_dir, rows)
+        plot_log(out_dir, rows, f"{cfg.arch} {cfg.version if cfg.arch == 'rwkv' else ''} on {cfg.data}")
+
+    t_start = time.perf_counter()
+    t_last, tokens_since = t_start, 0
+    last_val = (None, None)
+    end = min(cfg.max_steps, stop_at) if stop_at else cfg.max_steps
+    while step < end:
+        lr = lr_schedule(step, lr=cfg.lr, lr_final=cfg.lr_final, warmup_steps=cfg.warmup_steps,
+                         total_steps=cfg.max_steps, kind=cfg.schedule)  # fmt: skip
+        set_lr(optimizer, lr)
+        step_loss = 0.0
+        n_chunks = -(-cfg.ctx_len // chunk)
+        for micro in range(cfg.grad_accum):
+            batch = sampler.next_batch(cfg.batch_size * world_size)  # the same global batch on every rank
+            batch = batch[rank * cfg.batch_size : (rank + 1) * cfg.batch_size].to(device)
+            x, y = batch[:, :-1], batch[:, 1:]
+            state = None
+            for c in range(n_chunks):
+                xs, ys = x[:, c * chunk : (c + 1) * chunk], y[:, c * chunk : (c + 1) * chunk]
+                share = xs.shape[1] / cfg.ctx_len / cfg.grad_accum  # chunks and micro-batches average
+                last = micro == cfg.grad_accum - 1 and c == n_chunks - 1
+                with parallel.gradient_sync(wrapped, mode, sync=last):
+                    with _autocast(cfg, device):
+                        logits, state = wrapped(xs, state) if state is not None else wrapped(xs)
+                    loss = lm_loss(logits, ys, l2wrap=cfg.l2wrap)
+                    (loss * share).backward()
+                step_loss += float(loss.detach()) * share
+                state = state.detach() if state is not None else None
+        step_loss = parallel.all_reduce_mean(step_loss)
+        if not math.isfinite(step_loss):
+            if bar is not None:
+                bar.close()
+            raise TrainingDiverged(
+                f"the loss became {step_loss} at step {step + 1}; stopped without saving. The last good "
+                f"checkpoint is {out_dir / ckpt.CHECKPOINT} (continue with --resume, perhaps a lower --lr)"
+            )
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        train_losses.append(step_loss)
+        tokens_since += tokens_per_step
+
+        row: dict[str, Any] = {
+            "step": step,
+            "tokens": step * tokens_per_step,
+            "lr": lr,
+            "train_loss": step_loss,
+        }
+        now = time.perf_counter()
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            tps = tokens_since / (now - t_last)
+            mfu = tps * flops_per_token / peak_bf16 / world_size if peak_bf16 else None
+            row |= {"tokens_per_s": round(tps, 1), "mfu": None if mfu is None else round(mfu, 4)}
+            t_last, tokens_since = now, 0
+            if bar is not None:
+                bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tps:,.0f}",
+                                mfu=f"{100 * mfu:.1f}%" if mfu else "-")  # fmt: skip
+            elif is_main:
+                log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s", step, cfg.max_steps, step_loss, lr, tps)
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            last_val = evaluate(model, val_data, cfg, bytes_table, device)  # FSDP2 shards `model` in place
+            row |= {"val_loss": last_val[0], "val_bpb": last_val[1]}
+            if is_main:
+                msg = f"step {step}: val loss {last_val[0]:.4f}, {last_val[1]:.4f} bits/byte"
+                (bar.write(msg) if bar is not None else log.info(msg))
+        row["elapsed_s"] = round(now - t_start, 2)
+        rows.append(row)
+        if bar is not None:
+            bar.update(1)
+        if step % cfg.save_every == 0 or step == end:
+            save()
+        if step % cfg.eval_every == 0 or step % cfg.save_every == 0:
+            t_last, tokens_since = time.perf_counter(), 0  # keep evaluation and saving out of tokens/s
+    if bar is not None:
+        bar.close()
+    return TrainResult(step, train_losses, last_val[0], last_val[1], out_dir, time.perf_counter() - t_start)
+
+
+def unwrap_for_save(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """A plain CPU copy of ``model`` holding ``state_dict`` (FSDP-gathered or local), for saving."""
+    from rwkvkit.models.rwkv.model import RWKV
+
+    with torch.device("meta"):
+        plain = RWKV(model.config)
+    plain.load_state_dict({k: v.detach().cpu() for k, v in state_dict.items()}, assign=True)
+    return plain

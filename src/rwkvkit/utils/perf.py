@@ -1,0 +1,68 @@
+"""Machine ceilings and model FLOP counts, for MFU and for the benchmarks' "percent of bound".
+
+Nothing here asserts on time: the numbers are reported, never tested.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn as nn
+
+
+def matmul_peak(
+    dtype: torch.dtype = torch.bfloat16, n: int = 2048, seconds: float = 0.5, device="cpu"
+) -> float:
+    """Measured dense matrix-product throughput in FLOP/s (best of repeated ``n x n @ n x n``)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b  # warm-up (thread pool, AMX tile configuration)
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == float("inf"):
+        t0 = time.perf_counter()
+        a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def read_bandwidth(nbytes: int = 1 << 30, seconds: float = 0.5) -> float:
+    """Measured memory read bandwidth in bytes/s (summing a buffer much larger than the caches)."""
+    x = torch.ones(nbytes // 4, dtype=torch.float32)
+    x.sum()
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == float("inf"):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best
+
+
+def matmul_params(model: nn.Module) -> int:
+    """Parameters that take part in matrix products per token (everything but embedding lookups)."""
+    total = 0
+    for name, p in model.named_parameters():
+        if p.dim() >= 2 and not name.endswith(("emb.weight", "wte.weight", "wpe.weight")):
+            total += p.numel()
+    return total
+
+
+def train_flops_per_token(model: nn.Module, ctx_len: int) -> float:
+    """Training FLOPs per token: 6 x matmul parameters (forward 2, backward 4), plus attention or WKV.
+
+    GPT: causal attention adds 6 * L * T * C (QK^T and AV, halved by the mask, times 3 for backward).
+    RWKV: the WKV recurrence adds about 12 * L * C * N (a few K x V updates per token and head).
+    """
+    flops = 6.0 * matmul_params(model)
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "n_layer") and hasattr(cfg, "n_embd"):
+        if getattr(cfg, "version", None) is not None:  # RWKV
+            N = cfg.head_size if cfg.version != "4" else 1
+            flops += 12.0 * cfg.n_layer * cfg.n_embd * N
+        else:  # GPT
+            flops += 6.0 * cfg.n_layer * ctx_len * cfg.n_embd
+    return flops
