@@ -77,3 +77,11 @@ def test_gpt_baseline_trains_with_the_same_loop(data_dir, tmp_path):
     cfg = tiny(data_dir, tmp_path / "gpt", arch="gpt", max_steps=10, l2wrap=False)
     result = train(cfg)
     assert result.train_losses[-1] < result.train_losses[0] and result.val_bpb is not None
+
+
+def test_activation_checkpointing_gives_the_same_run(data_dir, tmp_path):
+    """Recomputing blocks in the backward pass changes memory, not the arithmetic."""
+    base = tiny(data_dir, tmp_path / "plain", max_steps=4, eval_every=100, save_every=100)
+    plain = train(base)
+    ac = train(base.replace(out_dir=str(tmp_path / "ac"), activation_checkpointing=True))
+    assert ac.train_losses == pytest.approx(plain.train_losses, rel=1e-6)

@@ -14,7 +14,12 @@ def add_parser(sub) -> None:
         help="generate text from a prompt",
         description="Continue a prompt: chunked prefill, then recurrent decoding.",
     )
-    p.add_argument("--model", required=True, help="checkpoint file (official BlinkDL .pth)")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="checkpoint (.pth, .safetensors or HF directory), or 'default', the model shipped with "
+        "rwkvkit (RWKV-7 trained on Python's standard library; the default)",
+    )
     p.add_argument("--prompt", default="", help="text to continue (may be empty with --state-in)")
     p.add_argument("--max-tokens", type=int, default=100, help="most new tokens to generate (default 100)")
     p.add_argument(
@@ -49,15 +54,33 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--tokenizer",
         default=None,
-        help="'world', 'bytes' or a tokenizer file (default: chosen from the model's vocabulary size)",
+        help="'world', 'bytes', 'default' or a tokenizer file (default: the tokenizer saved beside the "
+        "model, else chosen from the model's vocabulary size)",
     )
     p.set_defaults(func=run)
 
 
-def pick_tokenizer(spec: str | None, vocab_size: int):
-    """The tokenizer named by ``spec``, or the one implied by the model's vocabulary; checks the fit."""
+def tokenizer_beside(model_path: str) -> str | None:
+    """The tokenizer a model was saved with: ``tokenizer.json`` or ``tokenizer.spec`` in its folder."""
+    from pathlib import Path
+
+    if model_path == "default" and not Path(model_path).exists():
+        return "default"
+    folder = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
+    if (folder / "tokenizer.json").is_file():
+        return str(folder / "tokenizer.json")
+    if (folder / "tokenizer.spec").is_file():  # a named tokenizer ("world", "bytes"), written by the trainer
+        return (folder / "tokenizer.spec").read_text().strip()
+    return None
+
+
+def pick_tokenizer(spec: str | None, vocab_size: int, model_path: str | None = None):
+    """The tokenizer named by ``spec``, else the one saved beside the model, else the one implied by
+    the model's vocabulary size; checks that it fits the model."""
     from rwkvkit.tokenizer import load_tokenizer
 
+    if spec is None and model_path is not None:
+        spec = tokenizer_beside(model_path)
     if spec is None:
         if vocab_size >= 65530:
             spec = "world"
@@ -80,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     import rwkvkit
 
     model = rwkvkit.load(args.model, dtype=args.dtype)
-    tok = pick_tokenizer(args.tokenizer, model.config.vocab_size)
+    tok = pick_tokenizer(args.tokenizer, model.config.vocab_size, args.model)
     state = rwkvkit.State.load(args.state_in) if args.state_in else None
     if state is not None:
         state.check_fits(model.config)

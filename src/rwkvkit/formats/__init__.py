@@ -103,6 +103,21 @@ def _read_hf(path: Path) -> Checkpoint:
     )  # fmt: skip
 
 
+def resolve(path: str | Path) -> Path:
+    """``"default"`` names the model shipped with rwkvkit; anything else is a path."""
+    from rwkvkit.assets import DEFAULT_NAME, default_model_path
+
+    if str(path) == DEFAULT_NAME and not Path(path).exists():
+        model = default_model_path()
+        if not model.is_file():
+            raise CheckpointError(
+                f"the default model is not installed ({model} is missing); "
+                "reinstall rwkvkit or pass --model PATH"
+            )
+        return model
+    return Path(path)
+
+
 def read(path: str | Path) -> Checkpoint:
     """Read and check a checkpoint of any supported format, without building a model.
 
@@ -115,7 +130,7 @@ def read(path: str | Path) -> Checkpoint:
             map; a config.json or metadata that disagrees with the tensors.
         UnsupportedVersionError: an RWKV version, variant or HF layout rwkvkit cannot run.
     """
-    path = Path(path)
+    path = resolve(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():

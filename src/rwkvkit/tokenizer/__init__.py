@@ -46,7 +46,7 @@ __all__ = [
     "world_vocab_path",
 ]
 
-_NAMES = ("world", "bytes")
+_NAMES = ("world", "bytes", "default")
 _USAGE = (
     "pass 'world', 'bytes', the path of a World vocabulary (.txt, like rwkv_vocab_v20230424.txt) "
     "or the path of a Hugging Face tokenizer.json"
@@ -81,6 +81,7 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Tokenizer:
     * ``"world"``: the RWKV World tokenizer (:class:`WorldTokenizer`; ``vocab_size`` 65530,
       ``eos_id`` 0) from the vocabulary file of the installed ``rwkv`` package.
     * ``"bytes"``: :class:`ByteTokenizer` (id = byte value, ``vocab_size`` 256, no eos id).
+    * ``"default"``: the BPE tokenizer of the default model shipped with rwkvkit.
     * a ``.txt`` path: a World-format vocabulary (``<id> <literal> <byte length>`` per line).
     * a ``.json`` path, or a directory with a ``tokenizer.json``: a Hugging Face tokenizer
       (:class:`rwkvkit.tokenizer.hf.HFTokenizer`), e.g. the GPT-NeoX 20B tokenizer.
@@ -93,6 +94,13 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Tokenizer:
     if isinstance(name_or_path, str) and name_or_path in _NAMES:
         if name_or_path == "bytes":
             return _bytes_tokenizer()
+        if name_or_path == "default":  # the tokenizer of the model shipped with rwkvkit
+            from rwkvkit.assets import default_tokenizer_path
+
+            path = default_tokenizer_path()
+            if not path.is_file():
+                raise TokenizerError(f"the default model's tokenizer is not installed ({path} is missing)")
+            return _load_file("json", *_file_key(path))
         return _load_file("world", *_file_key(world_vocab_path()))
     try:
         path = Path(name_or_path).expanduser()

@@ -267,6 +267,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None) ->
             from rwkvkit.formats import save as save_weights
 
             save_weights(unwrap_for_save(model, state_dict), out_dir / "model.safetensors", format="rwkvkit")
+            save_tokenizer_beside(train_data, out_dir)
         write_log(out_dir, rows)
         plot_log(out_dir, rows, f"{cfg.arch} {cfg.version if cfg.arch == 'rwkv' else ''} on {cfg.data}")
 
@@ -346,6 +347,19 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None) ->
     if bar is not None:
         bar.close()
     return TrainResult(step, train_losses, last_val[0], last_val[1], out_dir, time.perf_counter() - t_start)
+
+
+def save_tokenizer_beside(data, out_dir: Path) -> None:
+    """Put the data's tokenizer next to the weights, so `rwkvkit generate --model` finds it."""
+    import shutil
+
+    spec = (data.meta or {}).get("tokenizer", {})
+    src = Path(data.path).parent / str(spec.get("file") or "")
+    if spec.get("file") and src.is_file():
+        if not (out_dir / "tokenizer.json").is_file():
+            shutil.copyfile(src, out_dir / "tokenizer.json")
+    elif spec.get("spec"):
+        (out_dir / "tokenizer.spec").write_text(str(spec["spec"]) + "\n")
 
 
 def unwrap_for_save(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
