@@ -38,13 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     _section("1. rwkvkit info default")
     cli(["info", "default"])
 
-    _section("2. the default model writes Python (temperature 0.8, top-p 0.9, streamed)")
+    _section("2. the default model writes Python (temperature 0.7, top-p 0.9, penalties 0.4)")
     model = rwkvkit.load("default", dtype="fp32")
     tok = rwkvkit.load_tokenizer("default")
     sys.stdout.write(args.prompt)
     t0 = time.perf_counter()
-    gen = rwkvkit.generate(model, tok, args.prompt, max_new_tokens=args.max_tokens, temperature=0.8,
-                           top_p=0.9, seed=args.seed, stream=True)  # fmt: skip
+    gen = rwkvkit.generate(model, tok, args.prompt, max_new_tokens=args.max_tokens, temperature=0.7,
+                           top_p=0.9, presence_penalty=0.4, frequency_penalty=0.4, seed=args.seed,
+                           stream=True)  # fmt: skip
     first = None
     for piece in gen:
         if first is None:
