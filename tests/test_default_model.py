@@ -49,3 +49,15 @@ def test_greedy_fp32_and_bf16_agree_on_the_first_32_tokens():
         "".join(gen)
         texts[dtype] = gen.tokens
     assert len(texts["fp32"]) == 32 and texts["fp32"] == texts["bf16"]
+
+
+def test_generate_fast_path_from_the_cli(capsys):
+    """``--fast bf16`` gives the same greedy text as the reference on the default model (its weights
+    are bf16 already, so only activation rounding differs), ``--fast int8`` runs."""
+    args = ["generate", "--prompt", "import os\n", "--max-tokens", "8", "--temperature", "0", "--no-stream"]
+    assert main(args) == 0
+    ref = capsys.readouterr().out
+    assert main([*args, "--fast", "bf16"]) == 0
+    assert capsys.readouterr().out == ref
+    assert main([*args, "--fast", "int8"]) == 0
+    assert capsys.readouterr().out.startswith("import os\n")

@@ -52,6 +52,14 @@ def add_parser(sub) -> None:
         help="weight dtype (default: the checkpoint's)",
     )
     p.add_argument(
+        "--fast",
+        default=None,
+        choices=["fp32", "bf16", "int8"],
+        help="run the CPU fast path (rwkvkit.inference.optimize) with projection weights in this "
+        "precision: bf16 halves and int8 (per-channel scales) quarters the bytes read per token; state "
+        "and WKV stay fp32 (default: off, the reference model)",
+    )
+    p.add_argument(
         "--tokenizer",
         default=None,
         help="'world', 'bytes', 'default' or a tokenizer file (default: the tokenizer saved beside the "
@@ -104,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
 
     model = rwkvkit.load(args.model, dtype=args.dtype)
     tok = pick_tokenizer(args.tokenizer, model.config.vocab_size, args.model)
+    if args.fast:
+        from rwkvkit.inference import optimize
+
+        model = optimize(model, weights=args.fast)
     state = rwkvkit.State.load(args.state_in) if args.state_in else None
     if state is not None:
         state.check_fits(model.config)

@@ -13,6 +13,7 @@ below 1.0). See :mod:`rwkvkit.generation.sampling`.
 
 from __future__ import annotations
 
+from rwkvkit.generation.engine import BatchEngine, RequestResult, StepEvent
 from rwkvkit.generation.generate import Generation, TokenStream, generate, generate_tokens
 from rwkvkit.generation.sampling import (
     apply_penalties,
@@ -23,7 +24,10 @@ from rwkvkit.generation.sampling import (
 )
 
 __all__ = [
+    "BatchEngine",
     "Generation",
+    "RequestResult",
+    "StepEvent",
     "TokenStream",
     "apply_penalties",
     "ban_tokens",

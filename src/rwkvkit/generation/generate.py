@@ -118,6 +118,26 @@ def _vocab_size(model: Any) -> int | None:
     return int(size) if isinstance(size, Integral) and not isinstance(size, bool) else None
 
 
+def forward_last(model: Any, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    """``model(tokens [B, T], state)`` -> ``(logits [B, T or 1, V], state)``; only the last position is used.
+
+    Models with a true ``accepts_full_output`` attribute (rwkvkit's RWKV) are asked for the last
+    position's logits only (``full_output=False``: the output head then costs one row per sequence,
+    not ``T``); any other model is called plainly.
+    """
+    if getattr(model, "accepts_full_output", False):
+        out, state = model(tokens, state=state, full_output=False)
+    else:
+        out, state = model(tokens, state=state)
+    B, T = tokens.shape
+    if out.ndim != 3 or out.shape[0] != B or out.shape[1] not in (1, T):
+        raise RuntimeError(
+            f"the model returned logits of shape {tuple(out.shape)}, expected [{B}, {T}, V] "
+            f"for tokens [{B}, {T}]"
+        )
+    return out, state
+
+
 def _model_device(model: Any) -> torch.device:
     device = getattr(model, "device", None)
     if isinstance(device, torch.device):
@@ -260,9 +280,7 @@ class TokenStream(Iterator[int]):
 
     def _run(self, ids: list[int]) -> None:
         tokens = torch.tensor([ids], dtype=torch.long, device=self._device)
-        out, self._state = self._model(tokens, state=self._state)
-        if out.ndim != 3 or out.shape[:2] != (1, len(ids)):
-            raise RuntimeError(f"the model returned logits of shape {tuple(out.shape)}, expected [1, T, V]")
+        out, self._state = forward_last(self._model, tokens, self._state)
         # Keep only the last position: the next token is sampled from it.
         self._logits = out[0, -1].float()
 

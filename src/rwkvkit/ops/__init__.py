@@ -3,17 +3,81 @@
 Layout everywhere: inputs ``[B, T, H, K]``, state ``[B, H, K, V]``. Each operator comes in tiers:
 ``naive`` (the spec as a readable fp32 loop: the reference), ``chunk`` (parallel form in pure
 PyTorch: training and prefill) and ``step`` (one token: decoding). :func:`wkv7` picks one.
+
+``impl="kernel"`` (every dispatcher here: :func:`wkv4`, :func:`wkv5`, :func:`wkv6`, :func:`wkv7`)
+runs the sequential C++ recurrences of :mod:`rwkvkit.inference.kernels.wkv_seq` (CPU, forward only,
+fp32; imported on first use). Where they cannot run (no build, ``RWKVKIT_NO_KERNELS=1``, gradients
+needed, non-CPU or fp64 tensors) that falls back to ``step`` / ``chunk``. ``"auto"`` never picks it.
 """
 
 from __future__ import annotations
 
 import torch
 
-from rwkvkit.ops.rwkv4 import wkv4, wkv4_chunk, wkv4_initial_state, wkv4_naive, wkv4_step
-from rwkvkit.ops.rwkv6 import wkv5, wkv6, wkv6_chunk, wkv6_naive, wkv6_step
+from rwkvkit.ops import rwkv4 as _rwkv4
+from rwkvkit.ops import rwkv6 as _rwkv6
+from rwkvkit.ops.rwkv4 import wkv4_chunk, wkv4_initial_state, wkv4_naive, wkv4_step
+from rwkvkit.ops.rwkv6 import wkv6_chunk, wkv6_naive, wkv6_step
 from rwkvkit.ops.rwkv7 import DEFAULT_CHUNK_SIZE, wkv7_chunk, wkv7_naive, wkv7_step
 
-IMPLS = ("auto", "naive", "chunk", "step")
+IMPLS = ("auto", "naive", "chunk", "step", "kernel")
+
+
+def _kernels():
+    """The C++ tier, imported on first use (it imports this package; ``rwkvkit.ops`` stays torch-only)."""
+    from rwkvkit.inference.kernels import wkv_seq
+
+    return wkv_seq
+
+
+def wkv4(
+    w: torch.Tensor,
+    u: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    state: torch.Tensor | None = None,
+    *,
+    impl: str = "auto",
+    chunk_size: int = _rwkv4.DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rwkvkit.ops.rwkv4.wkv4`, plus ``impl="kernel"`` (see the module docstring)."""
+    if impl == "kernel":
+        return _kernels().wkv4_kernel(w, u, k, v, state)
+    return _rwkv4.wkv4(w, u, k, v, state, impl=impl, chunk_size=chunk_size)
+
+
+def wkv6(
+    r: torch.Tensor,
+    log_w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor,
+    state: torch.Tensor | None = None,
+    *,
+    impl: str = "auto",
+    chunk_size: int = _rwkv6.DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rwkvkit.ops.rwkv6.wkv6`, plus ``impl="kernel"`` (see the module docstring)."""
+    if impl == "kernel":
+        return _kernels().wkv6_kernel(r, log_w, k, v, u, state)
+    return _rwkv6.wkv6(r, log_w, k, v, u, state, impl=impl, chunk_size=chunk_size)
+
+
+def wkv5(
+    r: torch.Tensor,
+    log_w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    u: torch.Tensor,
+    state: torch.Tensor | None = None,
+    *,
+    impl: str = "auto",
+    chunk_size: int = _rwkv6.DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rwkvkit.ops.rwkv6.wkv5`, plus ``impl="kernel"`` (see the module docstring)."""
+    if impl == "kernel":
+        return _kernels().wkv5_kernel(r, log_w, k, v, u, state)
+    return _rwkv6.wkv5(r, log_w, k, v, u, state, impl=impl, chunk_size=chunk_size)
 
 
 def wkv7(
@@ -30,11 +94,14 @@ def wkv7(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """WKV-7 over a sequence: ``(o [B, T, H, V], state [B, H, K, V])``.
 
-    ``impl``: ``"naive"``, ``"chunk"``, ``"step"`` (needs ``T == 1``) or ``"auto"``: the one-token
+    ``impl``: ``"naive"``, ``"chunk"``, ``"step"`` (needs ``T == 1``), ``"kernel"`` (the C++
+    sequential recurrence, forward only; see the module docstring) or ``"auto"``: the one-token
     form when ``T == 1`` (decoding: no chunk set-up to pay), the chunked form otherwise.
     """
     if impl not in IMPLS:
         raise ValueError(f"wkv7: unknown impl {impl!r}; choose one of {IMPLS}")
+    if impl == "kernel":
+        return _kernels().wkv7_kernel(r, log_w, k, v, a, b, state)
     T = r.shape[1] if r.dim() == 4 else -1
     if impl == "auto":
         impl = "step" if T == 1 else "chunk"

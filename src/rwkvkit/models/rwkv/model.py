@@ -79,6 +79,8 @@ class Block(nn.Module):
 class RWKV(nn.Module):
     """RWKV language model. ``logits, state = model(tokens, state)``."""
 
+    accepts_full_output = True  # forward(..., full_output=False): generation asks for the last logits only
+
     def __init__(self, config: RWKVConfig, device=None, dtype=None) -> None:
         super().__init__()
         if config.version not in BLOCK_CLASSES:
@@ -111,7 +113,12 @@ class RWKV(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(
-        self, tokens: torch.Tensor, state: State | None = None, *, impl: str = "auto"
+        self,
+        tokens: torch.Tensor,
+        state: State | None = None,
+        *,
+        impl: str = "auto",
+        full_output: bool = True,
     ) -> tuple[torch.Tensor, State]:
         """Run a batch of token sequences.
 
@@ -119,10 +126,16 @@ class RWKV(nn.Module):
             tokens: LongTensor ``[B, T]`` (a 1-D ``[T]`` is taken as ``B = 1``).
             state: the state after the previous tokens of each sequence, or None (fresh start).
             impl: WKV implementation, ``"auto"`` (chunked for T > 1, one-step for T == 1),
-                ``"chunk"``, ``"naive"`` or ``"step"``.
+                ``"chunk"``, ``"naive"``, ``"step"`` or ``"kernel"`` (the compiled CPU kernels of
+                :mod:`rwkvkit.inference`, forward only).
+            full_output: True (default): logits for every position. False: logits for the last
+                position only, ``[B, 1, V]`` (what generation needs after a prompt; the output
+                head then costs one row instead of ``T``, the official package's
+                ``full_output=False``).
 
         Returns:
-            ``(logits, new_state)``: float32 logits ``[B, T, V]``; the state after the last token
+            ``(logits, new_state)``: float32 logits ``[B, T, V]`` (``[B, 1, V]`` with
+            ``full_output=False``); the state after the last token
             (``new_state.logits`` holds the last position's logits). The input state is not modified.
         """
         tokens = self._check_tokens(tokens)
@@ -144,6 +157,8 @@ class RWKV(nn.Module):
             wkv.append(s_wkv)
             ffn_shift.append(s_ffn)
 
+        if not full_output:
+            x = x[:, -1:]
         logits = self.head(self.ln_out(x)).float()
         new_state = State(
             {

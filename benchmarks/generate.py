@@ -1,0 +1,275 @@
+"""Inference speed and memory on CPU: rwkvkit against the official ``rwkv`` package, in one script.
+
+    python benchmarks/generate.py                      # a random official-format RWKV-7 0.1B checkpoint
+    python benchmarks/generate.py --model PATH.pth     # any checkpoint, any version
+
+Every configuration runs in its own process (so peak memory is its own): the official package with
+strategies ``cpu fp32`` and ``cpu bf16``, and rwkvkit's fast path (``rwkvkit.inference.optimize``)
+with fp32, bf16 and int8 weights. Printed: decode tokens/s at batch 1, prefill tokens/s for a
+1024-token prompt, aggregate decode tokens/s at batch 1/8/32/64 (rwkvkit), peak resident memory,
+memory after 1 k and after 100 k tokens of context, the machine's measured read bandwidth and bf16
+matrix-product peak, and the ratios: rwkvkit / official fp32, and rwkvkit as a percentage of its
+bound (decode: bandwidth / bytes of weights read per token; prefill: bf16 peak / FLOPs per token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def rss_mb() -> float:
+    """Current resident set size (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---- workers (each in its own process) ----------------------------------------------------------
+
+
+def official_worker(ckpt: str, strategy: str, prefill: int, decode: int) -> dict:
+    import torch
+    from rwkv.model import RWKV  # the environment (RWKV_V7_ON) was set by the parent
+
+    name = ckpt[:-4] if ckpt.endswith(".pth") else ckpt
+    model = RWKV(name, strategy)
+    g = torch.Generator().manual_seed(0)
+    vocab = model.w["emb.weight"].shape[0] if hasattr(model, "w") else model.z["emb.weight"].shape[0]
+    prompt = torch.randint(0, vocab, (prefill,), generator=g).tolist()
+    with torch.no_grad():
+        model.forward(prompt[:16], None)  # warm-up (JIT)
+        t0 = time.perf_counter()
+        out, state = model.forward(prompt, None)
+        t_prefill = time.perf_counter() - t0
+        tok = int(out.argmax())
+        for _ in range(3):
+            out, state = model.forward([tok], state)
+        t0 = time.perf_counter()
+        for _ in range(decode):
+            out, state = model.forward([tok], state)
+            tok = int(out.argmax())
+        t_decode = time.perf_counter() - t0
+    return {
+        "prefill_tok_s": prefill / t_prefill,
+        "decode_tok_s": decode / t_decode,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def rwkvkit_worker(
+    ckpt: str, weights: str, prefill: int, decode: int, batches: list[int], long_ctx: int
+) -> dict:
+    import torch
+
+    import rwkvkit
+    from rwkvkit.inference import optimize
+
+    base = rwkvkit.load(ckpt, dtype="fp32")
+    model = optimize(base, weights=weights)
+    del base
+    V = model.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, V, (1, prefill), generator=g)
+    res: dict = {}
+    with torch.inference_mode():
+        model(prompt[:, :16])  # warm-up (kernel build, thread pool)
+        t0 = time.perf_counter()
+        logits, state = model(prompt, full_output=False)  # like the official forward's default
+        res["prefill_tok_s"] = prefill / (time.perf_counter() - t0)
+        tok = logits[:, -1].argmax(-1, keepdim=True)
+        for _ in range(3):
+            logits, state = model(tok, state)
+        t0 = time.perf_counter()
+        for _ in range(decode):
+            logits, state = model(tok, state)
+            tok = logits[:, -1].argmax(-1, keepdim=True)
+        res["decode_tok_s"] = decode / (time.perf_counter() - t0)
+        res["batch_tok_s"] = {}
+        for B in batches:
+            _, st = model(torch.randint(0, V, (B, 8), generator=g), full_output=False)
+            tok = torch.randint(0, V, (B, 1), generator=g)
+            model(tok, st)
+            steps = max(4, decode // max(1, B // 4))
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                logits, st = model(tok, st)
+                tok = logits[:, -1].argmax(-1, keepdim=True)
+            res["batch_tok_s"][B] = B * steps / (time.perf_counter() - t0)
+        res["peak_rss_mb"] = peak_rss_mb()
+        if long_ctx:
+            # memory while decoding after 1 k and after long_ctx tokens of context (chunked prefill)
+            chunk = 1024  # the same prefill calls as for the 1 k context: same temporaries
+            ids = torch.randint(0, V, (1, long_ctx), generator=g)
+            _, st = model(ids[:, :1024], full_output=False)
+            for _ in range(8):
+                logits, st = model(ids[:, :1], st)
+            res["rss_ctx_1k_mb"] = rss_mb()
+            t0 = time.perf_counter()
+            for start in range(1024, long_ctx, chunk):
+                _, st = model(ids[:, start : start + chunk], st, full_output=False)
+            res["long_prefill_s"] = time.perf_counter() - t0
+            for _ in range(8):
+                logits, st = model(ids[:, :1], st)
+            res["rss_ctx_long_mb"] = rss_mb()
+            res["state_mb"] = sum(t.numel() * t.element_size() for t in st.tensors.values()) / 2**20
+    res["weight_bytes_per_token"] = weight_bytes_read(model)
+    res["matmul_flops_per_token"] = prefill_flops_per_token(model)
+    res["config"] = str(model.config)
+    return res
+
+
+def weight_bytes_read(model) -> int:
+    """Bytes of parameters and buffers a decoding step reads: everything but the embedding table
+    (one row of it is read), each tensor counted once (as stored: fp32, bf16 or int8)."""
+    seen, total = set(), 0
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if name.startswith("emb.") or t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
+def prefill_flops_per_token(model) -> float:
+    """Matrix-product FLOPs per prompt token: 2 x the projection weights of the blocks (the output head
+    runs once per prompt, for its last token, and the WKV recurrence adds ~1 %: both left out)."""
+    seen, n = set(), 0
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if not name.startswith("blocks.") or t.dim() != 2 or t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        n += t.numel()
+    return 2.0 * n
+
+
+# ---- driver ---------------------------------------------------------------------------------------
+
+
+def run_worker(args: list[str], env: dict | None = None) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--model",
+        default="runs/bench/rwkv7-0.1b-random.pth",
+        help="checkpoint (if missing: created, random, official format, RWKV-7 0.1B shape)",
+    )
+    p.add_argument("--prefill", type=int, default=1024, help="prompt length for prefill (default 1024)")
+    p.add_argument("--decode", type=int, default=64, help="decoded tokens per measurement (default 64)")
+    p.add_argument(
+        "--batches", type=int, nargs="+", default=[1, 8, 32, 64], help="batch sizes for aggregate decode"
+    )
+    p.add_argument("--weights", nargs="+", default=["fp32", "bf16", "int8"], help="rwkvkit weight precisions")
+    p.add_argument("--long-context", type=int, default=100_000, help="tokens for the memory test (0: skip)")
+    p.add_argument("--skip-official", action="store_true", help="do not run the official package")
+    p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.worker:
+        kind, *rest = args.worker
+        if kind == "official":
+            out = official_worker(rest[0], rest[1], int(rest[2]), int(rest[3]))
+        else:
+            out = rwkvkit_worker(
+                rest[0], rest[1], int(rest[2]), int(rest[3]), json.loads(rest[4]), int(rest[5])
+            )
+        print(json.dumps(out))
+        return
+
+    import torch
+
+    from rwkvkit.formats import describe
+    from rwkvkit.utils.perf import matmul_peak, read_bandwidth
+
+    ckpt = Path(args.model)
+    if not ckpt.exists():
+        from rwkvkit.models.rwkv.config import RWKVConfig
+        from rwkvkit.models.rwkv.init import random_checkpoint
+
+        print(f"creating a random official-format checkpoint of the RWKV-7 0.1B shape at {ckpt}", flush=True)
+        random_checkpoint(RWKVConfig.from_name("rwkv7-0.1b"), ckpt, seed=0, dtype=torch.bfloat16)
+    info = describe(ckpt)
+    version = info["config"].version
+    bw = read_bandwidth(seconds=1.0)
+    peak = max(matmul_peak(torch.bfloat16, n=n, seconds=1.0) for n in (1024, 2048))
+    print(f"checkpoint: {ckpt} (RWKV-{version}, {info['parameters'] / 1e6:.1f} M parameters)")
+    print(f"machine: {os.cpu_count()} CPUs, read bandwidth {bw / 1e9:.1f} GB/s, bf16 matmul peak "
+          f"{peak / 1e9:.0f} GFLOP/s (measured now)")  # fmt: skip
+
+    rows = {}
+    if not args.skip_official:
+        env = dict(os.environ, RWKV_JIT_ON="1", RWKV_CUDA_ON="0")
+        env.pop("RWKV_V7_ON", None)
+        if version == "7":
+            env["RWKV_V7_ON"] = "1"
+        for strategy in ("cpu fp32", "cpu bf16"):
+            print(f"running official {strategy} ...", flush=True)
+            rows[f"official {strategy.split()[1]}"] = run_worker(
+                ["--worker", "official", str(ckpt), strategy, str(args.prefill), str(args.decode)], env
+            )
+    for w in args.weights:
+        print(f"running rwkvkit {w} ...", flush=True)
+        long_ctx = args.long_context if w == args.weights[0] or w == "bf16" else 0
+        rows[f"rwkvkit {w}"] = run_worker(
+            [
+                "--worker",
+                "rwkvkit",
+                str(ckpt),
+                w,
+                str(args.prefill),
+                str(args.decode),
+                json.dumps(args.batches),
+                str(long_ctx),
+            ]  # fmt: skip
+        )
+
+    ref = rows.get("official fp32")
+    print()
+    print(f"{'configuration':16} {'decode tok/s':>12} {'x off.fp32':>10} {'% bound':>8} "
+          f"{'prefill tok/s':>13} {'x off.fp32':>10} {'% bound':>8} {'peak RSS MB':>11}")  # fmt: skip
+    for name, r in rows.items():
+        dec, pre = r["decode_tok_s"], r["prefill_tok_s"]
+        xd = f"{dec / ref['decode_tok_s']:.2f}" if ref else "-"
+        xp = f"{pre / ref['prefill_tok_s']:.2f}" if ref else "-"
+        bd = f"{100 * dec * r['weight_bytes_per_token'] / bw:.0f}%" if "weight_bytes_per_token" in r else "-"
+        bp = (
+            f"{100 * pre * r['matmul_flops_per_token'] / peak:.0f}%" if "matmul_flops_per_token" in r else "-"
+        )
+        print(f"{name:16} {dec:12.1f} {xd:>10} {bd:>8} {pre:13.0f} {xp:>10} {bp:>8} {r['peak_rss_mb']:11.0f}")
+    print()
+    print("aggregate decode tokens/s by batch size (rwkvkit, greedy, one forward per step):")
+    for name, r in rows.items():
+        if "batch_tok_s" in r:
+            b = r["batch_tok_s"]
+            first = b[str(args.batches[0])]
+            cells = "  ".join(f"B={k}: {v:7.0f} ({v / first:4.1f}x)" for k, v in b.items())
+            print(f"  {name:14} {cells}")
+    print()
+    for name, r in rows.items():
+        if "rss_ctx_long_mb" in r:
+            ratio = r["rss_ctx_long_mb"] / r["rss_ctx_1k_mb"]
+            print(
+                f"{name}: memory while decoding at 1 k context {r['rss_ctx_1k_mb']:.0f} MB, at "
+                f"{args.long_context // 1000} k context {r['rss_ctx_long_mb']:.0f} MB "
+                f"({100 * (ratio - 1):+.1f}%); state {r['state_mb']:.2f} MB; "
+                f"{args.long_context} tokens prefilled in {r['long_prefill_s']:.0f} s"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,696 @@
+"""Batched generation with continuous batching: many sequences decoded by one model call per step.
+
+:class:`BatchEngine` keeps a set of requests, each with its own prompt, sampling options, seeded
+generator and recurrent state, and advances all of them together::
+
+    engine = BatchEngine(model, tokenizer, max_batch=32)
+    a = engine.add("The Eiffel tower is in", max_new_tokens=64, seed=0)
+    b = engine.add("Once upon a time", temperature=0, stop="\\n\\n")
+    while engine.has_work:
+        for event in engine.step():
+            print(event.request_id, repr(event.text))
+    text_a = engine.pop_result(a).text
+
+    texts = engine.generate_many(["Hello", "Bonjour"], max_new_tokens=32, temperature=0)
+
+Each :meth:`BatchEngine.step`:
+
+1. feeds the token every active sequence sampled in the previous step: **one** batched forward
+   ``model(tokens [B, 1], state)`` over the batch State (rows are sequences);
+2. drops the sequences that finished, and admits queued requests up to ``max_batch`` rows (continuous
+   batching: sequences join and leave between steps, the others go on undisturbed);
+3. prefills the admitted prompts. A prompt is cut into chunks exactly like :func:`generate` does
+   (``prefill_chunk`` = its ``chunk_len``) and only chunks of *equal length* share a forward, so no
+   sequence ever sees a padding token: padding a recurrent model's input would change its state;
+4. samples one token per sequence from its own logits, with its own options and ``torch.Generator``.
+
+A request's result equals :func:`rwkvkit.generate` run alone with the same arguments: same tokens,
+text, stop reason, final state and logits. Every row of a batched forward is computed independently,
+so the only difference is floating-point rounding: batched matrix products can differ from batch-1
+ones in the last bits (~1e-6 on logits), which changes a token only on a near-tie. The sampling side
+is exact: given the same logits row, a request draws exactly the token ``generate`` would draw.
+
+Speed notes (the decode path runs once per token for every sequence):
+
+* greedy rows (``temperature=0``) are decided together from one ``topk(2)`` over the batch; only a row
+  whose two best logits are within ``1e-4`` (a possible tie of the softmax probabilities) goes through
+  :func:`rwkvkit.generation.sampling.sample`, with its generator advanced as ``generate`` would have;
+* penalties and bans cost nothing for requests that do not use them; the tokenizer's vocabulary limit
+  (World: ids >= 65530) is one slice assignment for the whole batch;
+* sampled rows (``temperature > 0``) call :func:`~rwkvkit.generation.sampling.sample` one row at a
+  time: a batched softmax/top-p/``pow``/``sum`` is not bitwise equal to the per-row one (SIMD lanes and
+  reduction splits differ), and each row needs its own generator anyway;
+* the batch State is re-indexed (``State.select`` / ``State.cat``) only on the steps where a sequence
+  joins or leaves.
+
+The engine is not thread-safe: call ``add``, ``cancel`` and ``step`` from one thread.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from numbers import Integral
+from typing import Any, Literal
+
+import torch
+
+from rwkvkit.errors import ConfigError
+from rwkvkit.generation.generate import (
+    TokenStream,
+    _check_int,
+    _DecodeStreamDecoder,
+    _held_suffix,
+    _model_device,
+    _token_ids,
+    _vocab_size,
+    forward_last,
+)
+from rwkvkit.generation.sampling import apply_penalties, penalty_weight, sample
+from rwkvkit.state import State
+
+__all__ = ["BatchEngine", "RequestResult", "StepEvent"]
+
+EngineStopReason = Literal["length", "stop_token", "stop_string", "cancelled"]
+
+# A greedy row whose two best logits are further apart than this has a unique most probable token
+# after the float32 softmax (exp(-1e-4) is ~1700 ulps below 1), so argmax equals what sample() draws.
+_GREEDY_MARGIN = 1e-4
+
+
+@dataclass
+class RequestResult:
+    """The outcome of one request.
+
+    Attributes:
+        request_id: the id :meth:`BatchEngine.add` returned.
+        prompt_tokens: the prompt ids.
+        tokens: the generated ids (includes the tokens that completed a stop string, excludes a stop
+            token), as :attr:`rwkvkit.generation.Generation.tokens`.
+        text: the generated text, cut right before a stop string ('' without a tokenizer).
+        stop_reason: ``"length"``, ``"stop_token"``, ``"stop_string"`` or ``"cancelled"``.
+        state: the model state (batch 1) after the prompt and every id in ``tokens``, as
+            ``generate(..., return_state=True)`` returns it; None if the request was added with
+            ``return_state=False`` or was cancelled.
+        logits: float32 [V] logits after ``state`` (pass as ``logits=`` to continue with an empty
+            prompt); None when ``state`` is None.
+    """
+
+    request_id: int
+    prompt_tokens: list[int]
+    tokens: list[int]
+    text: str
+    stop_reason: EngineStopReason
+    state: Any = None
+    logits: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """What one :meth:`BatchEngine.step` did for one request.
+
+    Attributes:
+        request_id: the request.
+        token: the id sampled in this step, or None (the request ended on a stop token, or this event
+            only reports the end of a request whose last token came in an earlier step).
+        text: text released by this step ('' while a character or a possible stop string is
+            incomplete); the pieces of a request concatenate to its final text.
+        finished: True on the request's last event; ``result`` is then set.
+        result: the :class:`RequestResult` (also kept until :meth:`BatchEngine.pop_result`).
+    """
+
+    request_id: int
+    token: int | None
+    text: str
+    finished: bool = False
+    result: RequestResult | None = None
+
+
+class _TextTracker:
+    """Streaming detokenisation with stop strings, exactly as :class:`rwkvkit.generation.Generation`.
+
+    ``push`` takes one generated id, ``close`` ends the stream; both return the text released now.
+    Text that could be the start of a stop string is held back until it is known not to be one.
+    """
+
+    def __init__(self, tokenizer: Any, stops: tuple[str, ...]) -> None:
+        make = getattr(tokenizer, "stream_decoder", None)
+        self._decoder = make() if callable(make) else _DecodeStreamDecoder(tokenizer)
+        self._stops = stops
+        self._buffer = ""
+        self.text = ""
+        self.stop_hit = False
+
+    def push(self, token: int) -> str:
+        return self._advance(self._decoder.push(token), last=False)
+
+    def close(self) -> str:
+        return self._advance(self._decoder.flush(), last=True)
+
+    def _release(self, piece: str) -> str:
+        self.text += piece
+        return piece
+
+    def _advance(self, piece: str, last: bool) -> str:
+        # Same order as Generation._advance: a stop string (also one completed by the final flush)
+        # wins over the end of the stream.
+        self._buffer += piece
+        if self._stops:
+            hits = [i for i in (self._buffer.find(s) for s in self._stops) if i >= 0]
+            if hits:
+                out, self._buffer = self._buffer[: min(hits)], ""
+                self.stop_hit = True
+                return self._release(out)
+        if last:
+            out, self._buffer = self._buffer, ""
+            return self._release(out)
+        cut = len(self._buffer) - (_held_suffix(self._buffer, self._stops) if self._stops else 0)
+        out, self._buffer = self._buffer[:cut], self._buffer[cut:]
+        return self._release(out)
+
+
+class _Request:
+    """One sequence's options and progress (internal)."""
+
+    __slots__ = (
+        "ban_ids",
+        "ban_index",
+        "cursor",
+        "finish_reason",
+        "frequency",
+        "generator",
+        "greedy",
+        "id",
+        "logits",
+        "max_new_tokens",
+        "occurrence",
+        "penalize",
+        "penalty_decay",
+        "pending",
+        "presence",
+        "prompt",
+        "ready",
+        "return_state",
+        "seen",
+        "skipped_draws",
+        "state",
+        "stop_tokens",
+        "temperature",
+        "text",
+        "tokens",
+        "top_k",
+        "top_p",
+    )
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.pending: int | None = None  # sampled, not yet fed to the model
+        self.cursor = 0  # prompt ids prefilled so far
+        self.state: Any = None  # batch-1 state while prefilling (None: fresh)
+        self.logits: torch.Tensor | None = None  # [V] after ``state`` while not in the batch
+        self.finish_reason: EngineStopReason | None = None  # set when done, pending maybe still to feed
+        self.ready = False  # per-vocabulary setup done
+        self.ban_index: torch.Tensor | None = None
+        self.occurrence: torch.Tensor | None = None
+        self.seen: torch.Tensor | None = None
+        self.skipped_draws = 0  # greedy draws generate() made from the generator and we skipped
+
+
+class BatchEngine:
+    """Decode many sequences at once with continuous batching; see the module docstring.
+
+    Args:
+        model: ``logits, state = model(LongTensor[B, T], state=state)`` returning float logits
+            ``[B, T, V]`` and an :class:`rwkvkit.state.State` (any object with ``select(indices)`` and
+            ``State.cat`` semantics), e.g. an rwkvkit RWKV model. Every batch row must be computed
+            independently of the others (true of the RWKV models). Call ``model.eval()`` yourself.
+        tokenizer: needed for text prompts, text output, stop strings and the official penalty weights
+            (whitespace/digit tokens weigh 0); None works with token ids only (weights 1, text '').
+        max_batch: the most sequences decoded together; further requests wait in a queue (FIFO).
+        prefill_chunk: prompts are prefilled in chunks of this many tokens (like ``generate``'s
+            ``chunk_len``; pass the same value to get the same arithmetic), and one prefill forward
+            processes at most this many tokens in total (rows x chunk length), which bounds the
+            ``[tokens, V]`` logits memory as ``chunk_len`` does for one sequence.
+    """
+
+    def __init__(
+        self, model: Any, tokenizer: Any = None, max_batch: int = 64, prefill_chunk: int = 256
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch = _check_int(
+            "max_batch", max_batch, 1, "the most sequences decoded together (e.g. 64)"
+        )
+        self.prefill_chunk = _check_int(
+            "prefill_chunk", prefill_chunk, 1, "the prefill chunk length in tokens (e.g. 256)"
+        )
+        self._device = _model_device(model)
+        self._vocab = _vocab_size(model)  # None: learned from the first logits
+        limit = getattr(tokenizer, "vocab_size", None) if tokenizer is not None else None
+        ok = isinstance(limit, Integral) and not isinstance(limit, bool) and limit >= 1
+        self._vocab_limit: int | None = int(limit) if ok else None
+        self._weights: dict[int, float] = {}  # official penalty weight per token id (decode is pure)
+        self._next_id = 0
+        self._queue: deque[_Request] = deque()
+        self._rows: list[_Request] = []  # the sequences of the batch, in the row order of _state
+        self._state: Any = None  # batch State of _rows
+        self._logits: torch.Tensor | None = None  # [len(_rows), V] next-token logits of _rows
+        self._cancelled: set[int] = set()
+        self._events: list[StepEvent] = []  # events produced outside step() (cancel of queued requests)
+        self._results: dict[int, RequestResult] = {}
+
+    # -- public API ----------------------------------------------------------------------------
+
+    @property
+    def num_active(self) -> int:
+        """Sequences currently in the batch (prefilled, decoding or about to finish)."""
+        return len(self._rows)
+
+    @property
+    def num_queued(self) -> int:
+        """Requests waiting for a row."""
+        return len(self._queue)
+
+    @property
+    def has_work(self) -> bool:
+        """True while a call to :meth:`step` would do something."""
+        return bool(self._rows or self._queue or self._events)
+
+    def add(
+        self,
+        prompt: str | Sequence[int],
+        max_new_tokens: int = 64,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 0.85,
+        top_k: int = 0,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        penalty_decay: float = 0.996,
+        banned_tokens: int | Iterable[int] = (),
+        stop: str | Iterable[str] = (),
+        stop_tokens: int | Iterable[int] | None = None,
+        seed: int | None = None,
+        state: Any = None,
+        logits: torch.Tensor | None = None,
+        return_state: bool = True,
+    ) -> int:
+        """Queue a request; returns its id. It joins the batch at the next :meth:`step` with a free row.
+
+        The options mean what they mean for :func:`rwkvkit.generate` (same defaults, same checks,
+        raised here as :class:`~rwkvkit.errors.ConfigError` / ``TokenizerError``). ``prompt`` may be
+        token ids; text needs a tokenizer. ``state`` (batch 1) continues a sequence; with an empty
+        prompt it also needs ``logits``, which default to ``state.logits`` when the state carries them.
+        ``return_state=False`` skips the final model step that feeds the last token (the result then
+        has no state), so the request leaves the batch one step earlier.
+        """
+        tokenizer = self.tokenizer
+        if isinstance(stop, str):
+            stop = (stop,)
+        stops = tuple(stop)
+        for s in stops:
+            if not isinstance(s, str) or not s:
+                raise ConfigError(f"stop must be non-empty strings, got {s!r}: pass e.g. stop=['\\n\\n']")
+        if stops and tokenizer is None:
+            raise ConfigError("stop strings need a tokenizer: pass BatchEngine(model, tokenizer)")
+        if isinstance(prompt, str):
+            if tokenizer is None:
+                raise ConfigError("a text prompt needs a tokenizer: pass BatchEngine(model, tokenizer)")
+            prompt_tokens = list(tokenizer.encode(prompt)) if prompt else []
+        elif isinstance(prompt, bytes):
+            raise ConfigError("prompt must be a str or a sequence of token ids, not bytes: decode it first")
+        elif isinstance(prompt, torch.Tensor):
+            prompt_tokens = prompt.reshape(-1).tolist()
+        else:
+            prompt_tokens = list(prompt)
+        if stop_tokens is None:
+            eos = getattr(tokenizer, "eos_id", None) if tokenizer is not None else None
+            stop_tokens = () if eos is None else (eos,)
+        if not prompt_tokens and logits is None and state is not None:
+            logits = getattr(state, "logits", None)
+        if not isinstance(return_state, bool):
+            raise ConfigError(f"return_state must be True or False, got {return_state!r}")
+
+        # TokenStream runs every check generate() runs (ranges, vocabulary, empty prompt, seed) without
+        # touching the model, and normalises the options; the engine reads them back.
+        ts = TokenStream(
+            self.model,
+            prompt_tokens,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+            penalty_decay=penalty_decay,
+            banned_tokens=banned_tokens,
+            stop_tokens=stop_tokens,
+            vocab_limit=self._vocab_limit,
+            state=state,
+            logits=logits,
+            chunk_len=self.prefill_chunk,
+            seed=seed,
+        )
+        r = _Request()
+        r.id = self._next_id
+        self._next_id += 1
+        r.prompt = [int(t) for t in prompt_tokens]
+        r.max_new_tokens = ts.max_new_tokens
+        r.temperature, r.top_p, r.top_k = ts.temperature, ts.top_p, ts.top_k
+        r.greedy = ts.temperature == 0
+        r.presence, r.frequency, r.penalty_decay = ts.presence_penalty, ts.frequency_penalty, ts.penalty_decay
+        r.penalize = r.presence != 0.0 or r.frequency != 0.0
+        r.ban_ids = ts.banned_tokens
+        r.stop_tokens = ts.stop_tokens
+        r.return_state = return_state
+        r.state = state
+        if logits is not None and not r.prompt:
+            r.logits = logits.detach().reshape(-1, logits.shape[-1])[-1].float()
+        r.generator = None
+        if seed is not None:
+            # generate() seeds a generator on the logits' device, i.e. the model's.
+            r.generator = torch.Generator(device=self._device)
+            r.generator.manual_seed(int(seed))
+        r.text = _TextTracker(tokenizer, stops) if tokenizer is not None else None
+        self._queue.append(r)
+        return r.id
+
+    def cancel(self, request_id: int) -> bool:
+        """Stop a queued or active request; its result (stop reason ``"cancelled"``, no state) comes in
+        the next :meth:`step`'s events. Returns False if the id is unknown or already finished."""
+        for r in self._queue:
+            if r.id == request_id:
+                self._queue.remove(r)
+                self._events.append(self._finish(r, "cancelled", None, None, token=None, text=""))
+                return True
+        if any(r.id == request_id and r.finish_reason is None for r in self._rows):
+            self._cancelled.add(request_id)
+            return True
+        return False
+
+    def pop_result(self, request_id: int) -> RequestResult:
+        """Take (and forget) the result of a finished request. Raises KeyError if it is not finished."""
+        return self._results.pop(request_id)
+
+    def step(self) -> list[StepEvent]:
+        """Advance every request by one token (see the module docstring); returns this step's events."""
+        with torch.inference_mode():
+            events, self._events = self._events, []
+            drop = self._drop_cancelled(events)
+            self._decode(events, drop)
+            self._admit_and_prefill(events)
+            if self._rows:
+                self._sample(events)
+        return events
+
+    def run(self) -> dict[int, RequestResult]:
+        """Step until every request is finished; returns (and forgets) all stored results by id."""
+        while self.has_work:
+            self.step()
+        results, self._results = self._results, {}
+        return results
+
+    def generate_many(
+        self, prompts: Sequence[str | Sequence[int]], max_new_tokens: int = 64, **options: Any
+    ) -> list[str]:
+        """Generate for every prompt (queued beyond ``max_batch``); returns the texts in prompt order.
+
+        ``options`` are those of :meth:`add`, shared by all prompts, except ``seed`` which may also be
+        a sequence with one seed per prompt (an int gives every request its own generator seeded with
+        it). Requests added earlier keep running; their results stay available via :meth:`pop_result`.
+        """
+        if self.tokenizer is None:
+            raise ConfigError("generate_many returns text and needs a tokenizer; use add()/step() with ids")
+        seed = options.pop("seed", None)
+        seeds = list(seed) if isinstance(seed, Sequence) else [seed] * len(prompts)
+        if len(seeds) != len(prompts):
+            raise ConfigError(f"got {len(seeds)} seeds for {len(prompts)} prompts: pass one per prompt")
+        options.setdefault("return_state", False)  # texts only: skip the final state step
+        ids = [self.add(p, max_new_tokens, seed=s, **options) for p, s in zip(prompts, seeds, strict=True)]
+        waiting = set(ids)
+        while waiting:
+            for event in self.step():
+                if event.finished:
+                    waiting.discard(event.request_id)
+        return [self.pop_result(i).text for i in ids]
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        r: _Request,
+        reason: EngineStopReason,
+        state: Any,
+        logits: torch.Tensor | None,
+        *,
+        token: int | None,
+        text: str,
+    ) -> StepEvent:
+        result = RequestResult(
+            request_id=r.id,
+            prompt_tokens=r.prompt,
+            tokens=r.tokens,
+            text=r.text.text if r.text is not None else "",
+            stop_reason=reason,
+            state=state,
+            logits=None if logits is None else logits.clone(),
+        )
+        # Release the per-request tensors now; a long-running engine keeps only the results.
+        r.state = r.logits = r.occurrence = r.seen = None
+        self._results[r.id] = result
+        return StepEvent(r.id, token, text, finished=True, result=result)
+
+    def _drop_cancelled(self, events: list[StepEvent]) -> list[int]:
+        """Finish the cancelled active rows; returns their row indices (removed after the decode)."""
+        if not self._cancelled:
+            return []
+        drop = []
+        for i, r in enumerate(self._rows):
+            if r.id in self._cancelled:
+                events.append(self._finish(r, "cancelled", None, None, token=None, text=""))
+                r.finish_reason = "cancelled"
+                drop.append(i)
+        self._cancelled.clear()
+        return drop
+
+    def _reindex(self, keep: list[int]) -> None:
+        """Keep only the rows ``keep`` of the batch (no copy when nothing is dropped)."""
+        if len(keep) == len(self._rows):
+            return
+        self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._state, self._logits = None, None
+            return
+        self._state = self._state.select(keep)
+        self._logits = self._logits[torch.tensor(keep, device=self._logits.device)]
+
+    def _decode(self, events: list[StepEvent], drop: list[int]) -> None:
+        """Feed every row's pending token in one forward; finish the rows that only awaited it."""
+        if drop:
+            dropped = set(drop)
+            self._reindex([i for i in range(len(self._rows)) if i not in dropped])
+        if not self._rows:
+            return
+        # Every row has a pending token: rows that finished without one left the batch at once.
+        tokens = torch.tensor([r.pending for r in self._rows], dtype=torch.long, device=self._device)
+        out, self._state = forward_last(self.model, tokens.view(-1, 1), self._state)
+        self._logits = out[:, -1].float()
+        keep = []
+        for i, r in enumerate(self._rows):
+            r.pending = None
+            if r.finish_reason is None:
+                keep.append(i)
+            else:  # finished last step; it rode along only to give its final state
+                events.append(
+                    self._finish(
+                        r, r.finish_reason, self._state.select([i]), self._logits[i], token=None, text=""
+                    )
+                )
+        self._reindex(keep)
+
+    def _initial_state(self) -> Any:
+        make = getattr(self.model, "initial_state", None)
+        if not callable(make):
+            raise ConfigError(
+                "mixing fresh and given states in one prefill needs model.initial_state(batch_size)"
+            )
+        return make(1)
+
+    def _admit_and_prefill(self, events: list[StepEvent]) -> None:
+        """Move queued requests into free rows, prefill their prompts and join them to the batch."""
+        admitted: list[_Request] = []
+        while self._queue and len(self._rows) + len(admitted) < self.max_batch:
+            admitted.append(self._queue.popleft())
+        if not admitted:
+            return
+        todo = [r for r in admitted if r.cursor < len(r.prompt)]
+        while todo:
+            # Rows share a forward only when their next chunks have the same length: no padding, and
+            # each prompt is cut into the same chunks as generate() cuts it.
+            groups: dict[int, list[_Request]] = {}
+            for r in todo:
+                groups.setdefault(min(self.prefill_chunk, len(r.prompt) - r.cursor), []).append(r)
+            for n, group in groups.items():
+                rows_per_call = max(1, self.prefill_chunk // n)  # bound the [rows * n, V] logits
+                for start in range(0, len(group), rows_per_call):
+                    self._prefill(group[start : start + rows_per_call], n)
+            todo = [r for r in todo if r.cursor < len(r.prompt)]
+
+        joined: list[_Request] = []
+        for r in admitted:
+            if r.max_new_tokens == 0:  # generate() then only prefills
+                text = r.text.close() if r.text is not None else ""
+                state = r.state if r.return_state else None
+                logits = r.logits if r.return_state else None
+                events.append(self._finish(r, "length", state, logits, token=None, text=text))
+            else:
+                joined.append(r)
+        if not joined:
+            return
+        states = ([self._state] if self._rows else []) + [r.state for r in joined]
+        logits = ([self._logits] if self._rows else []) + [r.logits.view(1, -1) for r in joined]
+        self._state = State.cat(states) if len(states) > 1 else states[0]
+        self._logits = torch.cat(logits) if len(logits) > 1 else logits[0]
+        self._rows.extend(joined)
+        for r in joined:
+            r.state = r.logits = None  # now held by the batch
+
+    def _prefill(self, group: list[_Request], n: int) -> None:
+        """Run the next ``n`` prompt tokens of every request of ``group`` in one forward."""
+        tokens = torch.tensor(
+            [r.prompt[r.cursor : r.cursor + n] for r in group], dtype=torch.long, device=self._device
+        )
+        if all(r.state is None for r in group):
+            state = None
+        elif len(group) == 1:
+            state = group[0].state
+        else:
+            state = State.cat([r.state if r.state is not None else self._initial_state() for r in group])
+        out, new_state = forward_last(self.model, tokens, state)
+        for j, r in enumerate(group):
+            r.state = new_state if len(group) == 1 else new_state.select([j])
+            r.logits = out[j, -1].float()
+            r.cursor += n
+
+    def _setup(self, r: _Request, vocab: int) -> None:
+        """Per-request tensors, built once the vocabulary size is known (as TokenStream._setup)."""
+        if self._vocab is None:
+            self._vocab = vocab
+        # Checked again here for models without config.vocab_size (add() could not check then).
+        banned = set(_token_ids("banned_tokens", r.ban_ids, vocab))
+        _token_ids("stop_tokens", r.stop_tokens, vocab)
+        allowed = vocab if self._vocab_limit is None else min(vocab, self._vocab_limit)
+        if len({t for t in banned if t < allowed}) >= allowed:
+            raise ConfigError("banned_tokens bans the whole vocabulary: leave at least one token allowed")
+        # Ids >= the tokenizer's vocab_size are banned for the whole batch in _sample.
+        if banned:
+            r.ban_index = torch.tensor(sorted(banned), dtype=torch.long, device=self._device)
+        if r.penalize:
+            wide = torch.float64 if self._device.type != "mps" else torch.float32
+            r.occurrence = torch.zeros(vocab, dtype=wide, device=self._device)
+            r.seen = torch.zeros(vocab, dtype=torch.bool, device=self._device)
+        r.ready = True
+
+    def _weight(self, token: int) -> float:
+        """Official occurrence weight of a generated token (1 without a tokenizer, like generate_tokens)."""
+        if self.tokenizer is None:
+            return 1.0
+        w = self._weights.get(token)
+        if w is None:
+            w = self._weights[token] = penalty_weight(self.tokenizer.decode([token]))
+        return w
+
+    def _sample(self, events: list[StepEvent]) -> None:
+        """Sample one token per row, then update each request (text, stops, finish)."""
+        rows, logits = self._rows, self._logits
+        vocab = logits.shape[-1]
+        for r in rows:
+            if not r.ready:
+                self._setup(r, vocab)
+
+        # Ban, then penalise (official order), on a copy: self._logits stays the model's output.
+        limit = self._vocab_limit if self._vocab_limit is not None and self._vocab_limit < vocab else None
+        special = [i for i, r in enumerate(rows) if r.ban_index is not None or r.penalize]
+        work = logits
+        if limit is not None or special:
+            work = logits.clone()
+            if limit is not None:
+                work[:, limit:] = float("-inf")
+            for i in special:
+                r = rows[i]
+                if r.ban_index is not None:
+                    work[i].index_fill_(0, r.ban_index, float("-inf"))
+                if r.penalize:
+                    work[i] = apply_penalties(work[i], r.occurrence, r.presence, r.frequency, seen=r.seen)
+
+        tokens: list[int] = [0] * len(rows)
+        greedy = [i for i, r in enumerate(rows) if r.greedy]
+        if greedy:
+            self._sample_greedy(work, greedy, tokens)
+        for i, r in enumerate(rows):
+            if not r.greedy:
+                tokens[i] = int(sample(work[i], r.temperature, r.top_p, r.top_k, generator=r.generator))
+
+        keep = []
+        for i, (r, token) in enumerate(zip(rows, tokens, strict=True)):
+            if token in r.stop_tokens:
+                # A stop token is neither returned nor fed: the state is already final.
+                text = r.text.close() if r.text is not None else ""
+                reason: EngineStopReason = (
+                    "stop_string" if r.text is not None and r.text.stop_hit else "stop_token"
+                )
+                state = self._state.select([i]) if r.return_state else None
+                events.append(
+                    self._finish(
+                        r, reason, state, logits[i] if r.return_state else None, token=None, text=text
+                    )
+                )
+                continue
+            if r.occurrence is not None:
+                # Decay the old counts first, then add this token's weight (official order).
+                r.occurrence.mul_(r.penalty_decay)
+                r.occurrence[token] += self._weight(token)
+                r.seen[token] = True
+            r.tokens.append(token)
+            text = r.text.push(token) if r.text is not None else ""
+            if r.text is not None and r.text.stop_hit:
+                r.finish_reason = "stop_string"
+            elif len(r.tokens) >= r.max_new_tokens:
+                text += r.text.close() if r.text is not None else ""
+                r.finish_reason = "stop_string" if r.text is not None and r.text.stop_hit else "length"
+            if r.finish_reason is not None and not r.return_state:
+                events.append(self._finish(r, r.finish_reason, None, None, token=token, text=text))
+                continue
+            # Still running, or finished but waiting one step for its last token to be fed.
+            r.pending = token
+            events.append(StepEvent(r.id, token, text))
+            keep.append(i)
+        self._reindex(keep)
+
+    def _sample_greedy(self, work: torch.Tensor, greedy: list[int], tokens: list[int]) -> None:
+        """Greedy rows: one topk(2) for all of them; near-ties go through sample() exactly."""
+        rows = self._rows
+        sub = work if len(greedy) == len(rows) else work[torch.tensor(greedy, device=work.device)]
+        if sub.shape[-1] >= 2:
+            values, indices = torch.topk(sub, 2, dim=-1)
+            clear = (values[:, 0] - values[:, 1] > _GREEDY_MARGIN) & torch.isfinite(values[:, 0])
+            best, clear_list = indices[:, 0].tolist(), clear.tolist()
+        else:
+            best, clear_list = [0] * len(greedy), [False] * len(greedy)
+        for j, i in enumerate(greedy):
+            r = rows[i]
+            if clear_list[j]:
+                tokens[i] = best[j]
+                # generate() draws once from the generator even when greedy; remember to catch up.
+                r.skipped_draws += r.generator is not None
+                continue
+            # A possible tie (or a non-finite row, where sample() raises the usual error): replay the
+            # generator draws generate() made on the clear steps, then draw exactly like it. A draw's
+            # consumption depends only on the vocabulary size, not on the probabilities.
+            if r.generator is not None and r.skipped_draws:
+                dummy = torch.ones(work.shape[-1], dtype=torch.float32, device=work.device)
+                for _ in range(r.skipped_draws):
+                    torch.multinomial(dummy, 1, generator=r.generator)
+                r.skipped_draws = 0
+            tokens[i] = int(sample(work[i], 0.0, r.top_p, r.top_k, generator=r.generator))

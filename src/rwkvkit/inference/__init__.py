@@ -1,0 +1,237 @@
+"""Fast inference on CPU: ``optimize(model)`` returns a copy prepared for prefill and decoding.
+
+What it does, in order (every step is optional and exact up to the chosen weight precision):
+
+1. folds the first LayerNorm (``blocks.0.ln0``) into the embedding rows, so a token costs one row
+   lookup and nothing else;
+2. stores the projection weights in ``weights`` precision: ``"fp32"``, ``"bf16"`` or ``"int8"``
+   (weight-only, symmetric per-output-channel scales; :mod:`rwkvkit.inference.quant`). LoRA
+   matrices, norms and the decay parameters keep their precision; the recurrent state and the WKV
+   accumulation stay fp32 whatever the weights are;
+3. routes small-batch matrix products (decoding: ``M <= 16`` rows) to a matrix-vector kernel that
+   reads the weights near the memory bandwidth (:mod:`rwkvkit.inference.kernels`), falling back to
+   PyTorch, with one logged warning, where the kernel cannot be built.
+
+Prefill goes through the chunked WKV operators and ordinary matrix products. The result is an
+ordinary :class:`rwkvkit.models.rwkv.model.RWKV` (same ``forward(tokens, state)``), for inference
+only: its state dict differs from the checkpoint's (no ``ln0``; int8 weights), so save the original.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rwkvkit.models.rwkv.model import RWKV
+from rwkvkit.state import State
+
+log = logging.getLogger("rwkvkit.inference")
+
+WEIGHTS = ("fp32", "bf16", "int8")
+MAX_GEMV_ROWS = 16  # up to this many rows (tokens x batch) a product is a matrix-vector kernel call
+
+
+@torch.no_grad()
+def fold_ln0_(model: nn.Module) -> nn.Module:
+    """Replace ``emb`` by ``LN0(emb)`` (computed in fp32) and ``blocks[0].ln0`` by the identity."""
+    block0 = model.blocks[0]
+    ln0 = getattr(block0, "ln0", None)
+    if isinstance(ln0, nn.LayerNorm):
+        w = model.emb.weight
+        folded = F.layer_norm(w.float(), ln0.normalized_shape, ln0.weight.float(), ln0.bias.float(), ln0.eps)
+        w.copy_(folded.to(w.dtype))
+        block0.ln0 = nn.Identity()
+    return model
+
+
+class DecodeLinear(nn.Module):
+    """A linear layer whose small-batch products go to the matrix-vector kernel.
+
+    Wraps an ``nn.Linear`` (fp32/bf16 weight) or an ``Int8Linear``; above ``MAX_GEMV_ROWS`` rows
+    (prefill) it calls the wrapped module unchanged.
+    """
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        from rwkvkit.inference.quant import Int8Linear
+
+        if isinstance(inner, Int8Linear):
+            self.weight_for_gemv, self.scale = inner.weight_int8, inner.scale.float()
+        else:
+            self.weight_for_gemv, self.scale = inner.weight, None
+        self.in_features = self.weight_for_gemv.shape[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from rwkvkit.inference import kernels
+
+        rows = x.numel() // self.in_features
+        if rows > MAX_GEMV_ROWS or x.requires_grad:
+            return self.inner(x)
+        y = kernels.gemv(x.reshape(rows, self.in_features).float(), self.weight_for_gemv, self.scale)
+        return y.to(x.dtype).view(*x.shape[:-1], -1)
+
+
+def _wrap_linears(module: nn.Module) -> None:
+    from rwkvkit.inference.quant import Int8Linear
+
+    for name, child in module.named_children():
+        if isinstance(child, (nn.Linear, Int8Linear)):
+            setattr(module, name, DecodeLinear(child))
+        else:
+            _wrap_linears(child)
+
+
+_allocator_tuned = False
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory in the process for reuse (glibc ``mallopt``); True if it was applied.
+
+    By default glibc serves every allocation above 128 KB-32 MB with a fresh ``mmap`` and returns it
+    to the system when freed, so each new large tensor pays page faults on first touch. Decoding a
+    batch allocates the same few large tensors (the batch state: 12.6 MB per layer for 64 sequences of
+    the 0.1B model) every step: with the threshold at its 32 MB maximum and no trimming, measured
+    batch-64 decoding went from 181 to 114 ms per step. The cost: freed memory stays in the process
+    (resident size does not shrink). Applied once per process, on Linux with glibc only.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+        ok = libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20) == 1
+        ok &= libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+        ok &= libc.mallopt(M_TOP_PAD, 256 * 2**20) == 1
+    except (OSError, AttributeError):
+        return False
+    _allocator_tuned = bool(ok)
+    log.info("rwkvkit: glibc allocator tuned for inference (%s)", "ok" if ok else "refused")
+    return _allocator_tuned
+
+
+class OptimizedRWKV(RWKV):
+    """The model :func:`optimize` returns: an :class:`RWKV` whose forward takes the fast paths.
+
+    * one token per sequence (decoding) of an RWKV-7 model, at most ``MAX_GEMV_ROWS`` sequences:
+      each block is one call of the fused C++ operator (:func:`rwkvkit.inference.fused.block_decode`:
+      LayerNorms, token shift, LoRAs, projections through the matrix-vector kernel, WKV step, GroupNorm,
+      channel mix), writing the new state straight into the returned :class:`State`;
+    * everything else (prefill, larger batches, other versions) is :meth:`RWKV.forward` with the
+      compiled WKV kernels (``impl="kernel"``, which falls back to the PyTorch operators where they
+      cannot run) and the wrapped projections.
+
+    Same contract as :meth:`RWKV.forward`: the input state is never modified.
+    """
+
+    _packed: list | None = None
+    _kernels_on = True
+    # Up to this many sequences a decoding step takes the fused block operator (matrix-vector kernel,
+    # fp32 arithmetic); above it, batched matrix products (bf16 units via oneDNN) win.
+    fused_max_batch = MAX_GEMV_ROWS
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        state: State | None = None,
+        *,
+        impl: str | None = None,
+        full_output: bool = True,
+    ) -> tuple[torch.Tensor, State]:
+        """:meth:`RWKV.forward`; ``impl`` defaults to ``"kernel"`` (``"auto"`` with kernels off)."""
+        tokens = self._check_tokens(tokens)
+        B, T = tokens.shape
+        if impl is None:
+            if T == 1 and B <= self.fused_max_batch and self._fused_ok():
+                return self._decode_fused(tokens, state)
+            impl = "kernel" if self._kernels_on else "auto"
+        return super().forward(tokens, state, impl=impl, full_output=full_output)
+
+    def _fused_ok(self) -> bool:
+        if self.config.version != "7" or self.device.type != "cpu" or not self._kernels_on:
+            return False
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return False
+        from rwkvkit.inference import fused
+
+        return fused.available()
+
+    def _packed_blocks(self) -> list:
+        if self._packed is None:
+            from rwkvkit.inference import fused
+
+            self._packed = [fused.pack_block(b) for b in self.blocks]
+        return self._packed
+
+    def _decode_fused(self, tokens: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        from rwkvkit.inference import fused
+
+        B = tokens.shape[0]
+        if state is None:
+            state = self.initial_state(B)
+        else:
+            state.check_fits(self.config, B)
+        # the new state: copies of the small shift tensors (updated in place below), a fresh WKV
+        # tensor that each block writes its layer's new state into (the input state stays untouched)
+        att = state["att_shift"].float().contiguous().clone()
+        ffn = state["ffn_shift"].float().contiguous().clone()
+        wkv_in = state["wkv"].float().contiguous()
+        wkv = torch.empty_like(wkv_in)
+        x = self.emb(tokens[:, 0]).float()
+        v_first = torch.empty_like(x)
+        for i, packed in enumerate(self._packed_blocks()):
+            x = fused.block_decode(packed, x, att[i], wkv_in[i], ffn[i], v_first, S_out=wkv[i], inplace=True)[
+                0
+            ]
+        logits = self.head(self.ln_out(x)).float().unsqueeze(1)  # [B, 1, V]
+        new_state = State(
+            {"att_shift": att, "wkv": wkv, "ffn_shift": ffn},
+            self.config.version,
+            logits=logits[:, -1].clone(),
+        )
+        return logits, new_state
+
+
+def optimize(
+    model: nn.Module, weights: str = "bf16", kernels: bool = True, allocator: bool = True
+) -> nn.Module:
+    """An inference-only copy of ``model`` (see the module docstring); ``model`` is not changed.
+
+    Args:
+        model: an RWKV model (any version).
+        weights: ``"fp32"``, ``"bf16"`` or ``"int8"`` (weight-only).
+        kernels: use the compiled CPU kernels (matrix-vector products, fused RWKV-7 decoding block,
+            sequential WKV), each with a PyTorch fallback; False gives the PyTorch operators only.
+        allocator: call :func:`tune_allocator` (process-wide: freed memory is kept for reuse).
+    """
+    from rwkvkit.errors import ConfigError
+    from rwkvkit.inference.quant import quantize_
+
+    if weights not in WEIGHTS:
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if not isinstance(model, RWKV):
+        raise ConfigError(f"optimize takes an rwkvkit RWKV model, got {type(model).__name__}")
+    if allocator:
+        tune_allocator()
+    fast = copy.deepcopy(model).eval().requires_grad_(False)
+    fast.__class__ = OptimizedRWKV  # same modules and parameters; only forward differs
+    fast._kernels_on = kernels
+    fold_ln0_(fast)
+    quantize_(fast, weights)
+    if kernels:
+        _wrap_linears(fast)
+    return fast
+
+
+__all__ = ["optimize", "OptimizedRWKV", "fold_ln0_", "DecodeLinear", "WEIGHTS"]

@@ -1,0 +1,215 @@
+"""Matrix-vector products for CPU decoding: ``y = (x @ W^T) * scale`` at memory bandwidth.
+
+Decoding one token reads every weight once, so a small-``M`` product is bound by how fast ``W``
+streams from memory. PyTorch's CPU kernels reach 7-20 GB/s there; the C++ kernel in ``gemv.cpp``
+(AVX-512 or AVX2, both cores through torch's OpenMP pool, software prefetch) reads fp32, bf16 and
+int8 weights close to the machine's read bandwidth. It accumulates in fp32 after widening the
+weights exactly, so it differs from :func:`gemv_reference` only by the order of the additions
+(~1e-6 relative to ``|x| @ |W|^T``).
+
+The extension is compiled on first use with :func:`torch.utils.cpp_extension.load` (``-O3
+-fopenmp``; the SIMD paths are picked at run time, so the cached build also suits another CPU),
+into torch's per-user extension cache (``~/.cache/torch_extensions``, or ``$TORCH_EXTENSIONS_DIR``).
+It needs a C++ compiler and ``ninja``. When the build fails, or ``RWKVKIT_NO_KERNELS=1`` is set,
+:func:`gemv` computes :func:`gemv_reference` instead (one logged warning for a failed build).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+ENV_DISABLE = "RWKVKIT_NO_KERNELS"  # set to 1 (any value but "" or "0") to use the PyTorch reference
+WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
+ISAS = {"auto": 0, "c++": 1, "avx2": 2, "avx512": 3}  # the kernel's ``isa`` argument
+
+_SOURCE = Path(__file__).with_name("gemv.cpp")
+# Every source of the extension: gemv.cpp plus the RWKV-7 decoding operators (rwkv7_decode.cpp, which
+# uses gemv's panel kernels through gemv.h). One library, torch.ops.rwkvkit_kernels.*.
+_SOURCES = [_SOURCE, Path(__file__).with_name("rwkv7_decode.cpp")]
+_HEADERS = [Path(__file__).with_name("gemv.h")]  # not compiled; part of the rebuild key (extra_cflags)
+_EXT_NAME = "rwkvkit_gemv"  # torch rebuilds when the source or the flags change, whatever the name
+_FLAGS = ["-O3", "-fopenmp"]  # no -march=native: the SIMD code is selected per CPU at run time
+
+_lock = threading.Lock()
+_op: Callable[..., torch.Tensor] | None = None  # torch.ops.rwkvkit_kernels.gemv once loaded
+_failed = False  # a build failed: never retried in this process (one warning, not one per call)
+build_seconds: float | None = None  # how long loading (building, on a cold cache) took
+
+
+def gemv_reference(x: torch.Tensor, W: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The specification: ``F.linear(x, W.float()) * scale`` (``scale`` optional), in fp32.
+
+    Widening bf16/int8 weights to fp32 is exact, so this is the exact product up to PyTorch's own
+    summation order. It materialises an fp32 copy of ``W`` (for bf16/int8 weights) on every call.
+    """
+    y = F.linear(x, W.float())
+    return y * scale if scale is not None else y
+
+
+def _disabled() -> bool:
+    return os.environ.get(ENV_DISABLE, "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """Make ``ninja`` findable for the build, which looks it up on ``PATH`` only.
+
+    ``pip install ninja`` puts the binary next to the interpreter (``.venv/bin``), which is not on
+    ``PATH`` when the environment is used without being activated.
+    """
+    if shutil.which("ninja") is not None:
+        yield
+        return
+    dirs = [str(Path(sys.executable).parent)]
+    with contextlib.suppress(Exception):
+        import ninja  # type: ignore[import-not-found]  # the PyPI package: its binary folder
+
+        dirs.append(str(ninja.BIN_DIR))
+    extra = [d for d in dirs if shutil.which("ninja", path=d)]
+    old = os.environ.get("PATH", "")
+    if extra:
+        os.environ["PATH"] = os.pathsep.join([old, *extra[:1]])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = old
+
+
+def _header_digest() -> str:
+    """A harmless macro definition holding a hash of the headers: torch's build cache keys on the
+    sources and the flags only, so an edited header must change the flags to force a rebuild."""
+    import hashlib
+
+    h = hashlib.sha256(b"".join(p.read_bytes() for p in _HEADERS)).hexdigest()[:16]
+    return f"-DRWKVKIT_HEADERS_{h}"
+
+
+def _build() -> Callable[..., torch.Tensor]:
+    """Compile (or load from the cache) the extension and return its operator."""
+    global build_seconds
+    if not (sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")):
+        raise RuntimeError(f"the kernel targets x86-64 Linux, this is {sys.platform}/{platform.machine()}")
+    from torch.utils.cpp_extension import load
+
+    t0 = time.perf_counter()
+    with _ninja_on_path():
+        # is_python_module=False: the library registers torch.ops.rwkvkit_kernels.* (TORCH_LIBRARY)
+        load(
+            name=_EXT_NAME,
+            sources=[str(p) for p in _SOURCES],
+            extra_cflags=[*_FLAGS, _header_digest()],
+            extra_ldflags=["-fopenmp"],
+            is_python_module=False,
+            verbose=False,
+        )
+    build_seconds = time.perf_counter() - t0
+    log.debug("rwkvkit gemv kernel loaded in %.1f s", build_seconds)
+    return torch.ops.rwkvkit_kernels.gemv
+
+
+def _load() -> Callable[..., torch.Tensor] | None:
+    """The kernel operator, built on the first call (once per process, thread-safe); None if it failed."""
+    global _op, _failed
+    if _op is not None or _failed:
+        return _op
+    with _lock:  # one thread builds; the others wait here, then see the result
+        if _op is None and not _failed:
+            try:
+                _op = _build()
+            except Exception as e:  # no compiler, no ninja, other CPU/OS: fall back, say why once
+                _failed = True
+                msg = str(e).strip()
+                short = msg if len(msg) <= 400 else msg[:200] + " ... " + msg[-200:]
+                log.warning(
+                    "rwkvkit: the gemv C++ kernel could not be built (%s: %s); using the PyTorch "
+                    "reference instead (same results, slower decoding).",
+                    type(e).__name__,
+                    short,
+                )
+                log.debug("gemv build error in full:\n%s", msg)
+    return _op
+
+
+def available() -> bool:
+    """Whether :func:`gemv` runs the C++ kernel (builds it on the first call; False if disabled)."""
+    return not _disabled() and _load() is not None
+
+
+def kernel_isa() -> str | None:
+    """The instruction set the kernel uses on this CPU (``"avx512"``, ``"avx2"``, ``"c++"``), or None."""
+    if not available():
+        return None
+    code = torch.ops.rwkvkit_kernels.selected_isa()
+    return {v: k for k, v in ISAS.items()}[code]
+
+
+def _check(x: torch.Tensor, W: torch.Tensor, scale: torch.Tensor | None) -> None:
+    """Raise ValueError unless the arguments are what the kernel (and the reference) accept."""
+    if not isinstance(x, torch.Tensor) or not isinstance(W, torch.Tensor):
+        raise ValueError("gemv: x and W must be tensors")
+    if x.dim() != 2 or W.dim() != 2:
+        raise ValueError(f"gemv: x must be [M, K] and W [N, K], got {tuple(x.shape)} and {tuple(W.shape)}")
+    if x.shape[1] != W.shape[1]:
+        raise ValueError(f"gemv: K differs: x is {tuple(x.shape)}, W is {tuple(W.shape)}")
+    if x.dtype != torch.float32:
+        raise ValueError(f"gemv: x must be float32, got {x.dtype} (convert the activations with .float())")
+    if W.dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"gemv: W must be float32, bfloat16 or int8, got {W.dtype}")
+    if not W.is_contiguous():
+        # copying W on every call would cost more than the product: the caller should store it so
+        raise ValueError("gemv: W must be contiguous ([N, K] row-major); store W.contiguous() once")
+    if W.dtype == torch.int8 and scale is None:
+        raise ValueError("gemv: int8 weights need their per-row float32 scale [N]")
+    if scale is not None:
+        if not isinstance(scale, torch.Tensor) or scale.dtype != torch.float32 or scale.dim() != 1:
+            raise ValueError("gemv: scale must be a 1-D float32 tensor [N]")
+        if scale.shape[0] != W.shape[0]:
+            raise ValueError(f"gemv: scale has {scale.shape[0]} entries, W has {W.shape[0]} rows")
+    devices = {t.device.type for t in (x, W, scale) if t is not None}
+    if devices != {"cpu"}:
+        raise ValueError(f"gemv: CPU tensors only, got devices {sorted(devices)}")
+
+
+def gemv(x: torch.Tensor, W: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``y [M, N] = (x [M, K] @ W [N, K]^T) * scale [N]`` in float32, for small ``M`` (decoding).
+
+    Args:
+        x: float32 activations ``[M, K]``; any ``M`` works, the kernel is made for ``M <= 16`` (each
+            weight is read from memory once for all ``M`` rows).
+        W: contiguous weights ``[N, K]``: float32, bfloat16 or int8.
+        scale: per-row float32 factors ``[N]``; required for int8 weights, optional otherwise.
+
+    Runs the C++ kernel when it is available (:func:`available`), else :func:`gemv_reference`; also
+    the reference when autograd must see the product (the kernel has no backward). The kernel uses
+    ``torch.get_num_threads()`` threads. Raises ValueError on bad shapes, dtypes or devices.
+    """
+    _check(x, W, scale)
+    if _disabled() or (torch.is_grad_enabled() and (x.requires_grad or W.requires_grad)):
+        return gemv_reference(x, W, scale)
+    op = _load()
+    if op is None:
+        return gemv_reference(x, W, scale)
+    return op(x.contiguous(), W, None if scale is None else scale.contiguous(), 0)
+
+
+def _gemv_isa(x: torch.Tensor, W: torch.Tensor, scale: torch.Tensor | None, isa: str) -> torch.Tensor:
+    """The kernel with a forced instruction set (tests); RuntimeError if this CPU lacks it."""
+    _check(x, W, scale)
+    op = _load()
+    if op is None:
+        raise RuntimeError("gemv: the kernel is not available")
+    return op(x.contiguous(), W, None if scale is None else scale.contiguous(), ISAS[isa])

@@ -1,0 +1,148 @@
+"""Quality of the fast inference paths (``rwkvkit.inference.optimize``) against the fp32 reference.
+
+* fp32 weights: the fast path (ln0 folded into the embedding, matrix-vector kernel for decoding,
+  compiled WKV kernels) equals the reference model up to fp32 summation order, for every version;
+* bf16 and int8 weights: logits within stated relative errors of the fp32 reference;
+* the shipped default model: greedy decoding gives the same first 32 tokens with fp32 and bf16
+  weights, and int8 weights change the validation loss by at most 1 %.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rwkvkit
+from rwkvkit.errors import ConfigError
+from rwkvkit.inference import optimize
+from rwkvkit.models.rwkv.init import random_model
+from tests.models.configs import ONE_PER_VERSION
+
+VERSIONS = sorted(ONE_PER_VERSION)
+
+
+def rel_rms(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """RMS of the difference relative to the RMS of the reference."""
+    return float((a.float() - ref.float()).pow(2).mean().sqrt() / ref.float().pow(2).mean().sqrt())
+
+
+def run(model, tokens: torch.Tensor, decode: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prefill logits [B, T, V] and the logits of ``decode`` greedy single-token steps [B, decode, V]."""
+    with torch.inference_mode():
+        logits, state = model(tokens)
+        steps = []
+        tok = logits[:, -1:].argmax(-1)
+        for _ in range(decode):
+            out, state = model(tok, state)
+            steps.append(out)
+            tok = torch.randint(
+                0, model.config.vocab_size, tok.shape, generator=torch.Generator().manual_seed(len(steps))
+            )
+        return logits, torch.cat(steps, dim=1)
+
+
+@pytest.fixture(scope="module", params=VERSIONS)
+def small(request):
+    cfg = ONE_PER_VERSION[request.param]
+    model = random_model(cfg, seed=3)
+    tokens = torch.randint(0, cfg.vocab_size, (3, 40), generator=torch.Generator().manual_seed(0))
+    return request.param, model, tokens, run(model, tokens)
+
+
+def test_fp32_fast_path_equals_the_reference(small):
+    name, model, tokens, (ref_prefill, ref_decode) = small
+    fast = optimize(model, weights="fp32")
+    prefill, decode = run(fast, tokens)
+    scale = ref_prefill.abs().max()
+    # fp32 throughout: only the order of additions differs (gemv kernel, folded LayerNorm)
+    assert (prefill - ref_prefill).abs().max() <= 1e-5 * scale, name
+    assert (decode - ref_decode).abs().max() <= 1e-5 * scale, name
+
+
+# Relative RMS error of the logits against fp32, per weight precision, on random models (their logits
+# are sums of many equally large random terms, the hardest case for rounding). Measured: bf16
+# 0.0024-0.0102, int8 0.0088-0.0245 (v5.0, head size 16, is the worst).
+RANDOM_BOUND = {"bf16": 0.02, "int8": 0.05}
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+def test_low_precision_logits_within_stated_error(small, weights):
+    name, model, tokens, (ref_prefill, ref_decode) = small
+    fast = optimize(model, weights=weights)
+    prefill, decode = run(fast, tokens)
+    assert rel_rms(prefill, ref_prefill) <= RANDOM_BOUND[weights], name
+    assert rel_rms(decode, ref_decode) <= RANDOM_BOUND[weights], name
+
+
+def test_optimize_leaves_the_model_alone_and_checks_its_arguments():
+    cfg = ONE_PER_VERSION["v7"]
+    model = random_model(cfg, seed=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimize(model, weights="int8")
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ConfigError, match="weights must be one of"):
+        optimize(model, weights="fp16")
+
+
+# ---- the shipped default model ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default():
+    return rwkvkit.load("default", dtype="fp32"), rwkvkit.load_tokenizer("default")
+
+
+@pytest.fixture(scope="module")
+def val_tokens(default):
+    """The first 8192 tokens of the stdlib validation files (the default model's held-out split)."""
+    from rwkvkit.data.corpus import stdlib_split
+
+    _, tok = default
+    _, val_files = stdlib_split(val=0.01, seed=0)
+    ids: list[int] = []
+    for path in val_files:
+        ids += tok.encode(path.read_text(encoding="utf-8", errors="replace"))
+        if len(ids) >= 8192:
+            break
+    return torch.tensor(ids[:8192]).view(8, 1024)
+
+
+def val_loss(model, tokens: torch.Tensor) -> float:
+    with torch.inference_mode():
+        logits, _ = model(tokens[:, :-1])
+    return float(F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()))
+
+
+# Measured on this model: relative RMS error bf16 0.0022, int8 0.0049; validation loss (8 x 1024
+# tokens) 2.82601 in fp32, +0.001 % with bf16 weights, +0.028 % with int8 weights.
+DEFAULT_BOUND = {"bf16": 0.01, "int8": 0.02}
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+def test_default_model_logits_and_validation_loss(default, val_tokens, weights):
+    model, _ = default
+    tokens = val_tokens[:2, :512]
+    with torch.inference_mode():
+        ref, _ = model(tokens)
+        fast = optimize(model, weights=weights)
+        out, _ = fast(tokens)
+    assert rel_rms(out, ref) <= DEFAULT_BOUND[weights]
+    # the issue's bar: int8 weights change the validation loss by <= 1 %
+    ref_loss, loss = val_loss(model, val_tokens), val_loss(fast, val_tokens)
+    assert abs(loss - ref_loss) <= 0.01 * ref_loss, (weights, ref_loss, loss)
+
+
+def test_default_model_greedy_fast_fp32_and_bf16_agree_on_32_tokens(default):
+    model, tok = default
+    prompt = "import os\n\n\ndef main():\n"
+    tokens = {}
+    for weights in ("fp32", "bf16"):
+        gen = rwkvkit.generate(
+            optimize(model, weights=weights), tok, prompt, max_new_tokens=32, temperature=0, stop_tokens=(),
+            stream=True,
+        )  # fmt: skip
+        "".join(gen)
+        tokens[weights] = gen.tokens
+    assert len(tokens["fp32"]) == 32 and tokens["fp32"] == tokens["bf16"]
