@@ -204,7 +204,11 @@ class OptimizedRWKV(RWKV):
 
 
 def optimize(
-    model: nn.Module, weights: str = "bf16", kernels: bool = True, allocator: bool = True
+    model: nn.Module,
+    weights: str = "bf16",
+    kernels: bool = True,
+    allocator: bool = True,
+    copy_model: bool = True,
 ) -> nn.Module:
     """An inference-only copy of ``model`` (see the module docstring); ``model`` is not changed.
 
@@ -214,6 +218,8 @@ def optimize(
         kernels: use the compiled CPU kernels (matrix-vector products, fused RWKV-7 decoding block,
             sequential WKV), each with a PyTorch fallback; False gives the PyTorch operators only.
         allocator: call :func:`tune_allocator` (process-wide: freed memory is kept for reuse).
+        copy_model: True (default) works on a copy; False converts ``model`` itself (no second copy of
+            the weights in memory; ``model`` must not be used for anything else afterwards).
     """
     from rwkvkit.errors import ConfigError
     from rwkvkit.inference.quant import quantize_
@@ -224,7 +230,7 @@ def optimize(
         raise ConfigError(f"optimize takes an rwkvkit RWKV model, got {type(model).__name__}")
     if allocator:
         tune_allocator()
-    fast = copy.deepcopy(model).eval().requires_grad_(False)
+    fast = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
     fast.__class__ = OptimizedRWKV  # same modules and parameters; only forward differs
     fast._kernels_on = kernels
     fold_ln0_(fast)

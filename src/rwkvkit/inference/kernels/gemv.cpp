@@ -36,6 +36,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace rwkvkit_gemv {
 namespace {
@@ -163,6 +164,7 @@ static void rows(const Problem& p, int64_t m0, int64_t n0, int64_t n1) {
   for (; n < n1; ++n) tile<L, MB, 1>(x, W + n * p.K, sc ? sc + n : nullptr, y + n, p.K, p.N);
 }
 
+
 // Tile heights: RB * MB accumulators + RB weight vectors + 1 x vector fit the 16 ymm registers.
 template <class L>
 static void rows_mb(const Problem& p, int64_t m0, int64_t mb, int64_t n0, int64_t n1) {
@@ -283,12 +285,45 @@ static void rows(const Problem& p, int64_t m0, int64_t n0, int64_t n1) {
   for (; n < n1; ++n) tile<L, MB, 1>(x, W + n * p.K, sc ? sc + n : nullptr, y + n, p.K, p.N);
 }
 
+// One row of x (M = 1, batch-1 decoding): the weight rows are read one after the other, so each
+// thread reads its range of W as one sequential stream, which the hardware prefetchers follow best
+// (measured on Zen 4, 2 threads, bf16, 0.1B-model shapes: ~85 % of a plain sum's read bandwidth,
+// against ~70 % for the interleaved tiles with software prefetch). Four accumulators per row.
+// fp32 and bf16 weights only (see rows_mb).
+template <class L>
+static void rows_m1(const Problem& p, int64_t m0, int64_t n0, int64_t n1) {
+  const auto* W = static_cast<const typename L::T*>(p.w);
+  const float* x = p.x + m0 * p.K;
+  float* y = p.y + m0 * p.N;
+  const int64_t K = p.K;
+  for (int64_t n = n0; n < n1; ++n) {
+    const typename L::T* w = W + n * K;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64) {
+      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), L::load(w + k), a0);
+      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16), L::load(w + k + 16), a1);
+      a2 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 32), L::load(w + k + 32), a2);
+      a3 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 48), L::load(w + k + 48), a3);
+    }
+    for (; k + 16 <= K; k += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), L::load(w + k), a0);
+    if (k < K) {  // masked lanes load as 0 in both x and W
+      const __mmask16 mask = static_cast<__mmask16>((1u << (K - k)) - 1u);
+      a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x + k), L::load_tail(w + k, mask), a1);
+    }
+    const float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    y[n] = p.scale ? s * p.scale[n] : s;
+  }
+}
+
 // Tile heights: MB * RB <= 24 accumulators + RB weight vectors + 1 x vector within 32 zmm registers.
 // Larger RB for small MB gives more independent FMA chains and fewer x loads per weight vector.
 template <class L>
 static void rows_mb(const Problem& p, int64_t m0, int64_t mb, int64_t n0, int64_t n1) {
   switch (mb) {
-    case 1: return rows<L, 1, 6>(p, m0, n0, n1);
+    case 1:  // int8: the interleaved tiles measured faster (its widening is heavier: more rows in flight)
+      if constexpr (std::is_same_v<L, I8>) return rows<L, 1, 6>(p, m0, n0, n1);
+      else return rows_m1<L>(p, m0, n0, n1);
     case 2: return rows<L, 2, 6>(p, m0, n0, n1);
     case 3: return rows<L, 3, 4>(p, m0, n0, n1);
     case 4: return rows<L, 4, 4>(p, m0, n0, n1);
