@@ -20,11 +20,13 @@ $(VENV)/.torch-installed: | $(BIN)/python
 # runtime + the official package (the demo prints parity against it)
 $(VENV)/.run-installed: pyproject.toml $(VENV)/.torch-installed
 	$(PIP) install -q -e ".[oracle]"
+	@[ -d /usr/share/datasets/fashion-mnist ] || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) || true
 	touch $@
 
 # everything the tests need
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/.torch-installed
 	$(PIP) install -q -e ".[dev,plot]"
+	@[ -d /usr/share/datasets/fashion-mnist ] || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) || true
 	touch $@ $(VENV)/.run-installed
 
 demo: $(VENV)/.run-installed

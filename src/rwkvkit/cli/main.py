@@ -14,15 +14,15 @@ from rwkvkit.errors import RWKVKitError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rwkvkit.cli import convert, data, generate, info, train
+    from rwkvkit.cli import convert, data, generate, info, train, vision
 
     parser = argparse.ArgumentParser(
         prog="rwkvkit",
-        description="RWKV language models: prepare data, train, convert, inspect and generate.",
+        description="RWKV models: prepare data, train, convert, inspect and generate text; vision models.",
     )
     parser.add_argument("--version", action="version", version=f"rwkvkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (info, generate, convert, data, train):
+    for module in (info, generate, convert, data, train, vision):
         module.add_parser(sub)
     return parser
 

@@ -16,6 +16,7 @@ import torch
 
 from rwkvkit.ops import rwkv4 as _rwkv4
 from rwkvkit.ops import rwkv6 as _rwkv6
+from rwkvkit.ops.biwkv import biwkv, biwkv_naive, qshift
 from rwkvkit.ops.rwkv4 import wkv4_chunk, wkv4_initial_state, wkv4_naive, wkv4_step
 from rwkvkit.ops.rwkv6 import wkv6_chunk, wkv6_naive, wkv6_step
 from rwkvkit.ops.rwkv7 import DEFAULT_CHUNK_SIZE, wkv7_chunk, wkv7_naive, wkv7_step
@@ -119,5 +120,6 @@ __all__ = [
     "wkv4", "wkv4_naive", "wkv4_chunk", "wkv4_step", "wkv4_initial_state",
     "wkv5", "wkv6", "wkv6_naive", "wkv6_chunk", "wkv6_step",
     "wkv7", "wkv7_naive", "wkv7_chunk", "wkv7_step",
+    "biwkv", "biwkv_naive", "qshift",
     "IMPLS",
 ]  # fmt: skip
