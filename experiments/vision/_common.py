@@ -16,7 +16,11 @@ def run_all(runs: dict[str, dict], base: dict, out_root: str) -> dict[str, dict]
 
     results = {}
     for name, fields in runs.items():
-        cfg = VisionTrainConfig(**{**base, **fields, "out_dir": f"{out_root}/{name}"})
+        slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+        slug = "-".join(
+            part for part in slug.split("-") if part
+        )  # "RWKV backbone, fusion" -> rwkv-backbone-fusion
+        cfg = VisionTrainConfig(**{**base, **fields, "out_dir": f"{out_root}/{slug}"})
         print(f"== {name}: {cfg.model} {cfg.overrides}", flush=True)
         results[name] = train(cfg)
         results[name]["config"] = cfg

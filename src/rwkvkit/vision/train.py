@@ -336,7 +336,7 @@ def train(cfg: VisionTrainConfig) -> dict[str, Any]:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             step += 1
-            running += float(loss) * batch[0].shape[0]
+            running += float(loss.detach()) * batch[0].shape[0]
             seen += batch[0].shape[0]
             bar.set_postfix(loss=f"{running / seen:.4f}")
         row = {"epoch": epoch + 1, "step": step, "train_loss": running / max(1, seen)}
