@@ -27,6 +27,13 @@ def main() -> None:
     p.add_argument("--width", type=int, default=96, help="VRWKV embedding width (default 96)")
     p.add_argument("--depth", type=int, default=6, help="VRWKV depth (default 6)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of data order, augmentation and init (default 0); "
+        "a seed other than 0 writes classify_seed<N>.md/.csv/.png",
+    )
     p.add_argument("--out", default="runs/vision/classify", help="run folders (default runs/vision/classify)")
     args = p.parse_args()
 
@@ -49,7 +56,9 @@ def main() -> None:
     }
     base = dict(img_size=28, epochs=args.epochs, batch_size=args.batch_size, train_limit=args.train_limit,
                 test_limit=args.test_limit, lr=1e-3, weight_decay=0.05, warmup_epochs=0.5, progress=True)  # fmt: skip
-    results = run_all(runs, base, args.out)
+    base["seed"] = args.seed
+    tag = f"_seed{args.seed}" if args.seed else ""
+    results = run_all(runs, base, args.out + tag)
 
     rows = []
     for name, res in results.items():
@@ -57,8 +66,10 @@ def main() -> None:
         rows.append({"run": name, "params": res["params"], "test_accuracy": round(f["accuracy"], 4),
                      "test_loss": round(f["loss"], 4), "train_loss": round(f["train_loss"], 4),
                      "minutes": round(f["seconds"] / 60, 1)})  # fmt: skip
-    write_csv(HERE / "classify.csv", rows)
-    plot_curves(HERE / "classify.png", results, "accuracy", "test accuracy", "Fashion-MNIST, 28x28, patch 4")
+    write_csv(HERE / f"classify{tag}.csv", rows)
+    plot_curves(
+        HERE / f"classify{tag}.png", results, "accuracy", "test accuracy", "Fashion-MNIST, 28x28, patch 4"
+    )
     n_train = args.train_limit or 60000
     lines = [
         "# Vision-RWKV vs ViT on Fashion-MNIST, and ablations",
@@ -77,8 +88,8 @@ def main() -> None:
     ref = rows[0]["test_accuracy"]
     lines += ["", "Differences to VRWKV (accuracy points): " + ", ".join(
         f"{r['run']} {100 * (r['test_accuracy'] - ref):+.2f}" for r in rows[1:]) + ".", "",
-        "![test accuracy per epoch](classify.png)", ""]  # fmt: skip
-    (HERE / "classify.md").write_text("\n".join(lines))
+        f"![test accuracy per epoch](classify{tag}.png)", ""]  # fmt: skip
+    (HERE / f"classify{tag}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

@@ -26,6 +26,13 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3, help="epochs per run (default 3)")
     p.add_argument("--train-limit", type=int, default=20000, help="training images used (default 20000)")
     p.add_argument("--depths", type=int, nargs="+", default=[1, 2], help="attention modules per stage")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of data order, augmentation and init (default 0); "
+        "a seed other than 0 writes ran_seed<N>.md/.csv/.png",
+    )
     p.add_argument("--out", default="runs/vision/ran", help="run folders (default runs/vision/ran)")
     args = p.parse_args()
 
@@ -36,7 +43,9 @@ def main() -> None:
             runs[f"{mode}-{d}"] = dict(model="ran-small", overrides=over)
     base = dict(img_size=28, epochs=args.epochs, batch_size=64, train_limit=args.train_limit, lr=1e-3,
                 weight_decay=1e-4, warmup_epochs=0.3, label_smoothing=0.0, progress=True)  # fmt: skip
-    results = run_all(runs, base, args.out)
+    base["seed"] = args.seed
+    tag = f"_seed{args.seed}" if args.seed else ""
+    results = run_all(runs, base, args.out + tag)
 
     rows = []
     for name, res in results.items():
@@ -45,7 +54,7 @@ def main() -> None:
         rows.append({"attention": LABELS[mode], "modules_per_stage": int(d), "params": res["params"],
                      "test_accuracy": round(f["accuracy"], 4), "test_error": round(1 - f["accuracy"], 4),
                      "minutes": round(f["seconds"] / 60, 1)})  # fmt: skip
-    write_csv(HERE / "ran.csv", rows)
+    write_csv(HERE / f"ran{tag}.csv", rows)
 
     import matplotlib
 
@@ -63,7 +72,7 @@ def main() -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(HERE / "ran.png", dpi=110)
+    fig.savefig(HERE / f"ran{tag}.png", dpi=110)
     plt.close(fig)
 
     lines = [
@@ -79,8 +88,8 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['attention']} | {r['modules_per_stage']} | {r['params'] / 1e6:.3f} M | "
                      f"{100 * r['test_accuracy']:.2f} % | {100 * r['test_error']:.2f} % | {r['minutes']} |")  # fmt: skip
-    lines += ["", "![test error vs depth](ran.png)", ""]
-    (HERE / "ran.md").write_text("\n".join(lines))
+    lines += ["", f"![test error vs depth](ran{tag}.png)", ""]
+    (HERE / f"ran{tag}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
