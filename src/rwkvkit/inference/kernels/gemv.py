@@ -16,23 +16,22 @@ It needs a C++ compiler and ``ninja``. When the build fails, or ``RWKVKIT_NO_KER
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import platform
-import shutil
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from rwkvkit.inference.kernels._build import ENV_DISABLE, compile_extension, warn_build_failed
+from rwkvkit.inference.kernels._build import disabled as _disabled
+from rwkvkit.inference.kernels._build import ninja_on_path as _ninja_on_path  # noqa: F401  (tests use it)
+
+__all__ = ["ENV_DISABLE", "WEIGHT_DTYPES", "available", "gemv", "gemv_reference", "kernel_isa"]
+
 log = logging.getLogger(__name__)
 
-ENV_DISABLE = "RWKVKIT_NO_KERNELS"  # set to 1 (any value but "" or "0") to use the PyTorch reference
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
 ISAS = {"auto": 0, "c++": 1, "avx2": 2, "avx512": 3}  # the kernel's ``isa`` argument
 
@@ -42,7 +41,6 @@ _SOURCE = Path(__file__).with_name("gemv.cpp")
 _SOURCES = [_SOURCE, Path(__file__).with_name("rwkv7_decode.cpp")]
 _HEADERS = [Path(__file__).with_name("gemv.h")]  # not compiled; part of the rebuild key (extra_cflags)
 _EXT_NAME = "rwkvkit_gemv"  # torch rebuilds when the source or the flags change, whatever the name
-_FLAGS = ["-O3", "-fopenmp"]  # no -march=native: the SIMD code is selected per CPU at run time
 
 _lock = threading.Lock()
 _op: Callable[..., torch.Tensor] | None = None  # torch.ops.rwkvkit_kernels.gemv once loaded
@@ -60,63 +58,10 @@ def gemv_reference(x: torch.Tensor, W: torch.Tensor, scale: torch.Tensor | None 
     return y * scale if scale is not None else y
 
 
-def _disabled() -> bool:
-    return os.environ.get(ENV_DISABLE, "") not in ("", "0")
-
-
-@contextlib.contextmanager
-def _ninja_on_path() -> Iterator[None]:
-    """Make ``ninja`` findable for the build, which looks it up on ``PATH`` only.
-
-    ``pip install ninja`` puts the binary next to the interpreter (``.venv/bin``), which is not on
-    ``PATH`` when the environment is used without being activated.
-    """
-    if shutil.which("ninja") is not None:
-        yield
-        return
-    dirs = [str(Path(sys.executable).parent)]
-    with contextlib.suppress(Exception):
-        import ninja  # type: ignore[import-not-found]  # the PyPI package: its binary folder
-
-        dirs.append(str(ninja.BIN_DIR))
-    extra = [d for d in dirs if shutil.which("ninja", path=d)]
-    old = os.environ.get("PATH", "")
-    if extra:
-        os.environ["PATH"] = os.pathsep.join([old, *extra[:1]])
-    try:
-        yield
-    finally:
-        os.environ["PATH"] = old
-
-
-def _header_digest() -> str:
-    """A harmless macro definition holding a hash of the headers: torch's build cache keys on the
-    sources and the flags only, so an edited header must change the flags to force a rebuild."""
-    import hashlib
-
-    h = hashlib.sha256(b"".join(p.read_bytes() for p in _HEADERS)).hexdigest()[:16]
-    return f"-DRWKVKIT_HEADERS_{h}"
-
-
 def _build() -> Callable[..., torch.Tensor]:
     """Compile (or load from the cache) the extension and return its operator."""
     global build_seconds
-    if not (sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")):
-        raise RuntimeError(f"the kernel targets x86-64 Linux, this is {sys.platform}/{platform.machine()}")
-    from torch.utils.cpp_extension import load
-
-    t0 = time.perf_counter()
-    with _ninja_on_path():
-        # is_python_module=False: the library registers torch.ops.rwkvkit_kernels.* (TORCH_LIBRARY)
-        load(
-            name=_EXT_NAME,
-            sources=[str(p) for p in _SOURCES],
-            extra_cflags=[*_FLAGS, _header_digest()],
-            extra_ldflags=["-fopenmp"],
-            is_python_module=False,
-            verbose=False,
-        )
-    build_seconds = time.perf_counter() - t0
+    build_seconds = compile_extension(_EXT_NAME, _SOURCES, _HEADERS)
     log.debug("rwkvkit gemv kernel loaded in %.1f s", build_seconds)
     return torch.ops.rwkvkit_kernels.gemv
 
@@ -132,15 +77,9 @@ def _load() -> Callable[..., torch.Tensor] | None:
                 _op = _build()
             except Exception as e:  # no compiler, no ninja, other CPU/OS: fall back, say why once
                 _failed = True
-                msg = str(e).strip()
-                short = msg if len(msg) <= 400 else msg[:200] + " ... " + msg[-200:]
-                log.warning(
-                    "rwkvkit: the gemv C++ kernel could not be built (%s: %s); using the PyTorch "
-                    "reference instead (same results, slower decoding).",
-                    type(e).__name__,
-                    short,
+                warn_build_failed(
+                    log, "gemv C++ kernel", "the PyTorch reference (same results, slower decoding)", e
                 )
-                log.debug("gemv build error in full:\n%s", msg)
     return _op
 
 

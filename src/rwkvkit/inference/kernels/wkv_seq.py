@@ -18,17 +18,14 @@ backward), for non-CPU tensors, and for fp64 inputs (kept on the PyTorch path, w
 from __future__ import annotations
 
 import logging
-import os
-import platform
-import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rwkvkit.inference.kernels.gemv import _FLAGS, ENV_DISABLE, _ninja_on_path
+from rwkvkit.inference.kernels._build import ENV_DISABLE, compile_extension, warn_build_failed
+from rwkvkit.inference.kernels._build import disabled as _disabled
 from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, no_autocast
 from rwkvkit.ops.rwkv4 import wkv4_chunk, wkv4_step
 from rwkvkit.ops.rwkv4.naive import check_wkv4
@@ -49,27 +46,9 @@ _failed = False  # a build failed: not retried in this process (one warning)
 build_seconds: float | None = None
 
 
-def _disabled() -> bool:
-    return os.environ.get(ENV_DISABLE, "") not in ("", "0")
-
-
 def _build() -> Any:
     global build_seconds
-    if not (sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")):
-        raise RuntimeError(f"the kernel targets x86-64 Linux, this is {sys.platform}/{platform.machine()}")
-    from torch.utils.cpp_extension import load
-
-    t0 = time.perf_counter()
-    with _ninja_on_path():
-        load(
-            name=_EXT_NAME,
-            sources=[str(_SOURCE)],
-            extra_cflags=list(_FLAGS),
-            extra_ldflags=["-fopenmp"],
-            is_python_module=False,
-            verbose=False,
-        )
-    build_seconds = time.perf_counter() - t0
+    build_seconds = compile_extension(_EXT_NAME, [_SOURCE])
     log.debug("rwkvkit wkv kernels loaded in %.1f s", build_seconds)
     return torch.ops.rwkvkit_wkv
 
@@ -85,15 +64,9 @@ def _load() -> Any:
                 _ops = _build()
             except Exception as e:  # no compiler / ninja, other platform: fall back, say why once
                 _failed = True
-                msg = str(e).strip()
-                short = msg if len(msg) <= 400 else msg[:200] + " ... " + msg[-200:]
-                log.warning(
-                    "rwkvkit: the WKV C++ kernels could not be built (%s: %s); using the PyTorch "
-                    "operators instead (same results, slower prefill).",
-                    type(e).__name__,
-                    short,
+                warn_build_failed(
+                    log, "WKV C++ kernels", "the PyTorch operators (same results, slower prefill)", e
                 )
-                log.debug("wkv build error in full:\n%s", msg)
     return _ops
 
 
