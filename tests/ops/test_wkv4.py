@@ -283,7 +283,7 @@ def test_w_and_u_may_be_shaped_like_the_checkpoint():
 
 
 def test_dispatch():
-    assert IMPLS == ("auto", "naive", "chunk", "step")
+    assert IMPLS == ("auto", "naive", "chunk", "step", "kernel")
     xs = make_inputs(2, 1, 12, torch.float64)
     y_ref, S_ref = wkv4_naive(*xs)
     for impl in IMPLS:

@@ -216,7 +216,7 @@ def test_bf16_inputs_accumulate_in_fp32():
 
 
 def test_dispatch():
-    assert IMPLS == ("auto", "naive", "chunk", "step")
+    assert IMPLS == ("auto", "naive", "chunk", "step", "kernel")
     xs = make_inputs(1, 1, 2, 16, 16, torch.float64, "moderate")
     y_ref, S_ref = wkv6_naive(*xs)
     for impl in IMPLS:

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from rwkvkit.ops import rwkv4 as _rwkv4
-from rwkvkit.ops import rwkv6 as _rwkv6
 from rwkvkit.ops.biwkv import biwkv, biwkv_naive, qshift
-from rwkvkit.ops.rwkv4 import wkv4_chunk, wkv4_initial_state, wkv4_naive, wkv4_step
-from rwkvkit.ops.rwkv6 import wkv6_chunk, wkv6_naive, wkv6_step
+from rwkvkit.ops.rwkv4 import wkv4, wkv4_chunk, wkv4_initial_state, wkv4_naive, wkv4_step
+from rwkvkit.ops.rwkv6 import wkv5, wkv6, wkv6_chunk, wkv6_naive, wkv6_step
 from rwkvkit.ops.rwkv7 import DEFAULT_CHUNK_SIZE, wkv7_chunk, wkv7_naive, wkv7_step
 
 IMPLS = ("auto", "naive", "chunk", "step", "kernel")
@@ -29,56 +27,6 @@ def _kernels():
     from rwkvkit.inference.kernels import wkv_seq
 
     return wkv_seq
-
-
-def wkv4(
-    w: torch.Tensor,
-    u: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    state: torch.Tensor | None = None,
-    *,
-    impl: str = "auto",
-    chunk_size: int = _rwkv4.DEFAULT_CHUNK_SIZE,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`rwkvkit.ops.rwkv4.wkv4`, plus ``impl="kernel"`` (see the module docstring)."""
-    if impl == "kernel":
-        return _kernels().wkv4_kernel(w, u, k, v, state)
-    return _rwkv4.wkv4(w, u, k, v, state, impl=impl, chunk_size=chunk_size)
-
-
-def wkv6(
-    r: torch.Tensor,
-    log_w: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    u: torch.Tensor,
-    state: torch.Tensor | None = None,
-    *,
-    impl: str = "auto",
-    chunk_size: int = _rwkv6.DEFAULT_CHUNK_SIZE,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`rwkvkit.ops.rwkv6.wkv6`, plus ``impl="kernel"`` (see the module docstring)."""
-    if impl == "kernel":
-        return _kernels().wkv6_kernel(r, log_w, k, v, u, state)
-    return _rwkv6.wkv6(r, log_w, k, v, u, state, impl=impl, chunk_size=chunk_size)
-
-
-def wkv5(
-    r: torch.Tensor,
-    log_w: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    u: torch.Tensor,
-    state: torch.Tensor | None = None,
-    *,
-    impl: str = "auto",
-    chunk_size: int = _rwkv6.DEFAULT_CHUNK_SIZE,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`rwkvkit.ops.rwkv6.wkv5`, plus ``impl="kernel"`` (see the module docstring)."""
-    if impl == "kernel":
-        return _kernels().wkv5_kernel(r, log_w, k, v, u, state)
-    return _rwkv6.wkv5(r, log_w, k, v, u, state, impl=impl, chunk_size=chunk_size)
 
 
 def wkv7(

@@ -8,7 +8,7 @@ from rwkvkit.ops.rwkv4.chunk import DEFAULT_CHUNK_SIZE, wkv4_chunk
 from rwkvkit.ops.rwkv4.naive import PP_INIT, check_wkv4, wkv4_initial_state, wkv4_naive
 from rwkvkit.ops.rwkv4.step import wkv4_step
 
-IMPLS = ("auto", "naive", "chunk", "step")
+IMPLS = ("auto", "naive", "chunk", "step", "kernel")
 
 
 def wkv4(
@@ -26,9 +26,16 @@ def wkv4(
     ``impl``: ``"naive"``, ``"chunk"``, ``"step"`` (needs ``T == 1``) or ``"auto"``: the one-token
     form when ``T == 1`` (decoding: no chunk set-up to pay), the chunked form otherwise. All tiers
     return the state in the same ``(aa, bb, pp)`` normalisation, so they can be mixed along a sequence.
+    ``"kernel"``: the sequential C++ recurrence of :mod:`rwkvkit.inference.kernels.wkv_seq` (CPU,
+    forward only, fp32; imported on first use; where it cannot run it falls back to ``step`` /
+    ``chunk``).
     """
     if impl not in IMPLS:
         raise ValueError(f"wkv4: unknown impl {impl!r}; choose one of {IMPLS}")
+    if impl == "kernel":
+        from rwkvkit.inference.kernels import wkv_seq  # imports rwkvkit.ops: only on first use
+
+        return wkv_seq.wkv4_kernel(w, u, k, v, state)
     T = k.shape[1] if k.dim() == 3 else -1
     if impl == "auto":
         impl = "step" if T == 1 else "chunk"

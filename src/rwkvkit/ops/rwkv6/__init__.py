@@ -10,7 +10,7 @@ from rwkvkit.ops.rwkv6.chunk import DEFAULT_CHUNK_SIZE, DEFAULT_SUB_CHUNK_SIZE, 
 from rwkvkit.ops.rwkv6.naive import wkv6_naive
 from rwkvkit.ops.rwkv6.step import wkv6_step
 
-IMPLS = ("auto", "naive", "chunk", "step")
+IMPLS = ("auto", "naive", "chunk", "step", "kernel")
 
 
 def wkv6(
@@ -27,10 +27,16 @@ def wkv6(
     """WKV-6 over a sequence: ``(y [B, T, H, V], state [B, H, K, V])``; see :func:`wkv6_naive`.
 
     ``impl``: ``"naive"``, ``"chunk"``, ``"step"`` (needs ``T == 1``) or ``"auto"``: the one-token
-    form when ``T == 1`` (decoding: no chunk set-up to pay), the chunked form otherwise.
+    form when ``T == 1`` (decoding: no chunk set-up to pay), the chunked form otherwise. ``"kernel"``: the
+    sequential C++ recurrence of :mod:`rwkvkit.inference.kernels.wkv_seq` (CPU, forward only, fp32;
+    imported on first use; where it cannot run it falls back to ``step`` / ``chunk``).
     """
     if impl not in IMPLS:
         raise ValueError(f"wkv6: unknown impl {impl!r}; choose one of {IMPLS}")
+    if impl == "kernel":
+        from rwkvkit.inference.kernels import wkv_seq  # imports rwkvkit.ops: only on first use
+
+        return wkv_seq.wkv6_kernel(r, log_w, k, v, u, state)
     T = r.shape[1] if r.dim() == 4 else -1
     if impl == "auto":
         impl = "step" if T == 1 else "chunk"
