@@ -65,7 +65,10 @@ from rwkvkit.generation.generate import (
     _model_device,
     _token_ids,
     _vocab_size,
+    default_stop_tokens,
     forward_last,
+    prompt_ids,
+    stop_strings,
 )
 from rwkvkit.generation.sampling import apply_penalties, penalty_weight, sample
 from rwkvkit.state import State
@@ -306,27 +309,12 @@ class BatchEngine:
         has no state), so the request leaves the batch one step earlier.
         """
         tokenizer = self.tokenizer
-        if isinstance(stop, str):
-            stop = (stop,)
-        stops = tuple(stop)
-        for s in stops:
-            if not isinstance(s, str) or not s:
-                raise ConfigError(f"stop must be non-empty strings, got {s!r}: pass e.g. stop=['\\n\\n']")
+        stops = stop_strings(stop)
         if stops and tokenizer is None:
             raise ConfigError("stop strings need a tokenizer: pass BatchEngine(model, tokenizer)")
-        if isinstance(prompt, str):
-            if tokenizer is None:
-                raise ConfigError("a text prompt needs a tokenizer: pass BatchEngine(model, tokenizer)")
-            prompt_tokens = list(tokenizer.encode(prompt)) if prompt else []
-        elif isinstance(prompt, bytes):
-            raise ConfigError("prompt must be a str or a sequence of token ids, not bytes: decode it first")
-        elif isinstance(prompt, torch.Tensor):
-            prompt_tokens = prompt.reshape(-1).tolist()
-        else:
-            prompt_tokens = list(prompt)
+        prompt_tokens = prompt_ids(prompt, tokenizer, hint=": pass BatchEngine(model, tokenizer)")
         if stop_tokens is None:
-            eos = getattr(tokenizer, "eos_id", None) if tokenizer is not None else None
-            stop_tokens = () if eos is None else (eos,)
+            stop_tokens = default_stop_tokens(tokenizer)
         if not prompt_tokens and logits is None and state is not None:
             logits = getattr(state, "logits", None)
         if not isinstance(return_state, bool):

@@ -118,6 +118,34 @@ def _vocab_size(model: Any) -> int | None:
     return int(size) if isinstance(size, Integral) and not isinstance(size, bool) else None
 
 
+def stop_strings(stop: str | Iterable[str]) -> tuple[str, ...]:
+    """``stop`` as a tuple of non-empty strings (one string is one stop string)."""
+    stops = (stop,) if isinstance(stop, str) else tuple(stop)
+    for s in stops:
+        if not isinstance(s, str) or not s:
+            raise ConfigError(f"stop must be non-empty strings, got {s!r}: pass e.g. stop=['\\n\\n']")
+    return stops
+
+
+def prompt_ids(prompt: str | Sequence[int] | torch.Tensor, tokenizer: Any, hint: str = "") -> list[int]:
+    """A prompt (text, ids or a tensor of ids) as a list of ids; text needs ``tokenizer``."""
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise ConfigError(f"a text prompt needs a tokenizer{hint}")
+        return list(tokenizer.encode(prompt)) if prompt else []
+    if isinstance(prompt, bytes):
+        raise ConfigError("prompt must be a str or a sequence of token ids, not bytes: decode it first")
+    if isinstance(prompt, torch.Tensor):
+        return prompt.reshape(-1).tolist()
+    return list(prompt)
+
+
+def default_stop_tokens(tokenizer: Any) -> tuple[int, ...]:
+    """The tokenizer's end-of-text id, if it has one: generation stops there unless told otherwise."""
+    eos = getattr(tokenizer, "eos_id", None) if tokenizer is not None else None
+    return () if eos is None else (eos,)
+
+
 def forward_last(model: Any, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
     """``model(tokens [B, T], state)`` -> ``(logits [B, T or 1, V], state)``; only the last position is used.
 
@@ -623,21 +651,10 @@ def generate(
         ConfigError: on invalid options, raised at the call (also with ``stream=True``).
         TokenizerError: when the prompt has ids outside the model vocabulary.
     """
-    if isinstance(stop, str):
-        stop = (stop,)
-    stops = tuple(stop)
-    for s in stops:
-        if not isinstance(s, str) or not s:
-            raise ConfigError(f"stop must be non-empty strings, got {s!r}: pass e.g. stop=['\\n\\n']")
-    if isinstance(prompt, str):
-        prompt_tokens = list(tokenizer.encode(prompt)) if prompt else []
-    elif isinstance(prompt, bytes):
-        raise ConfigError("prompt must be a str or a sequence of token ids, not bytes: decode it first")
-    else:
-        prompt_tokens = list(prompt)
+    stops = stop_strings(stop)
+    prompt_tokens = prompt_ids(prompt, tokenizer)
     if stop_tokens is None:
-        eos = getattr(tokenizer, "eos_id", None)
-        stop_tokens = () if eos is None else (eos,)
+        stop_tokens = default_stop_tokens(tokenizer)
 
     # Never sample an id the tokenizer cannot decode (a model's embedding may be padded past it).
     vocab_limit = getattr(tokenizer, "vocab_size", None)

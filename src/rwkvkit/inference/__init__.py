@@ -26,12 +26,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rwkvkit.errors import ConfigError
+from rwkvkit.inference import kernels as _kernels
+from rwkvkit.inference.quant import WEIGHTS, Int8Linear, quantize_
 from rwkvkit.models.rwkv.model import RWKV
 from rwkvkit.state import State
 
 log = logging.getLogger("rwkvkit.inference")
 
-WEIGHTS = ("fp32", "bf16", "int8")
 MAX_GEMV_ROWS = 16  # up to this many rows (tokens x batch) a product is a matrix-vector kernel call
 
 
@@ -58,8 +60,6 @@ class DecodeLinear(nn.Module):
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
-        from rwkvkit.inference.quant import Int8Linear
-
         if isinstance(inner, Int8Linear):
             self.weight_for_gemv, self.scale = inner.weight_int8, inner.scale.float()
         else:
@@ -67,18 +67,14 @@ class DecodeLinear(nn.Module):
         self.in_features = self.weight_for_gemv.shape[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from rwkvkit.inference import kernels
-
         rows = x.numel() // self.in_features
         if rows > MAX_GEMV_ROWS or x.requires_grad:
             return self.inner(x)
-        y = kernels.gemv(x.reshape(rows, self.in_features).float(), self.weight_for_gemv, self.scale)
+        y = _kernels.gemv(x.reshape(rows, self.in_features).float(), self.weight_for_gemv, self.scale)
         return y.to(x.dtype).view(*x.shape[:-1], -1)
 
 
 def _wrap_linears(module: nn.Module) -> None:
-    from rwkvkit.inference.quant import Int8Linear
-
     for name, child in module.named_children():
         if isinstance(child, (nn.Linear, Int8Linear)):
             setattr(module, name, DecodeLinear(child))
@@ -221,9 +217,6 @@ def optimize(
         copy_model: True (default) works on a copy; False converts ``model`` itself (no second copy of
             the weights in memory; ``model`` must not be used for anything else afterwards).
     """
-    from rwkvkit.errors import ConfigError
-    from rwkvkit.inference.quant import quantize_
-
     if weights not in WEIGHTS:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     if not isinstance(model, RWKV):
