@@ -200,6 +200,22 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None) ->
     ``stop_at``: stop (and checkpoint) after this step although the schedule spans ``max_steps``,
     as an interrupted run would; ``resume=True`` later continues it exactly.
     """
+    from torch import distributed as dist
+
+    owns_group = not (dist.is_available() and dist.is_initialized())  # torchrun: _train creates it
+    try:
+        result = _train(cfg, resume, stop_at)
+    except BaseException:
+        if owns_group:
+            parallel.shutdown(barrier=False)  # the other ranks may never reach a barrier
+        raise
+    if owns_group:
+        parallel.shutdown()
+    return result
+
+
+def _train(cfg: TrainConfig, resume: bool, stop_at: int | None) -> TrainResult:
+    """The body of :func:`train` (which also leaves the process group it joined)."""
     from rwkvkit.data import WindowSampler
     from rwkvkit.training.loss import lm_loss
     from rwkvkit.training.optim import build_optimizer, lr_schedule, set_lr

@@ -33,6 +33,16 @@ def init_distributed(device: str) -> tuple[int, int]:
     return world()
 
 
+def shutdown(barrier: bool = True) -> None:
+    """Leave the process group (all ranks at once), if one is initialised. Without this, a gloo
+    group's threads can still be alive at interpreter exit and abort the process (SIGABRT,
+    "terminate called without an active exception") after the work is done."""
+    if dist.is_available() and dist.is_initialized():
+        if barrier:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def blocks_of(model: nn.Module) -> nn.ModuleList:
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.ModuleList):
