@@ -281,3 +281,27 @@ def test_fresh_model_loss_is_about_ln_vocab(version):
     assert torch.isfinite(logits).all()
     assert 0.4 < logits.std().item() < 0.6
     assert abs(loss - (math.log(cfg.vocab_size) + 0.125)) < 0.2, loss
+
+
+def test_blocks_alone_get_the_values_of_the_lm_blocks():
+    """official_init_blocks_ (a block stack without emb/head, as Rimer uses) gives every formula
+    parameter exactly the value official_init_ gives the same block of a language model, and every
+    random matrix the same gain (the random draws come in another order)."""
+    from rwkvkit.models.rwkv.model import Block
+    from rwkvkit.training.init import official_init_blocks_
+
+    cfg = CONFIGS["7"]
+    lm = official_init_(RWKV(cfg), seed=3)
+    stack = torch.nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+    blocks = official_init_blocks_(stack, cfg, seed=3)
+    lm_params = dict(lm.named_parameters())
+    n_random = 0
+    for name, p in blocks.named_parameters(prefix="blocks"):
+        ref = lm_params[name]
+        if p.dim() == 2 and ref.abs().max() > 0 and "ln" not in name:
+            n_random += 1
+            norm = torch.linalg.matrix_norm
+            assert norm(p).item() == pytest.approx(norm(ref).item(), rel=1e-4)
+        else:
+            torch.testing.assert_close(p, ref, rtol=0, atol=0, msg=name)
+    assert n_random >= 4 * cfg.n_layer

@@ -78,11 +78,37 @@ def official_init_(model: RWKV, seed: int | None = None, *, emb_range: float | N
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
     g = torch.Generator().manual_seed(seed)
-    rules = _Rules(model, g, EMB_RANGE if emb_range is None else float(emb_range))
+    rules = _Rules(
+        model.config, _layer_norm_names(model), g, EMB_RANGE if emb_range is None else float(emb_range)
+    )
     for name, p in model.named_parameters():
         value = rules.value(name, tuple(p.shape))
         p.copy_(value.to(device=p.device, dtype=p.dtype))
     return model
+
+
+@torch.no_grad()
+def official_init_blocks_(blocks: nn.ModuleList, config, seed: int | None = None) -> nn.ModuleList:
+    """The official initialisation of a stack of RWKV blocks used outside a language model.
+
+    ``blocks`` is an ``nn.ModuleList`` of :class:`rwkvkit.models.rwkv.model.Block` built from
+    ``config`` (an :class:`~rwkvkit.models.rwkv.config.RWKVConfig`); every parameter gets the value
+    :func:`official_init_` gives ``blocks.N...`` of a language model with that config (the
+    embedding and head, which such stacks do not have, are skipped). Used by the time-series
+    forecaster :class:`rwkvkit.timeseries.Rimer`.
+    """
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    g = torch.Generator().manual_seed(seed)
+    norms = {f"blocks.{n}" for n, m in blocks.named_modules() if isinstance(m, nn.LayerNorm)}
+    rules = _Rules(config, norms, g, EMB_RANGE)
+    for name, p in blocks.named_parameters(prefix="blocks"):
+        p.copy_(rules.value(name, tuple(p.shape)).to(device=p.device, dtype=p.dtype))
+    return blocks
+
+
+def _layer_norm_names(model: nn.Module) -> set[str]:
+    return {n for n, m in model.named_modules() if isinstance(m, nn.LayerNorm)}
 
 
 def layer_ratios(layer_id: int, n_layer: int) -> tuple[float, float]:
@@ -117,8 +143,7 @@ def _frac(num: torch.Tensor | float, den: float) -> torch.Tensor | float:
 class _Rules:
     """Computes the initial value of one parameter from its name (fp32 or fp64 CPU tensor)."""
 
-    def __init__(self, model: RWKV, g: torch.Generator, emb_range: float) -> None:
-        cfg = model.config
+    def __init__(self, cfg, layer_norms: set[str], g: torch.Generator, emb_range: float) -> None:
         self.cfg = cfg
         self.version = cfg.version
         self.g = g
@@ -127,7 +152,7 @@ class _Rules:
         self.H, self.N = cfg.n_head, cfg.head_size
         self.ddd = torch.arange(self.C, dtype=_F64) / self.C  # ddd_i = i / C, shape (C,)
         # LayerNorms (ln0, ln1, ln2, ln_out) keep PyTorch's weight 1, bias 0; ln_x is a GroupNorm
-        self.layer_norms = {n for n, m in model.named_modules() if isinstance(m, nn.LayerNorm)}
+        self.layer_norms = layer_norms
 
     # ---- dispatch -----------------------------------------------------------------------------
 
