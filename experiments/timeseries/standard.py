@@ -38,6 +38,13 @@ NAMES = {
     "dlinear": "DLinear",
     "naive": "seasonal naive",
 }
+VARIANTS = {"@long": ", longer training (12 x 4096 windows)"}
+
+
+def name_of(key: str) -> str:
+    """Display name of a results key: ``rimer`` or ``rimer@long`` (a run with another training budget)."""
+    base, _, variant = key.partition("@")
+    return NAMES[base] + (VARIANTS.get("@" + variant, " @" + variant) if variant else "")
 
 
 def done_keys() -> set[tuple]:
@@ -74,7 +81,8 @@ def run(args) -> None:
     for ds in args.datasets:
         for L in args.lookbacks:
             for model in args.models:
-                todo = [h for h in HORIZONS if (ds, L, model, h) not in done]
+                key = model + args.variant
+                todo = [h for h in HORIZONS if (ds, L, key, h) not in done]
                 if not todo:
                     continue
                 base = dict(
@@ -88,7 +96,7 @@ def run(args) -> None:
                 if model in ("rimer", "timer"):
                     jobs = [dict(horizon=96, eval_horizons=HORIZONS, epochs=args.epochs, lr=args.lr,
                                  windows_per_epoch=args.windows_per_epoch, val_stride=4, patience=3,
-                                 overrides=dict(d_model=args.d_model, n_layers=args.n_layers))]  # fmt: skip
+                                 overrides=dict(d_model=args.d_model, n_layers=args.n_layers, dropout=args.dropout))]  # fmt: skip
                 elif model == "dlinear":
                     jobs = [dict(horizon=h, eval_horizons=(h,), epochs=10, lr=5e-3, weight_decay=0.0, patience=3)
                             for h in todo]  # fmt: skip
@@ -96,7 +104,7 @@ def run(args) -> None:
                     jobs = [dict(horizon=96, eval_horizons=HORIZONS, epochs=0)]
                 for job in jobs:
                     tag = f"{model}-h{job['horizon']}" if model == "dlinear" else model
-                    out = f"{args.out}/{ds}-L{L}/{tag}"
+                    out = f"{args.out}/{ds}-L{L}/{tag}{args.variant}"
                     print(f"== {ds} lookback {L}: {tag}", flush=True)
                     res = train(ForecastTrainConfig(**base, **job, out_dir=out))
                     m, meta = load_checkpoint(out)
@@ -104,12 +112,27 @@ def run(args) -> None:
                     lat = {h: latency_ms(m, L, n_vars, h) for h in res["test"]}
                     rows = []
                     for h, r in res["test"].items():
-                        rows.append({"dataset": ds, "lookback": L, "model": model, "horizon": h, **r,
+                        rows.append({"dataset": ds, "lookback": L, "model": key, "horizon": h, **r,
                                      "params": res["params"], "train_seconds": round(res["train_seconds"], 1),
                                      "epochs_run": len(res["history"]), "latency_ms": round(lat[h], 2),
                                      "checkpoint": out})  # fmt: skip
                         print(f"   H={h}: MSE {r['mse']:.4f} MAE {r['mae']:.4f}", flush=True)
                     append(rows)
+
+
+def remeasure_latency() -> None:
+    """Measure every saved model's forecast latency again (on a quiet machine) and rewrite the results."""
+    from rwkvkit.timeseries.train import load_checkpoint
+
+    rows = load_results()
+    cache: dict[str, tuple] = {}
+    for r in rows:
+        if r["checkpoint"] not in cache:
+            cache[r["checkpoint"]] = load_checkpoint(r["checkpoint"])
+        m, meta = cache[r["checkpoint"]]
+        r["latency_ms"] = round(latency_ms(m, r["lookback"], len(meta["columns"]), r["horizon"]), 2)
+    RESULTS.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"re-measured the latency of {len(cache)} models")
 
 
 def load_results() -> list[dict]:
@@ -129,7 +152,7 @@ def report() -> None:
     pub = published()
     datasets = sorted({r["dataset"] for r in rows})
     lookbacks = sorted({r["lookback"] for r in rows})
-    models = [m for m in NAMES if any(r["model"] == m for r in rows)]
+    models = sorted({r["model"] for r in rows}, key=lambda m: (list(NAMES).index(m.split("@")[0]), m))
     by = {(r["dataset"], r["lookback"], r["model"], r["horizon"]): r for r in rows}
 
     with open(HERE / "standard.csv", "w", newline="") as f:
@@ -182,7 +205,7 @@ def report() -> None:
                 )
                 lat = by.get((ds, L, m, 720), r0)["latency_ms"]
                 md.append(
-                    f"| {L} | {NAMES[m]} | {r0['params']:,} | "
+                    f"| {L} | {name_of(m)} | {r0['params']:,} | "
                     + " | ".join(cells)
                     + f" | {train_s:.0f} | {lat:.1f} |"
                 )
@@ -194,7 +217,7 @@ def report() -> None:
             for h in HORIZONS:
                 r = by.get((ds, lookbacks[-1], m, h))
                 cells.append("- | -" if r is None else f"{r['mse_orig']:.3f} | {r['mae_orig']:.3f}")
-            md.append(f"| {NAMES[m]} | " + " | ".join(cells) + " |")
+            md.append(f"| {name_of(m)} | " + " | ".join(cells) + " |")
         md += [
             "",
             f"Published, same protocol ({ds}; cited from `published.csv`, which says where each number was read):",
@@ -252,8 +275,15 @@ def plot(rows, datasets, lookbacks, models, pub) -> None:
             for L in lookbacks:
                 hs = [h for h in HORIZONS if (ds, L, m, h) in by]
                 if hs:
-                    ax.plot(hs, [by[(ds, L, m, h)]["mse"] for h in hs], color=colors[m], ls=styles.get(L, "-"),
-                            marker="o", ms=3, label=f"{NAMES[m]} L={L}")  # fmt: skip
+                    ax.plot(
+                        hs,
+                        [by[(ds, L, m, h)]["mse"] for h in hs],
+                        color=colors[m.split("@")[0]],
+                        ls=styles.get(L, "-"),
+                        marker="s" if "@" in m else "o",
+                        ms=3,
+                        label=f"{name_of(m)} L={L}",
+                    )
         for p in ("PatchTST/64",):
             pts = sorted(
                 (int(x["horizon"]), float(x["mse"])) for x in pub if x["model"] == p and x["dataset"] == ds
@@ -279,15 +309,22 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=8, help="max epochs of Rimer / Timer (default 8)")
     p.add_argument("--windows-per-epoch", type=int, default=2048, help="Rimer / Timer windows per epoch")
     p.add_argument("--lr", type=float, default=1e-3, help="Rimer / Timer peak learning rate (default 1e-3)")
-    p.add_argument("--d-model", type=int, default=128, help="Rimer / Timer width (default 128)")
+    p.add_argument("--d-model", type=int, default=64, help="Rimer / Timer width (default 64)")
     p.add_argument("--n-layers", type=int, default=3, help="Rimer / Timer depth (default 3)")
+    p.add_argument("--dropout", type=float, default=0.2, help="Rimer / Timer dropout (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--out", default="runs/forecast/standard", help="checkpoint folders")
+    p.add_argument("--variant", default="", help="suffix of the model names in the results, e.g. @long "
+                   "for a run with another training budget (default none)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--report", action="store_true", help="only write the tables and plot from saved results")
+    p.add_argument("--remeasure-latency", action="store_true", help="re-time every saved model's forecasts "
+                   "(run on an otherwise idle machine), then write the report")  # fmt: skip
     args = p.parse_args()
-    if not args.report:
+    if args.remeasure_latency:
+        remeasure_latency()
+    elif not args.report:
         run(args)
     report()
 

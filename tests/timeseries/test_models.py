@@ -152,3 +152,49 @@ def test_errors_name_the_problem():
         model.loss(torch.zeros(1, 32, 2), torch.zeros(1, 12, 2))
     with pytest.raises(InputError, match=r"\[batch, time, variables\]"):
         model.forecast(torch.zeros(32, 2), 8)
+
+
+def test_loss_scores_the_horizon_patches_by_default():
+    """loss_on="horizon" scores only the predictions of the patches after the look-back; "all" scores
+    every position. Both equal a direct computation from the backbone's outputs."""
+    torch.manual_seed(0)
+    x, y = _series(L=32), _series(L=16, seed=1)
+    for loss_on in ("horizon", "all"):
+        model = Rimer(RimerConfig(head_size=16, **{**SMALL, "loss_on": loss_on}), seed=0)
+        B, L, M = x.shape
+        _, mean, std = model._normalize(x)
+        seq = torch.cat([x, y], 1).transpose(1, 2).reshape(B * M, -1)
+        pred = (
+            model._forward_train(model._patches((seq - mean) / std)[:, :-1]) * std[..., None]
+            + mean[..., None]
+        )
+        target = model._patches(seq)[:, 1:]
+        first = 3 if loss_on == "horizon" else 0  # N = 32 / 8 = 4 look-back patches: outputs 3.. predict y
+        expect = ((pred[:, first:] - target[:, first:]) ** 2).mean()
+        torch.testing.assert_close(model.loss(x, y), expect, rtol=1e-5, atol=1e-6)
+
+
+def test_forecast_ignores_dropout_mode():
+    model = Rimer(RimerConfig(head_size=16, **{**SMALL, "dropout": 0.5}))
+    x = _series()
+    a = model.train().forecast(x, 16)
+    assert model.training  # the mode is restored
+    torch.testing.assert_close(a, model.eval().forecast(x, 16), rtol=0, atol=0)
+
+
+def test_fused_rollout_equals_the_module_rollout():
+    """Generated patches go through the fused C++ block when it is built; the module path (the
+    reference) gives the same forecast."""
+    from rwkvkit.inference import fused
+
+    model = _models()[0]
+    x = _series()
+    fast = model.forecast(x, 48)
+    model.fused_decode = False
+    slow = model.forecast(x, 48)
+    # fp32 both ways; the kernel sums in another order: ~1e-6 relative
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+    if fused.available():
+        assert model._packed() is None  # switched off
+        model.fused_decode = True
+        assert model._packed() is not None

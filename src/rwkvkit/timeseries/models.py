@@ -10,9 +10,11 @@ One pipeline, two backbones (Rimer: Li & Liu, arXiv 2503.06121; Timer: Liu et al
                  --head-->  LayerNorm, Linear(d -> P): token i predicts patch i + 1
                  --inverse RevIN-->  [B, H, M]
 
-Training is next-patch prediction at every position (teacher forcing): ``loss(x, y)`` runs the
-backbone over the patches of ``[x; y]`` except the last and compares each output with the patch
-that follows it, in the data's (standardised) scale. Forecasting is autoregressive: the predicted
+Training is next-patch prediction with teacher forcing: ``loss(x, y)`` runs the backbone over the
+patches of ``[x; y]`` except the last and compares the outputs with the patches that follow them,
+in the data's (standardised) scale: by default only the outputs that predict the patches of ``y``
+(``loss_on="horizon"``; ``"all"`` scores every position, which lets positions inside the look-back
+learn from RevIN statistics that include their own future). Forecasting is autoregressive: the predicted
 patch is fed back as the next token until ``horizon`` steps are covered, so one trained model
 serves every horizon.
 
@@ -86,6 +88,9 @@ class PatchConfig:
     n_layers: int = 3
     dropout: float = 0.1  # after the patch embedding (and inside Timer's blocks)
     revin: bool = True  # per-series normalisation by the look-back's mean and std
+    # which next-patch predictions the training loss scores: "horizon" (those of the patches after the
+    # look-back, default) or "all" (every position, also inside the look-back, as Timer pre-trains)
+    loss_on: str = "horizon"
 
     def __post_init__(self) -> None:
         for name in ("lookback", "patch_len", "d_model", "n_layers"):
@@ -98,6 +103,8 @@ class PatchConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.loss_on not in ("horizon", "all"):
+            raise ConfigError(f"loss_on must be 'horizon' or 'all', got {self.loss_on!r}")
 
     @property
     def n_patches(self) -> int:
@@ -221,6 +228,11 @@ class PatchForecaster(nn.Module):
         patches = self._patches((seq - mean) / std)
         pred = self._forward_train(patches[:, :-1])  # [B*M, N_total - 1, P], normalised
         target = self._patches(seq)[:, 1:]
+        if cfg.loss_on == "horizon":
+            # only the patches after the look-back: inside it, the RevIN statistics (taken over the whole
+            # look-back) would tell each position something about the patches that follow it
+            first = cfg.n_patches - 1
+            pred, target = pred[:, first:], target[:, first:]
         return F.mse_loss(pred * std.unsqueeze(-1) + mean.unsqueeze(-1), target)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -242,7 +254,12 @@ class PatchForecaster(nn.Module):
         B, L, M = x.shape
         z, mean, std = self._normalize(x)
         steps = math.ceil(horizon / cfg.patch_len)
-        out = self._rollout(self._patches(z), steps)  # [B*M, steps, P]
+        was_training = self.training
+        self.eval()  # forecasts never use dropout, whatever mode the model was left in
+        try:
+            out = self._rollout(self._patches(z), steps)  # [B*M, steps, P]
+        finally:
+            self.train(was_training)
         y = out.reshape(B * M, -1)[:, :horizon] * std + mean
         return y.reshape(B, M, horizon).transpose(1, 2).contiguous()
 
@@ -306,14 +323,46 @@ class Rimer(PatchForecaster):
     def _forward_train(self, patches: torch.Tensor) -> torch.Tensor:
         return self.step(patches)[0]
 
+    fused_decode = True  # generated patches go through the fused C++ RWKV-7 block (rwkvkit.inference)
+
     def _rollout(self, patches: torch.Tensor, steps: int) -> torch.Tensor:
         out, state = self.step(patches)  # the whole look-back at once (chunked WKV)
         nxt = out[:, -1:]
         preds = [nxt]
+        packed = self._packed() if steps > 1 else None
         for _ in range(steps - 1):  # then one recurrent step per further patch
-            nxt, state = self.step(nxt, state)
+            nxt, state = self.step(nxt, state) if packed is None else self._fused_step(packed, nxt, state)
             preds.append(nxt)
         return torch.cat(preds, dim=1)
+
+    def _packed(self):
+        """The blocks packed for :func:`rwkvkit.inference.fused.block_decode` (fp32 CPU only), or None."""
+        if (
+            not self.fused_decode
+            or self.embed.weight.dtype != torch.float32
+            or self.embed.weight.device.type != "cpu"
+        ):
+            return None
+        from rwkvkit.inference import fused
+
+        if not fused.available():
+            return None
+        return [fused.pack_block(b) for b in self.blocks]
+
+    def _fused_step(self, packed, nxt: torch.Tensor, state: list[list[torch.Tensor]]):
+        """One generated patch ``[B, 1, P]`` through every block, one C++ call per block (the same
+        math as :meth:`step` with T = 1, tested against it)."""
+        from rwkvkit.inference.fused import block_decode
+
+        h = self.embed(nxt[:, 0])
+        v_first = None
+        new_state = []
+        for p, (att_shift, wkv, ffn_shift) in zip(packed, state, strict=True):
+            h, att_shift, wkv, ffn_shift, v_first = block_decode(
+                p, h.contiguous(), att_shift.contiguous(), wkv.contiguous(), ffn_shift.contiguous(), v_first
+            )
+            new_state.append([att_shift, wkv, ffn_shift])
+        return self._project(h).unsqueeze(1), new_state
 
 
 def sinusoidal_positions(n: int, d: int) -> torch.Tensor:
