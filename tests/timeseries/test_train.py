@@ -175,7 +175,27 @@ def test_cli_train_eval_predict(csv_path, tmp_path, capsys):
     )
     assert "no such file" in capsys.readouterr().err
     assert main(["forecast", "eval", str(tmp_path)]) == 2
-    assert "not a forecaster folder" in capsys.readouterr().err
+    assert "not a model folder of `rwkvkit forecast train`" in capsys.readouterr().err
     bad = ["forecast", "train", "--data", str(csv_path), "--lookback", "30", "--out", str(tmp_path / "y")]
     assert main(bad) == 2
     assert "multiple of patch_len" in capsys.readouterr().err
+
+
+def test_broken_or_foreign_model_folders_are_refused(trained, tmp_path):
+    import shutil
+
+    from rwkvkit.errors import CheckpointError
+
+    out, _ = trained
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    (bad / "model.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(bad)
+    meta = json.loads((out / "model.json").read_text())
+    (bad / "model.json").write_text(json.dumps({**meta, "format": "something-else"}))
+    with pytest.raises(CheckpointError, match="not written by `rwkvkit forecast train`"):
+        load_checkpoint(bad)
+    (bad / "model.json").write_text(json.dumps({**meta, "config": {**meta["config"], "d_model": 32}}))
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_checkpoint(bad)

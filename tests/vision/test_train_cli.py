@@ -79,7 +79,7 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
     assert main(["vision", "train", "--model", "vrwkv-t", "--set", "nonsense", "--out", str(tmp_path)]) == 2
     assert "FIELD=VALUE" in capsys.readouterr().err
     assert main(["vision", "eval", str(tmp_path / "missing")]) == 2
-    assert "not a vision checkpoint" in capsys.readouterr().err
+    assert "not a model folder of `rwkvkit vision train`" in capsys.readouterr().err
 
 
 def test_lr_schedule_and_param_groups():

@@ -35,6 +35,7 @@ from rwkvkit.errors import CheckpointError, ConfigError, InputError
 from rwkvkit.timeseries.baselines import DLinear, DLinearConfig, SeasonalNaive, SeasonalNaiveConfig
 from rwkvkit.timeseries.data import Series, chronological_windows, load_csv, prepare
 from rwkvkit.timeseries.models import MODEL_CLASSES, PatchForecaster
+from rwkvkit.utils.model_folder import load_model_folder, save_model_folder
 
 HORIZONS = (96, 192, 336, 720)
 MODELS = ("rimer", "timer", "dlinear", "naive")
@@ -361,12 +362,6 @@ def _model_kind(model: nn.Module) -> str:
 def save_checkpoint(
     out_dir: str | Path, model: nn.Module, cfg: ForecastTrainConfig, series: Series, scaler
 ) -> Path:
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(out / "model.safetensors"))
     meta = {
         "format": "rwkvkit-forecaster",
         "model": _model_kind(model),
@@ -379,44 +374,29 @@ def save_checkpoint(
         "scaler": scaler.to_dict(),
         "train_config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"},
     }
-    (out / "model.json").write_text(json.dumps(meta, indent=2))
-    return out
+    return save_model_folder(out_dir, model, meta)
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """``(model in eval mode, its model.json)`` from a folder written by :func:`train`."""
-    from safetensors.torch import load_file
-
-    from rwkvkit.timeseries.data import Scaler
-
-    folder = Path(path)
-    if folder.is_file():
-        folder = folder.parent
-    meta_path, weights = folder / "model.json", folder / "model.safetensors"
-    if not meta_path.is_file() or not weights.is_file():
-        raise CheckpointError(
-            f"{folder} is not a forecaster folder (it needs model.json and model.safetensors, as "
-            "`rwkvkit forecast train` writes them)"
-        )
-    meta = json.loads(meta_path.read_text())
+def _build_from_meta(meta: dict[str, Any]) -> nn.Module:
     if meta.get("format") != "rwkvkit-forecaster":
-        raise CheckpointError(f"{meta_path} was not written by `rwkvkit forecast train`")
+        raise CheckpointError("this model.json was not written by `rwkvkit forecast train`")
     kind, conf = meta["model"], dict(meta["config"])
     if kind in MODEL_CLASSES:
         cfg_cls, cls = MODEL_CLASSES[kind]
-        model = cls(cfg_cls.from_dict(conf))
-    elif kind == "dlinear":
-        model = DLinear(DLinearConfig.from_dict(conf))
-    else:
-        model = SeasonalNaive(SeasonalNaiveConfig.from_dict(conf))
-    state = load_file(str(weights))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{weights} does not fit {kind}: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
+        return cls(cfg_cls.from_dict(conf))
+    if kind == "dlinear":
+        return DLinear(DLinearConfig.from_dict(conf))
+    return SeasonalNaive(SeasonalNaiveConfig.from_dict(conf))
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model in eval mode, its model.json)`` from a folder written by :func:`train`; the meta's
+    ``"scaler_obj"`` is the :class:`~rwkvkit.timeseries.data.Scaler` the model's inputs need."""
+    from rwkvkit.timeseries.data import Scaler
+
+    model, meta = load_model_folder(path, _build_from_meta, "rwkvkit forecast train")
     meta["scaler_obj"] = Scaler.from_dict(meta["scaler"])
-    return model.eval(), meta
+    return model, meta
 
 
 def evaluate(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rwkvkit.errors import CheckpointError, ConfigError
+from rwkvkit.errors import ConfigError
+from rwkvkit.utils.model_folder import load_model_folder, save_model_folder
 
 TASKS = ("classify", "segment")
 FAMILIES = ("vrwkv", "vit", "ran", "sam")
@@ -257,13 +257,6 @@ def evaluate_model(model: nn.Module, dataset, task: str, batch_size: int = 128) 
 
 
 def save_checkpoint(out_dir: str | Path, model: nn.Module, cfg: VisionTrainConfig, task: str) -> Path:
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors")
-    )
     meta = {
         "model": cfg.model,
         "overrides": _model_overrides(cfg, task),
@@ -271,31 +264,14 @@ def save_checkpoint(out_dir: str | Path, model: nn.Module, cfg: VisionTrainConfi
         "img_size": cfg.img_size,
         "train_config": dataclasses.asdict(cfg),
     }
-    (out / "model.json").write_text(json.dumps(meta, indent=2))
-    return out
+    return save_model_folder(out_dir, model, meta)
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """``(model in eval mode, its model.json)`` from a checkpoint folder written by :func:`train`."""
-    from safetensors.torch import load_file
-
-    folder = Path(path)
-    if folder.is_file():
-        folder = folder.parent
-    meta_path, weights = folder / "model.json", folder / "model.safetensors"
-    if not meta_path.is_file() or not weights.is_file():
-        raise CheckpointError(
-            f"{folder} is not a vision checkpoint folder (it needs model.json and model.safetensors, "
-            "as `rwkvkit vision train` writes them)"
-        )
-    meta = json.loads(meta_path.read_text())
-    model = build_model(meta["model"], **meta["overrides"])
-    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{weights} does not fit {meta['model']}: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
-    return model.eval(), meta
+    return load_model_folder(
+        path, lambda meta: build_model(meta["model"], **meta["overrides"]), "rwkvkit vision train"
+    )
 
 
 # ---- the loop ------------------------------------------------------------------------------------
