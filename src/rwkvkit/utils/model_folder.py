@@ -51,7 +51,11 @@ def load_model_folder(
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{meta_path} is not valid JSON ({e}); rewrite it or train again") from None
     model = build(meta)
-    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    except RuntimeError as e:  # tensors of other shapes
+        first = str(e).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{weights} does not fit the model {meta_path} describes: {first}") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{weights} does not fit the model {meta_path} describes: missing {missing[:3]}, "
