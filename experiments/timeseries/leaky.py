@@ -125,7 +125,7 @@ def standard_rows(ds: str, target_name: str = "OT", horizon: int = 96) -> list[d
     series = load_csv(resolve_data(ds))
     t = series.column_index(target_name)
     for folder in sorted(root.glob(f"{ds}-L*/*")):
-        if not (folder / "model.json").is_file():
+        if not (folder / "model.json").is_file() or "@" in folder.name:  # @variants: other budgets
             continue
         model, meta = load_checkpoint(folder)
         kind = meta["model"]
