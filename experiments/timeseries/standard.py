@@ -295,7 +295,8 @@ def plot(rows, datasets, lookbacks, models, pub) -> None:
         ax.set_xticks(HORIZONS)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("MSE")
-    axes[0][-1].legend(fontsize=6, ncol=2)
+    for ax in axes[0]:
+        ax.legend(fontsize=5, ncol=2)
     fig.tight_layout()
     fig.savefig(HERE / "standard.png", dpi=120)
     plt.close(fig)
