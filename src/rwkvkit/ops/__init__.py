@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import torch
 
+from rwkvkit.ops.based import based_chunk, based_naive, based_state_size, based_step, taylor_feature_map
 from rwkvkit.ops.biwkv import biwkv, biwkv_naive, qshift
 from rwkvkit.ops.rwkv4 import wkv4, wkv4_chunk, wkv4_initial_state, wkv4_naive, wkv4_step
 from rwkvkit.ops.rwkv6 import wkv5, wkv6, wkv6_chunk, wkv6_naive, wkv6_step
 from rwkvkit.ops.rwkv7 import DEFAULT_CHUNK_SIZE, wkv7_chunk, wkv7_naive, wkv7_step
+from rwkvkit.ops.sliding_window import SWACache, swa_chunk, swa_initial_cache, swa_naive, swa_step
 
 IMPLS = ("auto", "naive", "chunk", "step", "kernel")
 
@@ -69,5 +71,7 @@ __all__ = [
     "wkv5", "wkv6", "wkv6_naive", "wkv6_chunk", "wkv6_step",
     "wkv7", "wkv7_naive", "wkv7_chunk", "wkv7_step",
     "biwkv", "biwkv_naive", "qshift",
+    "based_naive", "based_chunk", "based_step", "based_state_size", "taylor_feature_map",
+    "swa_naive", "swa_chunk", "swa_step", "swa_initial_cache", "SWACache",
     "IMPLS",
 ]  # fmt: skip
