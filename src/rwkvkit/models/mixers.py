@@ -1,0 +1,178 @@
+"""A small language model built from named sequence mixers: the test bed of the recall and
+state-tracking experiments (zoology's setup: ``seed-systems.md`` section 5)::
+
+    x = emb[tokens]
+    for each layer, a mixer name from MIXERS:
+        x = x + Mixer(LayerNorm(x))
+        x = x + MLP(LayerNorm(x))          # only with mlp=True (zoology's figure 2 has none)
+    logits = head(LayerNorm(x))
+
+Mixers: ``attention`` (causal softmax, a KV cache that grows with the sequence), ``swa`` (sliding
+window, ``window``), ``based`` (Taylor linear attention, ``feature_dim``), ``conv`` (BASED's gated
+short convolution), ``rwkv4`` / ``rwkv5`` / ``rwkv6`` / ``rwkv7`` (the time mix of rwkvkit's RWKV
+layers with the official initialisation, head size ``head_size``). :func:`state_bytes` gives each
+mixer's recurrent state at a sequence length, the x-axis of the recall / memory plot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rwkvkit.errors import ConfigError, InputError
+
+MIXERS = ("attention", "swa", "based", "conv", "rwkv4", "rwkv5", "rwkv6", "rwkv7")
+_RWKV_VERSION = {"rwkv4": "4", "rwkv5": "5.2", "rwkv6": "6", "rwkv7": "7"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixerLMConfig:
+    vocab_size: int
+    d_model: int = 64
+    layers: tuple[str, ...] = ("conv", "based")
+    n_heads: int = 1  # attention / swa / based heads
+    head_size: int = 16  # RWKV-5/6/7 head size (state per head head_size^2)
+    feature_dim: int = 16  # based
+    window: int = 32  # swa
+    mlp: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+        bad = [m for m in self.layers if m not in MIXERS]
+        if bad or not self.layers:
+            raise ConfigError(f"unknown mixers {bad}; choose from {', '.join(MIXERS)}")
+        if self.d_model % self.n_heads or self.d_model % self.head_size:
+            raise ConfigError(f"d_model {self.d_model} must be a multiple of n_heads and head_size")
+
+    def replace(self, **changes) -> MixerLMConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class CausalAttention(nn.Module):
+    def __init__(self, d: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.out = nn.Linear(d, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, d = x.shape
+        q, k, v = (t.view(B, T, self.n_heads, -1).transpose(1, 2) for t in self.qkv(x).split(d, dim=-1))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(B, T, d))
+
+
+class RWKVTimeMixer(nn.Module):
+    """One RWKV time mix (v4, v5.2, v6 or v7) as a sequence mixer, from a fresh state each call."""
+
+    def __init__(self, version: str, d: int, head_size: int) -> None:
+        super().__init__()
+        from rwkvkit.models.rwkv.config import RWKVConfig
+        from rwkvkit.models.rwkv.model import Block
+        from rwkvkit.training.config import default_lora_ranks
+        from rwkvkit.training.init import official_init_blocks_
+
+        ranks = {k: max(8, v // 4) for k, v in default_lora_ranks(version, d).items()}
+        self.config = RWKVConfig(
+            version=version, n_layer=1, n_embd=d, vocab_size=1, head_size=head_size, **ranks
+        )
+        block = official_init_blocks_(nn.ModuleList([Block(self.config, 0)]), self.config, seed=0)[0]
+        self.att = block.att  # the channel mix and norms of the block are not used
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from rwkvkit.state import State
+
+        st = State.initial(self.config, x.shape[0], device=x.device)
+        out, _, _, _ = self.att(x, st["att_shift"][0].to(x.dtype), st["wkv"][0], None)
+        return out
+
+
+def _make_mixer(name: str, cfg: MixerLMConfig) -> nn.Module:
+    from rwkvkit.layers.based import BasedLinearAttention, SlidingWindowAttention
+    from rwkvkit.layers.short_conv import BaseConv
+
+    d = cfg.d_model
+    if name == "attention":
+        return CausalAttention(d, cfg.n_heads)
+    if name == "swa":
+        return _Stateless(SlidingWindowAttention(d, cfg.n_heads, cfg.window))
+    if name == "based":
+        return _Stateless(BasedLinearAttention(d, cfg.n_heads, cfg.feature_dim))
+    if name == "conv":
+        return _Stateless(BaseConv(d, expand=2, kernel_size=3))
+    return RWKVTimeMixer(_RWKV_VERSION[name], d, cfg.head_size)
+
+
+class _Stateless(nn.Module):
+    """Drops the state a recurrent layer returns (whole sequences only)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)[0]
+
+
+class MixerLM(nn.Module):
+    """``logits [B, T, V] = model(tokens [B, T])``."""
+
+    def __init__(self, config: MixerLMConfig, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.config = config
+        d = config.d_model
+        self.emb = nn.Embedding(config.vocab_size, d)
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in config.layers)
+        self.mixers = nn.ModuleList(_make_mixer(m, config) for m in config.layers)
+        self.mlps = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+            for _ in (config.layers if config.mlp else ())
+        )
+        self.norm_out = nn.LayerNorm(d)
+        self.head = nn.Linear(d, config.vocab_size, bias=False)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.dim() != 2:
+            raise InputError(f"MixerLM: tokens must be [batch, time], got {tuple(tokens.shape)}")
+        x = self.emb(tokens)
+        for i, (norm, mixer) in enumerate(zip(self.norms, self.mixers, strict=True)):
+            x = x + mixer(norm(x))
+            if self.config.mlp:
+                x = x + self.mlps[i](x)
+        return self.head(self.norm_out(x)).float()
+
+
+def state_bytes(config: MixerLMConfig, seq_len: int, bytes_per_value: int = 4) -> int:
+    """Bytes of recurrent state the sequence mixers carry after ``seq_len`` tokens (fp32 by default;
+    token-shift and convolution tails included): attention keeps every key and value, the sliding
+    window the last ``window``, BASED ``n_heads (1 + D + D^2 symmetric: D(D+1)/2 + D + 1) (d/h + 1)``,
+    RWKV-4 three numbers per channel plus the shift, RWKV-5/6/7 ``H N^2`` plus the shift."""
+    from rwkvkit.ops.based import based_state_size
+
+    d, total = config.d_model, 0
+    for m in config.layers:
+        if m == "attention":
+            total += 2 * seq_len * d
+        elif m == "swa":
+            total += 2 * min(seq_len, config.window) * d
+        elif m == "based":
+            total += based_state_size(config.feature_dim, d // config.n_heads, config.n_heads)
+        elif m == "conv":
+            total += 2 * d * 2  # kernel 3: the last two inputs of the 2d-wide convolution
+        elif m == "rwkv4":
+            total += 3 * d + d
+        else:
+            H = d // config.head_size
+            total += H * config.head_size**2 + d
+    return total * bytes_per_value
