@@ -8,6 +8,8 @@
   :func:`iter_eval_windows` covers a validation split once.
 * :func:`read_binidx` / :func:`write_binidx`: the ``.bin``/``.idx`` format of RWKV-LM's trainer.
 * :func:`stdlib_sources` / :func:`stdlib_split`: the standard library corpus of the default model.
+* :mod:`rwkvkit.data.synthetic`: deterministic recall and state-tracking tasks (:func:`mqar`,
+  :func:`permutation_word_problem` over S5 / A5, :func:`parity`, :func:`kv_recall`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rwkvkit.data.corpus import (
     stdlib_split,
 )
 from rwkvkit.data.prepare import prepare, train_bpe
+from rwkvkit.data.synthetic import kv_recall, mqar, parity, permutation_word_problem
 from rwkvkit.data.tokens import (
     EvalBatch,
     TokenFile,
@@ -53,4 +56,8 @@ __all__ = [
     "token_bytes_table",
     "train_bpe",
     "write_binidx",
+    "kv_recall",
+    "mqar",
+    "parity",
+    "permutation_word_problem",
 ]
