@@ -58,6 +58,9 @@ def run(args) -> None:
     x_tr = torch.cat([d.inputs for d in train])
     y_tr = torch.cat([d.labels for d in train])
     tests = {n: mqar(args.test, V, L, n, seed=1000 + n) for n in PAIRS}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with (RESULTS.parent / "commands.txt").open("a") as f:  # the report cites the runs' commands
+        f.write(command_line() + "\n")
     done = set()
     if RESULTS.is_file():
         done = {json.loads(line)["model"] for line in RESULTS.open()}
@@ -111,6 +114,11 @@ def run(args) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+def _commands() -> list[str]:
+    path = RESULTS.parent / "commands.txt"
+    return path.read_text().split("\n")[:-1] if path.is_file() else []
+
+
 def report() -> None:
     rows = [json.loads(line) for line in RESULTS.open()]
     with open(HERE / "mqar.csv", "w", newline="") as f:
@@ -121,7 +129,8 @@ def report() -> None:
           f"Two layers (gated short convolution, then the mixer), d_model 64, V = {V}, L = {L}; trained on a "
           f"mix of {', '.join(map(str, PAIRS))} key-value pairs, accuracy on each. State: bytes of recurrent "
           f"state of both mixers at L = {L} (fp32).", "",
-          f"Produced by `{command_line()}` on {machine()}.", "",
+          "Produced by " + " then ".join(f"`{c}`" for c in _commands()) + f", then `{command_line()}`, on "
+          f"{machine()}.", "",
           "| model | params | state bytes | " + " | ".join(f"acc N={n}" for n in PAIRS) + " | train s |",
           "|---|---|---|" + "---|" * len(PAIRS) + "---|"]  # fmt: skip
     for r in sorted(rows, key=lambda r: r["state_bytes"]):
@@ -130,6 +139,7 @@ def report() -> None:
     (HERE / "mqar.md").write_text("\n".join(md) + "\n")
 
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -146,6 +156,7 @@ def report() -> None:
                 for r in rs:
                     ax.annotate(r["model"].split(" ")[-1], (r["state_bytes"], r[f"acc_N{n}"]), fontsize=6)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(f"MQAR, {n} key-value pairs")
         ax.set_xlabel("recurrent state (bytes, log)")
         ax.grid(alpha=0.3)

@@ -35,14 +35,10 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def command_line() -> str:
-    return "python " + " ".join(
-        [
-            str(
-                Path(sys.argv[0]).relative_to(Path.cwd()) if Path(sys.argv[0]).is_absolute() else sys.argv[0]
-            ),
-            *sys.argv[1:],
-        ]
-    )
+    import shlex
+
+    script = Path(sys.argv[0]).relative_to(Path.cwd()) if Path(sys.argv[0]).is_absolute() else sys.argv[0]
+    return "python " + shlex.join([str(script), *sys.argv[1:]])
 
 
 def machine() -> str:
