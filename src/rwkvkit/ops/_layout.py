@@ -33,6 +33,22 @@ def check_bthk(op: str, name: str, x: torch.Tensor, ndim: int = 4) -> None:
         raise ValueError(f"{op}: `{name}` must have {ndim} dims {layout}, got shape {tuple(x.shape)}")
 
 
+def check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ndim: int = 4) -> None:
+    """Attention-style inputs: ``q, k [B, T, H, K]`` of one shape, ``v [B, T, H, V]`` with the same
+    leading dims (``ndim=3``: no ``T``), ``K >= 1``."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        check_bthk(op, name, x, ndim=ndim)
+    check_same_shape(op, ("q", "k"), (q, k))
+    if v.shape[:-1] != q.shape[:-1]:
+        lead = "[B, T, H]" if ndim == 4 else "[B, H]"
+        raise ValueError(
+            f"{op}: `v` has shape {tuple(v.shape)} but `q` has {tuple(q.shape)}; "
+            f"their leading dims {lead} must match"
+        )
+    if q.shape[-1] < 1:
+        raise ValueError(f"{op}: the last dim of `q` and `k` must be >= 1, got shape {tuple(q.shape)}")
+
+
 def check_state(op: str, state: torch.Tensor | None, B: int, H: int, K: int, V: int) -> None:
     if state is None:
         return

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rwkvkit.ops._layout import check_bthk, check_same_shape, compute_dtype, no_autocast
+from rwkvkit.ops._layout import check_qkv, compute_dtype, no_autocast
 
 
 def _check_window(op: str, window: int) -> None:
@@ -33,17 +33,7 @@ def _check_window(op: str, window: int) -> None:
 
 
 def _check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ndim: int = 4) -> None:
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        check_bthk(op, name, x, ndim=ndim)
-    check_same_shape(op, ("q", "k"), (q, k))
-    if v.shape[:-1] != q.shape[:-1]:
-        lead = "[B, T, H]" if ndim == 4 else "[B, H]"
-        raise ValueError(
-            f"{op}: `v` has shape {tuple(v.shape)} but `q` has {tuple(q.shape)}; "
-            f"their leading dims {lead} must match"
-        )
-    if q.shape[-1] < 1:
-        raise ValueError(f"{op}: the key dim K must be >= 1, got shape {tuple(q.shape)}")
+    check_qkv(op, q, k, v, ndim=ndim)
 
 
 def _scale(K: int, scale: float | None) -> float:

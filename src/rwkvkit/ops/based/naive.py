@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from rwkvkit.ops._layout import check_bthk, check_same_shape, compute_dtype, no_autocast
+from rwkvkit.ops._layout import check_qkv, compute_dtype, no_autocast
 
 
 def taylor_feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -52,17 +52,7 @@ def check_based(
     op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float, ndim: int = 4
 ) -> None:
     """Shapes: ``q, k [B, T, H, D]``, ``v [B, T, H, V]`` (``ndim=3``: no ``T``); ``eps >= 0``."""
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        check_bthk(op, name, x, ndim=ndim)
-    check_same_shape(op, ("q", "k"), (q, k))
-    if v.shape[:-1] != q.shape[:-1]:
-        lead = "[B, T, H]" if ndim == 4 else "[B, H]"
-        raise ValueError(
-            f"{op}: `v` has shape {tuple(v.shape)} but `q` has {tuple(q.shape)}; "
-            f"their leading dims {lead} must match"
-        )
-    if q.shape[-1] < 1:
-        raise ValueError(f"{op}: the feature dim D of `q` and `k` must be >= 1, got shape {tuple(q.shape)}")
+    check_qkv(op, q, k, v, ndim=ndim)
     if not eps >= 0:
         raise ValueError(f"{op}: eps must be >= 0, got {eps}")
 
