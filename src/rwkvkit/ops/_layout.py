@@ -49,6 +49,17 @@ def check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ndim: 
         raise ValueError(f"{op}: the last dim of `q` and `k` must be >= 1, got shape {tuple(q.shape)}")
 
 
+def to_chunks(x: torch.Tensor, chunk: int, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, T, H, X]`` -> ``[B, H, N, chunk, X]`` in ``dtype``, ``N = ceil(T / chunk)``, zero-padded at
+    the end (each chunked operator states why its zero padding is harmless)."""
+    B, T, H, X = x.shape
+    N = -(-T // chunk)
+    x = x.to(dtype)
+    if N * chunk != T:
+        x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, N * chunk - T))
+    return x.view(B, N, chunk, H, X).permute(0, 3, 1, 2, 4)
+
+
 def check_state(op: str, state: torch.Tensor | None, B: int, H: int, K: int, V: int) -> None:
     if state is None:
         return

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rwkvkit.ops._layout import check_qkv, compute_dtype, no_autocast
+from rwkvkit.ops._layout import check_qkv, compute_dtype, no_autocast, to_chunks
 
 
 def _check_window(op: str, window: int) -> None:
@@ -89,15 +89,11 @@ def swa_chunk(
         return q.new_zeros(B, 0, H, V)
     C = min(window, T)
     N = math.ceil(T / C)
-    pad = N * C - T
 
     def blocks(x: torch.Tensor) -> torch.Tensor:
         # [B, T, H, X] -> [B, H, N, C, X], zero-padded at the end (padded keys lie after every
         # real query, so the causal mask hides them)
-        x = x.to(dt)
-        if pad:
-            x = F.pad(x, (0, 0, 0, 0, 0, pad))
-        return x.view(B, N, C, H, x.shape[-1]).permute(0, 3, 1, 2, 4)
+        return to_chunks(x, C, dt)
 
     q_, k_, v_ = blocks(q), blocks(k), blocks(v)
 

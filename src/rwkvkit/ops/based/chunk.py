@@ -24,9 +24,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F_
 
-from rwkvkit.ops._layout import compute_dtype, no_autocast
+from rwkvkit.ops._layout import compute_dtype, no_autocast, to_chunks
 from rwkvkit.ops.based.naive import check_based, check_based_state, feature_size, taylor_feature_map
 
 DEFAULT_CHUNK_SIZE = 64
@@ -84,10 +83,7 @@ def based_chunk(
 
     def chunked(x: torch.Tensor) -> torch.Tensor:
         # [B, T, H, X] -> [B, H, N, C, X], zero-padded at the end
-        x = x.to(dt)
-        if pad:
-            x = F_.pad(x, (0, 0, 0, 0, 0, pad))
-        return x.view(B, N, C, H, x.shape[-1]).permute(0, 3, 1, 2, 4)
+        return to_chunks(x, C, dt)
 
     q_, k_, v_ = chunked(q), chunked(k), chunked(v)
 

@@ -33,9 +33,15 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
-from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, compute_dtype, no_autocast
+from rwkvkit.ops._layout import (
+    check_bthk,
+    check_same_shape,
+    check_state,
+    compute_dtype,
+    no_autocast,
+    to_chunks,
+)
 
 DEFAULT_CHUNK_SIZE = 32
 
@@ -105,14 +111,10 @@ def wkv7_chunk(
 
     C = _safe_chunk_size(log_w, min(chunk_size, T), dt)
     N = math.ceil(T / C)
-    pad = N * C - T
 
     def chunked(x: torch.Tensor) -> torch.Tensor:
         # [B, T, H, D] -> [B, H, N, C, D]; zero padding = identity steps (log_w 0, a = b = k = v = 0)
-        x = x.to(dt)
-        if pad:
-            x = F.pad(x, (0, 0, 0, 0, 0, pad))
-        return x.view(B, N, C, H, x.shape[-1]).permute(0, 3, 1, 2, 4)
+        return to_chunks(x, C, dt)
 
     r_, lw, k_, v_, a_, b_ = (chunked(x) for x in (r, log_w, k, v, a, b))
 
