@@ -19,20 +19,21 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "vision"))
 from _common import command_line, machine  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+from _train import fit_lm, log_command, logged_commands  # noqa: E402
+
 RESULTS = HERE / "results" / "mqar.jsonl"
+COMMANDS = HERE / "results" / "commands.txt"
 V, L, PAIRS = 512, 128, (8, 16, 32)
 
 
@@ -58,9 +59,7 @@ def run(args) -> None:
     x_tr = torch.cat([d.inputs for d in train])
     y_tr = torch.cat([d.labels for d in train])
     tests = {n: mqar(args.test, V, L, n, seed=1000 + n) for n in PAIRS}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with (RESULTS.parent / "commands.txt").open("a") as f:  # the report cites the runs' commands
-        f.write(command_line() + "\n")
+    log_command(COMMANDS, command_line())  # the report cites the runs' commands
     done = set()
     if RESULTS.is_file():
         done = {json.loads(line)["model"] for line in RESULTS.open()}
@@ -75,30 +74,20 @@ def run(args) -> None:
             continue
         cfg = MixerLMConfig(vocab_size=V, d_model=64, **fields)
         model = MixerLM(cfg, seed=args.seed)
-        steps = args.epochs * math.ceil(len(x_tr) / args.batch)
-        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.1)
-        g = torch.Generator().manual_seed(args.seed)
         t0 = time.perf_counter()
         print(
             f"== {name}: {model.num_params():,} parameters, state {state_bytes(cfg, L):,} bytes", flush=True
         )
-        for epoch in range(args.epochs):
-            model.train()
-            perm = torch.randperm(len(x_tr), generator=g)
-            total = 0.0
-            for i in range(0, len(x_tr), args.batch):
-                idx = perm[i : i + args.batch]
-                logits = model(x_tr[idx])
-                loss = F.cross_entropy(logits.reshape(-1, V), y_tr[idx].reshape(-1), ignore_index=-100)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                total += loss.item() * len(idx)
-            print(f"   epoch {epoch + 1}: loss {total / len(x_tr):.3f}", flush=True)
-        model.eval()
+        fit_lm(
+            model,
+            x_tr,
+            y_tr,
+            epochs=args.epochs,
+            batch=args.batch,
+            lr=args.lr,
+            weight_decay=0.1,
+            seed=args.seed,
+        )
         acc = {}
         with torch.no_grad():
             for n, d in tests.items():
@@ -114,11 +103,6 @@ def run(args) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def _commands() -> list[str]:
-    path = RESULTS.parent / "commands.txt"
-    return path.read_text().split("\n")[:-1] if path.is_file() else []
-
-
 def report() -> None:
     rows = [json.loads(line) for line in RESULTS.open()]
     with open(HERE / "mqar.csv", "w", newline="") as f:
@@ -129,7 +113,7 @@ def report() -> None:
           f"Two layers (gated short convolution, then the mixer), d_model 64, V = {V}, L = {L}; trained on a "
           f"mix of {', '.join(map(str, PAIRS))} key-value pairs, accuracy on each. State: bytes of recurrent "
           f"state of both mixers at L = {L} (fp32).", "",
-          "Produced by " + " then ".join(f"`{c}`" for c in _commands()) + f", then `{command_line()}`, on "
+          "Produced by " + " then ".join(f"`{c}`" for c in logged_commands(COMMANDS)) + f", then `{command_line()}`, on "
           f"{machine()}.", "",
           "| model | params | state bytes | " + " | ".join(f"acc N={n}" for n in PAIRS) + " | train s |",
           "|---|---|---|" + "---|" * len(PAIRS) + "---|"]  # fmt: skip
@@ -186,5 +170,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()

@@ -18,28 +18,28 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "vision"))
 from _common import command_line, machine  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+from _train import fit_lm, log_command, logged_commands  # noqa: E402
+
 RESULTS = HERE / "results" / "state_tracking.jsonl"
+COMMANDS = HERE / "results" / "state_tracking_commands.txt"
 
 
 def run(args) -> None:
     from rwkvkit.data.synthetic import permutation_word_problem
     from rwkvkit.models.mixers import MixerLM, MixerLMConfig
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with (RESULTS.parent / "state_tracking_commands.txt").open("a") as f:
-        f.write(command_line() + "\n")
+    log_command(COMMANDS, command_line())
     train = permutation_word_problem(args.train, args.train_len, args.group, seed=args.seed)
     lengths = [args.train_len * m for m in (1, 2, 4)]
     tests = {n: permutation_word_problem(args.test, n, args.group, seed=1000 + n) for n in lengths}
@@ -54,25 +54,10 @@ def run(args) -> None:
             cfg = MixerLMConfig(vocab_size=vocab, d_model=64, layers=(mixer,) * n_layers, n_heads=4,
                                 head_size=16, mlp=True)  # fmt: skip
             model = MixerLM(cfg, seed=args.seed)
-            steps = args.epochs * math.ceil(len(train) / args.batch)
-            opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.1)
-            g = torch.Generator().manual_seed(args.seed)
             t0 = time.perf_counter()
             print(f"== {args.group} {mixer} x{n_layers}: {model.num_params():,} parameters", flush=True)
-            for epoch in range(args.epochs):
-                model.train()
-                perm = torch.randperm(len(train), generator=g)
-                for i in range(0, len(train), args.batch):
-                    x, y = train.batch(perm[i : i + args.batch])
-                    loss = F.cross_entropy(model(x).reshape(-1, vocab), y.reshape(-1))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                    opt.step()
-                    sched.step()
-                print(f"   epoch {epoch + 1}: last loss {loss.item():.3f}", flush=True)
-            model.eval()
+            fit_lm(model, train.inputs, train.labels, epochs=args.epochs, batch=args.batch, lr=args.lr,
+                   weight_decay=0.01, seed=args.seed)  # fmt: skip
             acc = {}
             with torch.no_grad():
                 for n, d in tests.items():
@@ -94,7 +79,7 @@ def report() -> None:
         )
         w.writeheader()
         w.writerows(rows)
-    cmds = (RESULTS.parent / "state_tracking_commands.txt").read_text().split("\n")[:-1]
+    cmds = logged_commands(COMMANDS)
     md = ["# State tracking: permutation word problems, trained short, tested longer", "",
           "Per-position accuracy of the running product (chance: 1 / group size). d_model 64, an MLP after "
           "every mixer; one seed.", "",

@@ -115,13 +115,13 @@ def run_next_step(data: dict, kind: str, target: int, args) -> dict:
     return row
 
 
-def standard_rows(ds: str, target_name: str = "OT", horizon: int = 96) -> list[dict]:
+def standard_rows(ds: str, runs: str, target_name: str = "OT", horizon: int = 96) -> list[dict]:
     """Protocol B: the checkpoints of standard.py scored on OT at ``horizon`` with the seed's metrics."""
     from rwkvkit.timeseries.data import chronological_windows, load_csv, prepare
     from rwkvkit.timeseries.train import forecast_windows, load_checkpoint, resolve_data
 
     rows = []
-    root = Path(ARGS.standard_runs)
+    root = Path(runs)
     series = load_csv(resolve_data(ds))
     t = series.column_index(target_name)
     for folder in sorted(root.glob(f"{ds}-L*/*")):
@@ -152,7 +152,6 @@ NAMES = {"rimer": "Rimer (RWKV-7)", "timer": "Timer (attention)", "dlinear": "DL
 
 
 def main() -> None:
-    global ARGS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=["ETTh1", "ETTh2"], help="ETT files (default both)")
     p.add_argument("--models", nargs="+", default=["naive", "dlinear", "timer", "rimer"], help="forecasters")
@@ -162,7 +161,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--standard-runs", default="runs/forecast/standard", help="checkpoints of standard.py")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    ARGS = args = p.parse_args()
+    args = p.parse_args()
 
     from rwkvkit.timeseries.data import chronological_next_step, leaky_protocol, load_csv
     from rwkvkit.timeseries.train import resolve_data
@@ -190,7 +189,7 @@ def main() -> None:
                     }
                 )
                 print(f"   R2 {r['r2']:.4f}  RMSE {r['rmse']:.4f}  MSE(std) {r['mse_std']:.4f}", flush=True)
-        for r in standard_rows(ds):
+        for r in standard_rows(ds, args.standard_runs):
             rows.append({"dataset": ds, "protocol": "B: standard", "horizon": "next 96", **r})
 
     keys = ["dataset", "protocol", "model", "lookback", "horizon", "r2", "rmse", "mae", "mape_pct", "mse_std",

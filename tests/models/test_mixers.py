@@ -39,3 +39,13 @@ def test_state_bytes_formulas():
 def test_bad_mixer_names():
     with pytest.raises(ConfigError, match="unknown mixers"):
         MixerLMConfig(vocab_size=8, layers=("conv", "mamba"))
+
+
+def test_seeded_and_leaves_the_global_generator_alone():
+    cfg = MixerLMConfig(vocab_size=16, d_model=16, layers=("conv", "based"), feature_dim=4)
+    before = torch.random.get_rng_state()
+    a, b = MixerLM(cfg, seed=3), MixerLM(cfg, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    assert not torch.equal(MixerLM(cfg, seed=4).emb.weight, a.emb.weight)

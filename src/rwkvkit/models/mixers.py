@@ -126,18 +126,19 @@ class MixerLM(nn.Module):
 
     def __init__(self, config: MixerLMConfig, seed: int = 0) -> None:
         super().__init__()
-        torch.manual_seed(seed)
         self.config = config
         d = config.d_model
-        self.emb = nn.Embedding(config.vocab_size, d)
-        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in config.layers)
-        self.mixers = nn.ModuleList(_make_mixer(m, config) for m in config.layers)
-        self.mlps = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
-            for _ in (config.layers if config.mlp else ())
-        )
-        self.norm_out = nn.LayerNorm(d)
-        self.head = nn.Linear(d, config.vocab_size, bias=False)
+        with torch.random.fork_rng():  # seeded initialisation without touching the caller's generator
+            torch.manual_seed(seed)
+            self.emb = nn.Embedding(config.vocab_size, d)
+            self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in config.layers)
+            self.mixers = nn.ModuleList(_make_mixer(m, config) for m in config.layers)
+            self.mlps = nn.ModuleList(
+                nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+                for _ in (config.layers if config.mlp else ())
+            )
+            self.norm_out = nn.LayerNorm(d)
+            self.head = nn.Linear(d, config.vocab_size, bias=False)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

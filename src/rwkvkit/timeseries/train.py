@@ -66,8 +66,8 @@ def resolve_data(data: str) -> Path:
 
 
 def load_series(data: str, date_column: str | None = "date") -> Series:
-    series = load_csv(resolve_data(data), date_column=date_column)
-    return series
+    """:func:`~rwkvkit.timeseries.data.load_csv` of a path or a known name (:func:`resolve_data`)."""
+    return load_csv(resolve_data(data), date_column=date_column)
 
 
 # ---- models ----------------------------------------------------------------------------------------
