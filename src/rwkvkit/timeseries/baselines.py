@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rwkvkit.errors import ConfigError, InputError
+from rwkvkit.timeseries.models import config_from_dict
 
 __all__ = [
     "DLinear",
@@ -44,18 +45,6 @@ __all__ = [
 
 
 # ---- shared helpers ------------------------------------------------------------------------------
-
-
-def _config_from_dict(cls, d: dict[str, Any]):
-    if not isinstance(d, dict):
-        raise ConfigError(f"{cls.__name__}.from_dict expects a dict, got {type(d).__name__}")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - fields
-    if unknown:
-        raise ConfigError(
-            f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(fields)} (remove the others)"
-        )
-    return cls(**d)
 
 
 def _is_int(v: Any) -> bool:
@@ -193,7 +182,7 @@ class DLinearConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> DLinearConfig:
-        return _config_from_dict(cls, d)
+        return config_from_dict(cls, d)
 
 
 class DLinear(nn.Module):
@@ -280,7 +269,7 @@ class SeasonalNaiveConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> SeasonalNaiveConfig:
-        return _config_from_dict(cls, d)
+        return config_from_dict(cls, d)
 
 
 class SeasonalNaive(nn.Module):

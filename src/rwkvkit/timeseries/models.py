@@ -48,6 +48,19 @@ import torch.nn.functional as F
 from rwkvkit.errors import ConfigError, InputError
 
 
+def config_from_dict(cls, d: dict[str, Any]):
+    """``cls(**d)`` for a forecaster config dataclass; unknown keys -> :class:`ConfigError` naming them."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{cls.__name__}.from_dict expects a dict, got {type(d).__name__}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - fields
+    if unknown:
+        raise ConfigError(
+            f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(fields)} (remove the others)"
+        )
+    return cls(**d)
+
+
 def check_series(op: str, x: torch.Tensor, lookback: int | None = None) -> None:
     """Raise :class:`InputError` unless ``x`` is a finite float ``[B, L, M]`` tensor."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -118,11 +131,7 @@ class PatchConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - fields
-        if unknown:
-            raise ConfigError(f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(fields)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 @dataclass(frozen=True, kw_only=True)
