@@ -10,8 +10,10 @@ state-tracking experiments (zoology's setup: ``seed-systems.md`` section 5)::
 Mixers: ``attention`` (causal softmax, a KV cache that grows with the sequence), ``swa`` (sliding
 window, ``window``), ``based`` (Taylor linear attention, ``feature_dim``), ``conv`` (BASED's gated
 short convolution), ``rwkv4`` / ``rwkv5`` / ``rwkv6`` / ``rwkv7`` (the time mix of rwkvkit's RWKV
-layers with the official initialisation, head size ``head_size``). :func:`state_bytes` gives each
-mixer's recurrent state at a sequence length, the x-axis of the recall / memory plot.
+layers with the official initialisation, head size ``head_size``), ``rrwkv4`` (RWKV-4 with RRWKV-style
+retrospection, a reconstruction: one medium per ``medium_every`` tokens, ``layers/rrwkv.py``; at
+initialisation it equals ``rwkv4``). :func:`state_bytes` gives each mixer's recurrent state at a
+sequence length, the x-axis of the recall / memory plot.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 
 from rwkvkit.errors import ConfigError, InputError
 
-MIXERS = ("attention", "swa", "based", "conv", "rwkv4", "rwkv5", "rwkv6", "rwkv7")
+MIXERS = ("attention", "swa", "based", "conv", "rwkv4", "rwkv5", "rwkv6", "rwkv7", "rrwkv4")
 _RWKV_VERSION = {"rwkv4": "4", "rwkv5": "5.2", "rwkv6": "6", "rwkv7": "7"}
 
 
@@ -39,12 +41,16 @@ class MixerLMConfig:
     feature_dim: int = 16  # based
     window: int = 32  # swa
     mlp: bool = False
+    medium_every: int = 16  # rrwkv4: tokens per medium (RRWKV's s)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
         bad = [m for m in self.layers if m not in MIXERS]
         if bad or not self.layers:
             raise ConfigError(f"unknown mixers {bad}; choose from {', '.join(MIXERS)}")
+        s = self.medium_every
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise ConfigError(f"medium_every (tokens per RRWKV medium) must be an integer >= 1, got {s!r}")
         if self.d_model % self.n_heads or self.d_model % self.head_size:
             raise ConfigError(f"d_model {self.d_model} must be a multiple of n_heads and head_size")
 
@@ -94,6 +100,28 @@ class RWKVTimeMixer(nn.Module):
         return out
 
 
+class RRWKVTimeMixer(nn.Module):
+    """RWKV-4 time mix with RRWKV-style retrospection (reconstruction) as a sequence mixer, from a
+    fresh state each call. The RWKV-4 part is built, initialised and draws the caller's random numbers
+    exactly as :class:`RWKVTimeMixer` ``("4")`` does; the retrospection is initialised from its own
+    generator with ``V_m = 0``, so a fresh ``rrwkv4`` model equals the ``rwkv4`` one of the same seed."""
+
+    def __init__(self, d: int, head_size: int, medium_every: int) -> None:
+        super().__init__()
+        from rwkvkit.layers.rrwkv import RRWKV4TimeMix
+
+        base = RWKVTimeMixer("4", d, head_size)
+        self.config = base.config
+        with torch.random.fork_rng():  # constructing the extra Linears must not move the caller's stream
+            self.att = RRWKV4TimeMix(self.config, 0, medium_every=medium_every)
+        missing, unexpected = self.att.load_state_dict(base.att.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("medium") for k in missing), (missing, unexpected)
+        self.att.reset_retrospection_(torch.Generator().manual_seed(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.att(x)[0]
+
+
 def _make_mixer(name: str, cfg: MixerLMConfig) -> nn.Module:
     from rwkvkit.layers.based import BasedLinearAttention, SlidingWindowAttention
     from rwkvkit.layers.short_conv import BaseConv
@@ -107,6 +135,8 @@ def _make_mixer(name: str, cfg: MixerLMConfig) -> nn.Module:
         return _Stateless(BasedLinearAttention(d, cfg.n_heads, cfg.feature_dim))
     if name == "conv":
         return _Stateless(BaseConv(d, expand=2, kernel_size=3))
+    if name == "rrwkv4":
+        return RRWKVTimeMixer(d, cfg.head_size, cfg.medium_every)
     return RWKVTimeMixer(_RWKV_VERSION[name], d, cfg.head_size)
 
 
@@ -158,7 +188,9 @@ def state_bytes(config: MixerLMConfig, seq_len: int, bytes_per_value: int = 4) -
     """Bytes of recurrent state the sequence mixers carry after ``seq_len`` tokens (fp32 by default;
     token-shift and convolution tails included): attention keeps every key and value, the sliding
     window the last ``window``, BASED ``n_heads (1 + D + D^2 symmetric: D(D+1)/2 + D + 1) (d/h + 1)``,
-    RWKV-4 three numbers per channel plus the shift, RWKV-5/6/7 ``H N^2`` plus the shift."""
+    RWKV-4 three numbers per channel plus the shift, RWKV-5/6/7 ``H N^2`` plus the shift, RRWKV-4 that
+    of RWKV-4 plus the incomplete segment's sum and length and one ``d``-vector per completed segment
+    (``seq_len // medium_every`` of them: it grows with the sequence)."""
     from rwkvkit.ops.based import based_state_size
 
     d, total = config.d_model, 0
@@ -173,6 +205,8 @@ def state_bytes(config: MixerLMConfig, seq_len: int, bytes_per_value: int = 4) -
             total += 2 * d * 2  # kernel 3: the last two inputs of the 2d-wide convolution
         elif m == "rwkv4":
             total += 3 * d + d
+        elif m == "rrwkv4":
+            total += 3 * d + d + (d + 1) + (seq_len // config.medium_every) * d
         else:
             H = d // config.head_size
             total += H * config.head_size**2 + d
