@@ -49,3 +49,31 @@ def test_seeded_and_leaves_the_global_generator_alone():
     for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q), name
     assert not torch.equal(MixerLM(cfg, seed=4).emb.weight, a.emb.weight)
+
+
+def test_rotary_scores_depend_on_relative_position_only():
+    from rwkvkit.models.mixers import rotary
+
+    g = torch.Generator().manual_seed(0)
+    q, k = (
+        torch.randn(1, 1, 1, 8, generator=g, dtype=torch.float64),
+        torch.randn(1, 1, 1, 8, dtype=torch.float64, generator=g),
+    )
+    T = 12
+    rq, rk = rotary(q.expand(1, 1, T, 8)), rotary(k.expand(1, 1, T, 8))
+    scores = rq[0, 0] @ rk[0, 0].T  # [T, T]: query position i, key position j
+    # fp64: the score of the same pair depends on i - j only (to rounding), and position 0 is unrotated
+    torch.testing.assert_close(scores[5, 2], scores[9, 6], rtol=0, atol=1e-12)
+    torch.testing.assert_close(scores[3, 3], (q * k).sum(), rtol=0, atol=1e-12)
+    assert not torch.allclose(scores[5, 2], scores[5, 3])
+
+
+def test_rope_attention_sees_order():
+    # without positions one causal attention layer is blind to the order of the prefix; with RoPE not
+    cfg = MixerLMConfig(vocab_size=16, d_model=32, layers=("attention",), n_heads=2)
+    x = torch.tensor([[1, 2, 3, 4]])
+    y = torch.tensor([[2, 1, 3, 4]])  # same prefix multiset at the last position
+    plain = MixerLM(cfg)
+    torch.testing.assert_close(plain(x)[:, -1], plain(y)[:, -1], rtol=1e-5, atol=1e-6)  # fp32
+    rope = MixerLM(cfg.replace(rope=True))
+    assert (rope(x)[:, -1] - rope(y)[:, -1]).abs().max() > 1e-3

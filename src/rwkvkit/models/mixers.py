@@ -41,6 +41,7 @@ class MixerLMConfig:
     feature_dim: int = 16  # based
     window: int = 32  # swa
     mlp: bool = False
+    rope: bool = False  # attention: rotary position embedding on queries and keys (else no positions)
     medium_every: int = 16  # rrwkv4: tokens per medium (RRWKV's s)
 
     def __post_init__(self) -> None:
@@ -61,16 +62,31 @@ class MixerLMConfig:
         return dataclasses.asdict(self)
 
 
+def rotary(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary position embedding of ``x [B, H, T, D]`` (D even): the pair ``(x_i, x_{i + D/2})`` at
+    position t is rotated by the angle ``t * base^(-2i / D)``."""
+    T, D = x.shape[-2], x.shape[-1]
+    acc = torch.promote_types(x.dtype, torch.float32)
+    inv = base ** (-torch.arange(0, D // 2, device=x.device, dtype=acc) * 2 / D)
+    ang = torch.arange(T, device=x.device, dtype=acc)[:, None] * inv[None]
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., : D // 2], x[..., D // 2 :]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
 class CausalAttention(nn.Module):
-    def __init__(self, d: int, n_heads: int) -> None:
+    def __init__(self, d: int, n_heads: int, rope: bool = False) -> None:
         super().__init__()
         self.n_heads = n_heads
+        self.rope = rope
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.out = nn.Linear(d, d, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, d = x.shape
         q, k, v = (t.view(B, T, self.n_heads, -1).transpose(1, 2) for t in self.qkv(x).split(d, dim=-1))
+        if self.rope:
+            q, k = rotary(q), rotary(k)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.out(y.transpose(1, 2).reshape(B, T, d))
 
@@ -128,7 +144,7 @@ def _make_mixer(name: str, cfg: MixerLMConfig) -> nn.Module:
 
     d = cfg.d_model
     if name == "attention":
-        return CausalAttention(d, cfg.n_heads)
+        return CausalAttention(d, cfg.n_heads, cfg.rope)
     if name == "swa":
         return _Stateless(SlidingWindowAttention(d, cfg.n_heads, cfg.window))
     if name == "based":
