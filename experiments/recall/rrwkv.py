@@ -43,23 +43,8 @@ from _train import fit_lm, log_command, logged_commands  # noqa: E402
 
 # the reading of the committed results (written by hand: revise it when the results change)
 NOTES = """\
-Reading of the committed run (one or two seeds, so differences of a few points are noise):
-
-- Within the training distances (32, 64) every model at lr 1e-2 recalls perfectly; beyond them all
-  fall to chance by d = 512. No model, RRWKV or not, keeps its accuracy flat out to d = 1024 here.
-- At lr 1e-2 RRWKV-4 holds up a little longer (d = 128: 0.88 / 0.98 for s = 16 over two seeds against
-  0.68 / 0.58 for RWKV-4; s = 8 also 0.46 at d = 256), but switching its retrospection off after
-  training barely changes that (s = 16: 0.86 / 0.97 at d = 128; s = 8 drops from 0.46 to 0.30 at
-  d = 256): these models recall mostly through their RWKV-4 state, and most of the gap to RWKV-4
-  comes from training taking another course, not from reading the mediums.
-  RWKV-4 at lr 3e-3 (0.95 at d = 128, 0.46 at d = 256) matches the best RRWKV model.
-- At lr 3e-3 the RRWKV models train less far (0.63-0.83 within the training distances) but do use the
-  mediums (with the read off they lose 0.13-0.60 within the training distances and all of it beyond
-  d = 256), and that part of their recall does not decay with distance: s = 8 keeps 0.31 at d = 512 and 1024 and s = 16 0.20 / 0.17, where RWKV-4 is at
-  chance. This is the flat curve the reference predicts, but from undertrained models at a low level.
-- So on this budget (training distances 16-64, 750 steps) the claim is not reproduced: RRWKV-style
-  retrospection does not make long-distance recall reliable; it costs 38% more parameters and a
-  state that grows by d numbers per s tokens (35 KB against 2 KB at d = 1024, s = 16).
+Every number above comes from `results/rrwkv.jsonl`; one or two seeds per setting, so differences of
+a few points are noise. Distances outside a model's training range measure extrapolation.
 """
 
 RESULTS = HERE / "results" / "rrwkv.jsonl"
@@ -120,10 +105,10 @@ def run(args) -> None:
     tests = {d: kv_recall(args.test, d, args.pairs, vocab_size=V, seed=1000 + d) for d in args.distances}
     done = set()
     if RESULTS.is_file():
-        done = {(r["model"], r["lr"], r["seed"]) for r in map(json.loads, RESULTS.open())}
+        done = {(r["model"], r["lr"], r["seed"], r["train_distances"]) for r in map(json.loads, RESULTS.open())}
     for lr in args.lrs:
         for name in order:
-            if (name, lr, args.seed) in done:
+            if (name, lr, args.seed, f"{args.train_min}-{args.train_max}") in done:
                 continue
             cfg = MixerLMConfig(vocab_size=V, d_model=64, mlp=True, **table[name])
             model = MixerLM(cfg, seed=args.seed)
@@ -167,27 +152,28 @@ def report() -> None:
     md = ["# Long-distance key-value recall: RWKV-4 against RRWKV-style retrospection (reconstruction)", "",
           f"Task `kv_recall` (V = {V}, {r0['pairs']} key-value pair(s), then `distance` filler tokens, then a "
           f"key; only the last position is scored; chance {chance:.4f}). Two layers, d_model 64, an MLP after "
-          f"each mixer. Trained on distances {r0['train_distances']} (uniform, left-padded with filler), "
+          "each mixer. Trained on the distances of the `train d` column (uniform, left-padded with filler), "
           f"{r0['train']} sequences x {r0['epochs']} epochs, batch {r0['batch']}; tested on {r0['test']} sequences "
           "at each distance. RRWKV-4 is the reconstruction in `rwkvkit.layers.rrwkv` (no official code exists), "
           "s = tokens per medium. State: bytes of recurrent state of both mixers after the whole sequence "
           f"(fp32) at distance {dmax}; RRWKV's grows by one d-vector per medium.", "",
           "Produced by " + " then ".join(f"`{c}`" for c in logged_commands(COMMANDS)) + f", then "
           f"`{command_line()}`, on {machine()}.", "",
-          "| model | lr | seed | params | train s | state bytes (d=" + str(dmax) + ") | "
+          "| model | train d | lr | seed | params | train s | state bytes (d=" + str(dmax) + ") | "
           + " | ".join(f"acc d={d}" for d in dists) + " |",
-          "|---|---|---|---|---|---|" + "---|" * len(dists)]  # fmt: skip
+          "|---|---|---|---|---|---|---|" + "---|" * len(dists)]  # fmt: skip
     for r in rows:
-        md.append(f"| {r['model']} | {r['lr']:g} | {r['seed']} | {r['params']:,} | {r['seconds']:.0f} | "
+        md.append(f"| {r['model']} | {r['train_distances']} | {r['lr']:g} | {r['seed']} | {r['params']:,} | "
+                  f"{r['seconds']:.0f} | "
                   f"{r[f'state_bytes_d{dmax}']:,} | "
                   + " | ".join(f"{r.get(f'acc_d{d}', float('nan')):.3f}" for d in dists) + " |")  # fmt: skip
     md += ["", "The RRWKV models again, with the retrospective read switched off after training (`V_m = 0`): "
            "what they recall through the RWKV-4 state alone.", "",
-           "| model | lr | seed | " + " | ".join(f"acc d={d}" for d in dists) + " |",
-           "|---|---|---|" + "---|" * len(dists)]  # fmt: skip
+           "| model | train d | lr | seed | " + " | ".join(f"acc d={d}" for d in dists) + " |",
+           "|---|---|---|---|" + "---|" * len(dists)]  # fmt: skip
     for r in rows:
         if r["mixer"] == "rrwkv4":
-            md.append(f"| {r['model']} | {r['lr']:g} | {r['seed']} | "
+            md.append(f"| {r['model']} | {r['train_distances']} | {r['lr']:g} | {r['seed']} | "
                       + " | ".join(f"{r[f'acc_off_d{d}']:.3f}" for d in dists) + " |")  # fmt: skip
     (HERE / "rrwkv.md").write_text("\n".join(md) + "\n\n" + NOTES)
 
@@ -196,14 +182,14 @@ def report() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lrs = sorted({r["lr"] for r in rows})
+    panels = sorted({(r["train_distances"], r["lr"]) for r in rows}, key=lambda p: (int(p[0].split("-")[1]), -p[1]))
     seed = rows[0]["seed"]  # other seeds are in the tables
-    fig, axes = plt.subplots(1, len(lrs), figsize=(5.5 * len(lrs), 4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), sharey=True, squeeze=False)
     colors = {"RWKV-4": "tab:orange", "RRWKV-4 s=8": "tab:green", "RRWKV-4 s=16": "tab:blue",
               "RRWKV-4 s=32": "tab:purple"}  # fmt: skip
-    lo, hi = (int(v) for v in r0["train_distances"].split("-"))
-    for ax, lr in zip(axes[0], lrs, strict=True):
-        for r in (r for r in rows if r["lr"] == lr and r["seed"] == seed):
+    for ax, (train_d, lr) in zip(axes[0], panels, strict=True):
+        lo, hi = (int(v) for v in train_d.split("-"))
+        for r in (r for r in rows if r["lr"] == lr and r["seed"] == seed and r["train_distances"] == train_d):
             ax.plot(dists, [r.get(f"acc_d{d}", float("nan")) for d in dists], marker="o",
                     color=colors.get(r["model"]), label=r["model"])  # fmt: skip
             if r["mixer"] == "rrwkv4":
@@ -214,7 +200,7 @@ def report() -> None:
         ax.set_xscale("log", base=2)
         ax.set_xticks(dists, [str(d) for d in dists])
         ax.set_ylim(0, 1.02)
-        ax.set_title(f"key-value recall, lr {lr:g}, seed {seed}")
+        ax.set_title(f"trained on d {train_d}, lr {lr:g}, seed {seed}", fontsize=10)
         ax.set_xlabel("distance (filler tokens between the pair and the query)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (last position)")
