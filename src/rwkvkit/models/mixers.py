@@ -7,7 +7,8 @@ state-tracking experiments (zoology's setup: ``seed-systems.md`` section 5)::
         x = x + MLP(LayerNorm(x))          # only with mlp=True (zoology's figure 2 has none)
     logits = head(LayerNorm(x))
 
-Mixers: ``attention`` (causal softmax, a KV cache that grows with the sequence), ``swa`` (sliding
+Mixers: ``attention`` (causal softmax, a KV cache that grows with the sequence; no positions, or
+rotary ones with ``rope=True``), ``swa`` (sliding
 window, ``window``), ``based`` (Taylor linear attention, ``feature_dim``), ``conv`` (BASED's gated
 short convolution), ``rwkv4`` / ``rwkv5`` / ``rwkv6`` / ``rwkv7`` (the time mix of rwkvkit's RWKV
 layers with the official initialisation, head size ``head_size``), ``rrwkv4`` (RWKV-4 with RRWKV-style
