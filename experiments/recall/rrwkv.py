@@ -105,10 +105,13 @@ def run(args) -> None:
     tests = {d: kv_recall(args.test, d, args.pairs, vocab_size=V, seed=1000 + d) for d in args.distances}
     done = set()
     if RESULTS.is_file():
-        done = {(r["model"], r["lr"], r["seed"], r["train_distances"]) for r in map(json.loads, RESULTS.open())}
+        done = {
+            (r["model"], r["lr"], r["seed"], r["train_distances"], r["epochs"])
+            for r in map(json.loads, RESULTS.open())
+        }
     for lr in args.lrs:
         for name in order:
-            if (name, lr, args.seed, f"{args.train_min}-{args.train_max}") in done:
+            if (name, lr, args.seed, f"{args.train_min}-{args.train_max}", args.epochs) in done:
                 continue
             cfg = MixerLMConfig(vocab_size=V, d_model=64, mlp=True, **table[name])
             model = MixerLM(cfg, seed=args.seed)
@@ -153,27 +156,27 @@ def report() -> None:
           f"Task `kv_recall` (V = {V}, {r0['pairs']} key-value pair(s), then `distance` filler tokens, then a "
           f"key; only the last position is scored; chance {chance:.4f}). Two layers, d_model 64, an MLP after "
           "each mixer. Trained on the distances of the `train d` column (uniform, left-padded with filler), "
-          f"{r0['train']} sequences x {r0['epochs']} epochs, batch {r0['batch']}; tested on {r0['test']} sequences "
+          f"{r0['train']} sequences x `epochs`, batch {r0['batch']}; tested on {r0['test']} sequences "
           "at each distance. RRWKV-4 is the reconstruction in `rwkvkit.layers.rrwkv` (no official code exists), "
           "s = tokens per medium. State: bytes of recurrent state of both mixers after the whole sequence "
           f"(fp32) at distance {dmax}; RRWKV's grows by one d-vector per medium.", "",
           "Produced by " + " then ".join(f"`{c}`" for c in logged_commands(COMMANDS)) + f", then "
           f"`{command_line()}`, on {machine()}.", "",
-          "| model | train d | lr | seed | params | train s | state bytes (d=" + str(dmax) + ") | "
+          "| model | train d | epochs | lr | seed | params | train s | state bytes (d=" + str(dmax) + ") | "
           + " | ".join(f"acc d={d}" for d in dists) + " |",
-          "|---|---|---|---|---|---|---|" + "---|" * len(dists)]  # fmt: skip
+          "|---|---|---|---|---|---|---|---|" + "---|" * len(dists)]  # fmt: skip
     for r in rows:
-        md.append(f"| {r['model']} | {r['train_distances']} | {r['lr']:g} | {r['seed']} | {r['params']:,} | "
+        md.append(f"| {r['model']} | {r['train_distances']} | {r['epochs']} | {r['lr']:g} | {r['seed']} | {r['params']:,} | "
                   f"{r['seconds']:.0f} | "
                   f"{r[f'state_bytes_d{dmax}']:,} | "
                   + " | ".join(f"{r.get(f'acc_d{d}', float('nan')):.3f}" for d in dists) + " |")  # fmt: skip
     md += ["", "The RRWKV models again, with the retrospective read switched off after training (`V_m = 0`): "
            "what they recall through the RWKV-4 state alone.", "",
-           "| model | train d | lr | seed | " + " | ".join(f"acc d={d}" for d in dists) + " |",
-           "|---|---|---|---|" + "---|" * len(dists)]  # fmt: skip
+           "| model | train d | epochs | lr | seed | " + " | ".join(f"acc d={d}" for d in dists) + " |",
+           "|---|---|---|---|---|" + "---|" * len(dists)]  # fmt: skip
     for r in rows:
         if r["mixer"] == "rrwkv4":
-            md.append(f"| {r['model']} | {r['train_distances']} | {r['lr']:g} | {r['seed']} | "
+            md.append(f"| {r['model']} | {r['train_distances']} | {r['epochs']} | {r['lr']:g} | {r['seed']} | "
                       + " | ".join(f"{r[f'acc_off_d{d}']:.3f}" for d in dists) + " |")  # fmt: skip
     (HERE / "rrwkv.md").write_text("\n".join(md) + "\n\n" + NOTES)
 
@@ -182,14 +185,19 @@ def report() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["train_distances"], r["lr"]) for r in rows}, key=lambda p: (int(p[0].split("-")[1]), -p[1]))
+    panels = sorted(
+        {(r["train_distances"], r["lr"], r["epochs"]) for r in rows},
+        key=lambda p: (int(p[0].split("-")[1]), -p[1], p[2]),
+    )
     seed = rows[0]["seed"]  # other seeds are in the tables
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), sharey=True, squeeze=False)
     colors = {"RWKV-4": "tab:orange", "RRWKV-4 s=8": "tab:green", "RRWKV-4 s=16": "tab:blue",
               "RRWKV-4 s=32": "tab:purple"}  # fmt: skip
-    for ax, (train_d, lr) in zip(axes[0], panels, strict=True):
+    for ax, (train_d, lr, epochs) in zip(axes[0], panels, strict=True):
         lo, hi = (int(v) for v in train_d.split("-"))
-        for r in (r for r in rows if r["lr"] == lr and r["seed"] == seed and r["train_distances"] == train_d):
+        for r in rows:
+            if (r["lr"], r["seed"], r["train_distances"], r["epochs"]) != (lr, seed, train_d, epochs):
+                continue
             ax.plot(dists, [r.get(f"acc_d{d}", float("nan")) for d in dists], marker="o",
                     color=colors.get(r["model"]), label=r["model"])  # fmt: skip
             if r["mixer"] == "rrwkv4":
@@ -200,7 +208,7 @@ def report() -> None:
         ax.set_xscale("log", base=2)
         ax.set_xticks(dists, [str(d) for d in dists])
         ax.set_ylim(0, 1.02)
-        ax.set_title(f"trained on d {train_d}, lr {lr:g}, seed {seed}", fontsize=10)
+        ax.set_title(f"trained on d {train_d}, {epochs} epochs, lr {lr:g}, seed {seed}", fontsize=10)
         ax.set_xlabel("distance (filler tokens between the pair and the query)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (last position)")
