@@ -190,10 +190,14 @@ def report() -> None:
         key=lambda p: (int(p[0].split("-")[1]), -p[1], p[2]),
     )
     seed = rows[0]["seed"]  # other seeds are in the tables
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), sharey=True, squeeze=False)
+    ncol = min(2, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(6 * ncol, 3.8 * nrow + 0.8), sharey=True, squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
     colors = {"RWKV-4": "tab:orange", "RRWKV-4 s=8": "tab:green", "RRWKV-4 s=16": "tab:blue",
               "RRWKV-4 s=32": "tab:purple"}  # fmt: skip
-    for ax, (train_d, lr, epochs) in zip(axes[0], panels, strict=True):
+    for ax, (train_d, lr, epochs) in zip(axes.flat, panels):
         lo, hi = (int(v) for v in train_d.split("-"))
         for r in rows:
             if (r["lr"], r["seed"], r["train_distances"], r["epochs"]) != (lr, seed, train_d, epochs):
@@ -211,9 +215,14 @@ def report() -> None:
         ax.set_title(f"trained on d {train_d}, {epochs} epochs, lr {lr:g}, seed {seed}", fontsize=10)
         ax.set_xlabel("distance (filler tokens between the pair and the query)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy (last position)")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    for row in axes:
+        row[0].set_ylabel("accuracy (last position)")
+    legend = {}  # one legend for the figure: every model of every panel
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, h)
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=5, fontsize=8)
+    fig.tight_layout(rect=(0, 0.8 / (3.8 * nrow + 0.8), 1, 1))
     fig.savefig(HERE / "rrwkv.png", dpi=120)
     plt.close(fig)
     print(f"wrote {HERE / 'rrwkv.md'}, rrwkv.csv, rrwkv.png")
