@@ -1,0 +1,194 @@
+"""ARWKV: a transformer decoder whose attention layers are replaced by RWKV-7 time mixing (Yang et
+al., "ARWKV: Pretrain is not what we need", ``seed-systems.md`` section 1), read top to bottom::
+
+    x = emb[tokens]                               # the teacher's embeddings
+    for each block l:
+        x = x + TimeMix7_l(RMSNorm1_l(x))         # RWKV-7 at full width, heads of 64, value residual
+        x = x + SwiGLU_l(RMSNorm2_l(x))           # the teacher's MLP: down(silu(gate(x)) * up(x))
+    logits = head(RMSNorm_out(x))                 # the teacher's head (or the tied embedding)
+
+Everything but the time mixes comes from the teacher (:meth:`ARWKV.from_transformers`: a
+transformers Qwen2 / Llama causal LM), so distillation trains the time mixes first. Interface of
+:class:`rwkvkit.models.rwkv.model.RWKV`: ``logits, state = model(tokens, state)`` with an RWKV-7
+:class:`rwkvkit.state.State` (token shift and ``H x N x N`` matrix per layer; its ``ffn_shift`` is
+carried but unused, as the MLP looks at one token), so :func:`rwkvkit.generate` decodes an ARWKV
+model token by token with memory that does not grow with the context.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rwkvkit.errors import ConfigError, InputError
+from rwkvkit.layers.rwkv7 import RWKV7TimeMix
+from rwkvkit.models.arwkv.config import ARWKVConfig
+from rwkvkit.state import State
+
+
+class RMSNorm(nn.Module):
+    """``weight * x / sqrt(mean(x^2) + eps)``, normalised in fp32 (as Qwen2 / Llama)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, device=None, dtype=None) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class SwiGLU(nn.Module):
+    """The teacher's MLP: ``down_proj(silu(gate_proj(x)) * up_proj(x))``, no biases."""
+
+    def __init__(self, dim: int, inner: int, device=None, dtype=None) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.gate_proj = nn.Linear(dim, inner, bias=False, **dd)
+        self.up_proj = nn.Linear(dim, inner, bias=False, **dd)
+        self.down_proj = nn.Linear(inner, dim, bias=False, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class ARWKVBlock(nn.Module):
+    def __init__(self, config: ARWKVConfig, layer_id: int, device=None, dtype=None) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        C = config.n_embd
+        self.layer_id = layer_id
+        self.ln1 = RMSNorm(C, config.rms_norm_eps, **dd)
+        self.att = RWKV7TimeMix(config.rwkv_config(), layer_id, **dd)
+        self.ln2 = RMSNorm(C, config.rms_norm_eps, **dd)
+        self.mlp = SwiGLU(C, config.intermediate_size, **dd)
+
+    def forward(self, x, att_shift, wkv, v_first, impl: str = "auto"):
+        """``x [B, T, C]`` and this layer's state -> ``(x, att_shift, wkv, v_first)``."""
+        xx, att_shift, wkv, v_first = self.att(self.ln1(x), att_shift, wkv, v_first, impl=impl)
+        x = x + xx
+        return x + self.mlp(self.ln2(x)), att_shift, wkv, v_first
+
+
+class ARWKV(nn.Module):
+    """The hybrid language model. ``logits, state = model(tokens, state)``."""
+
+    accepts_full_output = True  # generation may ask for the last position's logits only
+
+    def __init__(self, config: ARWKVConfig, device=None, dtype=None) -> None:
+        super().__init__()
+        if not isinstance(config, ARWKVConfig):
+            raise ConfigError(f"ARWKV needs an ARWKVConfig, got {type(config).__name__}")
+        dd = {"device": device, "dtype": dtype}
+        self.config = config
+        self.rwkv_config = config.rwkv_config()
+        self.emb = nn.Embedding(config.vocab_size, config.n_embd, **dd)
+        self.blocks = nn.ModuleList(ARWKVBlock(config, i, **dd) for i in range(config.n_layer))
+        self.ln_out = RMSNorm(config.n_embd, config.rms_norm_eps, **dd)
+        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False, **dd)
+        if config.tie_embeddings:
+            self.head.weight = self.emb.weight
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.emb.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.emb.weight.device
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def initial_state(self, batch_size: int = 1) -> State:
+        return State.initial(self.rwkv_config, batch_size, device=self.device)
+
+    @torch.no_grad()
+    def init_time_mixes_(self, seed: int = 0) -> ARWKV:
+        """Give every time mix RWKV-7's official training initialisation (the rest is untouched)."""
+        from rwkvkit.models.rwkv.model import Block
+        from rwkvkit.training.init import official_init_blocks_
+
+        cfg = self.rwkv_config
+        blocks = official_init_blocks_(
+            nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer)), cfg, seed=seed
+        )
+        for mine, ref in zip(self.blocks, blocks, strict=True):
+            mine.att.load_state_dict(ref.att.state_dict())
+        return self
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        state: State | None = None,
+        *,
+        impl: str = "auto",
+        full_output: bool = True,
+    ) -> tuple[torch.Tensor, State]:
+        """``tokens [B, T]`` -> ``(float32 logits [B, T, V] (or [B, 1, V] with full_output=False),
+        the state after the last token)``; the input state is not modified."""
+        tokens = self._check_tokens(tokens)
+        B = tokens.shape[0]
+        if state is None:
+            state = self.initial_state(B)
+        else:
+            state.check_fits(self.rwkv_config, B)
+        x = self.emb(tokens)
+        v_first, att_shift, wkv = None, [], []
+        for i, block in enumerate(self.blocks):
+            x, s_att, s_wkv, v_first = block(x, state["att_shift"][i], state["wkv"][i], v_first, impl=impl)
+            att_shift.append(s_att)
+            wkv.append(s_wkv)
+        if not full_output:
+            x = x[:, -1:]
+        logits = self.head(self.ln_out(x)).float()
+        new_state = State(
+            {"att_shift": torch.stack(att_shift).float(), "wkv": torch.stack(wkv).float(),
+             "ffn_shift": state["ffn_shift"].clone()},
+            "7",
+            logits=logits[:, -1].detach().clone(),
+        )  # fmt: skip
+        return logits, new_state
+
+    def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not isinstance(tokens, torch.Tensor):
+            tokens = torch.as_tensor(tokens, dtype=torch.long)
+        if tokens.dim() == 1:
+            tokens = tokens.unsqueeze(0)
+        if tokens.dim() != 2 or tokens.shape[1] == 0:
+            raise InputError(f"tokens must be a non-empty [B, T] LongTensor, got shape {tuple(tokens.shape)}")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise InputError(
+                f"token id {hi if hi >= self.config.vocab_size else lo} is outside the model's vocabulary "
+                f"[0, {self.config.vocab_size}); is the tokenizer the teacher's?"
+            )
+        return tokens.to(device=self.device, dtype=torch.long)
+
+    # ---- from a transformers teacher ---------------------------------------------------------
+    @classmethod
+    @torch.no_grad()
+    def from_transformers(cls, teacher: nn.Module, head_size: int = 64, seed: int = 0) -> ARWKV:
+        """A student of a transformers causal LM (Qwen2, Llama: ``model.embed_tokens``,
+        ``model.layers[i].{input_layernorm, mlp, post_attention_layernorm}``, ``model.norm``,
+        ``lm_head``): those weights are copied, the time mixes get RWKV-7's official init."""
+        inner = getattr(teacher, "model", None)
+        if inner is None or not hasattr(inner, "layers") or not hasattr(teacher, "lm_head"):
+            raise ConfigError(
+                f"{type(teacher).__name__} is not a Qwen2/Llama-style causal LM (model.layers, lm_head)"
+            )
+        config = ARWKVConfig.from_transformers(teacher.config, head_size=head_size)
+        p = next(teacher.parameters())
+        student = cls(config, device=p.device, dtype=p.dtype).init_time_mixes_(seed)
+        student.emb.weight.copy_(inner.embed_tokens.weight)
+        student.ln_out.weight.copy_(inner.norm.weight)
+        if not config.tie_embeddings:
+            student.head.weight.copy_(teacher.lm_head.weight)
+        for mine, layer in zip(student.blocks, inner.layers, strict=True):
+            mine.ln1.weight.copy_(layer.input_layernorm.weight)
+            mine.ln2.weight.copy_(layer.post_attention_layernorm.weight)
+            mine.mlp.load_state_dict(layer.mlp.state_dict())
+        return student
