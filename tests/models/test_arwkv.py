@@ -94,3 +94,20 @@ def test_errors():
     student = ARWKV.from_transformers(_teacher(), head_size=16)
     with pytest.raises(InputError, match="outside the model's vocabulary"):
         student(torch.tensor([[3, 256]]))
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_saved_student_reloads_with_rwkvkit_load(tmp_path, tie):
+    student = ARWKV.from_transformers(_teacher("qwen2", tie), head_size=16).eval()
+    path = tmp_path / "student.safetensors"
+    student.save(path)
+    loaded = rwkvkit.load(path)
+    assert isinstance(loaded, ARWKV) and loaded.config == student.config
+    assert (loaded.head.weight is loaded.emb.weight) == tie
+    tokens = torch.randint(0, 256, (2, 17), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a, sa = student(tokens)
+        b, sb = loaded(tokens)
+    assert torch.equal(a, b) and torch.equal(sa["wkv"], sb["wkv"])  # the same bits, the same arithmetic
+    with pytest.raises(rwkvkit.errors.CheckpointError, match="ARWKV model"):
+        rwkvkit.formats.describe(path)  # `rwkvkit info` says what it is instead of failing deep inside

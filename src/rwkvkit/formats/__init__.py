@@ -139,6 +139,12 @@ def read(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path} is empty (0 bytes); the download or save was interrupted")
     if path.suffix == ".safetensors" or native.looks_like_safetensors(path):
         sd, meta = native.read_safetensors(path)
+        family = native.family_of(meta, path)
+        if family is not None:
+            raise CheckpointError(
+                f"{path} holds an {family.upper()} model, not an RWKV language model checkpoint; "
+                "load it with rwkvkit.load (info and convert handle RWKV checkpoints only)"
+            )
         declared = native.config_from_metadata(meta, path)
         if declared is None:
             return _from_official(sd, path, "safetensors", "safetensors with official (BlinkDL) names")
@@ -190,9 +196,55 @@ def load(
             config that disagrees with the tensors.
         UnsupportedVersionError: a version (or architecture) rwkvkit cannot run.
     """
+    family_model = _load_family(path, dtype, device)
+    if family_model is not None:
+        return family_model
     ckpt = read(path)
     dtype = parse_dtype(dtype) or majority_dtype(ckpt.state_dict)
     return build_model(ckpt.config, ckpt.state_dict, dtype, device, str(ckpt.path))
+
+
+def _load_family(path: str | Path, dtype, device):
+    """An rwkvkit file of another model family (ARWKV), built from its metadata; None otherwise."""
+    path = resolve(path)
+    if not path.is_file() or path.stat().st_size == 0 or not native.looks_like_safetensors(path):
+        return None
+    if native.read_metadata(path).get(native.FAMILY) is None:
+        return None  # an RWKV checkpoint: read() below
+    sd, meta = native.read_safetensors(path)
+    native.family_of(meta, path)  # a family this rwkvkit knows
+    from rwkvkit.errors import ConfigError
+    from rwkvkit.models.arwkv import ARWKV, ARWKVConfig
+
+    try:
+        config = ARWKVConfig.from_dict(native.family_config(meta, path))
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{path}: its ARWKV config metadata is invalid ({e})") from None
+    dtype = parse_dtype(dtype) or majority_dtype(sd)
+    with torch.device("meta"):
+        model = ARWKV(config, dtype=dtype)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if config.tie_embeddings:
+        expected.pop("head.weight")
+    missing, extra = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
+    if missing or extra:
+        raise CheckpointError(
+            f"{path}: the ARWKV tensors do not match its config (missing {missing[:5]}, unexpected "
+            f"{extra[:5]}); the file was damaged or edited"
+        )
+    tensors = {}
+    for k, shape in expected.items():
+        if tuple(sd[k].shape) != shape:
+            raise CheckpointError(
+                f"{path}: tensor {k!r} has shape {tuple(sd[k].shape)}, its config needs {shape}"
+            )
+        if not torch.isfinite(sd[k]).all():
+            raise CheckpointError(f"{path}: tensor {k!r} contains NaN or inf; the checkpoint is corrupt")
+        tensors[k] = sd[k].to(device=device, dtype=dtype)
+    model.load_state_dict(tensors, assign=True, strict=not config.tie_embeddings)
+    if config.tie_embeddings:
+        model.head.weight = model.emb.weight
+    return model.eval()
 
 
 def describe(path: str | Path) -> dict:

@@ -8,6 +8,8 @@
   ``rwkvkit_format``   ``"1"``, the version of this layout; readers refuse a newer one
   ``rwkvkit_config``   ``RWKVConfig.to_dict()`` as JSON: version and every size
   ``rwkvkit_version``  the rwkvkit that wrote the file (information only)
+  ``rwkvkit_family``   absent for RWKV language models; ``"arwkv"`` for the ARWKV hybrid
+                       (:mod:`rwkvkit.models.arwkv`), whose ``rwkvkit_config`` is an ARWKVConfig
 
 Safetensors is a plain header plus raw bytes: reading it never runs code, and it memory-maps.
 A ``.safetensors`` file *without* the rwkvkit tag is read too when its names are the official ones
@@ -29,6 +31,8 @@ from rwkvkit.models.rwkv.config import RWKVConfig
 
 TAG = "rwkvkit_format"
 FORMAT_VERSION = 1
+FAMILY = "rwkvkit_family"
+FAMILIES = ("arwkv",)
 
 
 def looks_like_safetensors(path: Path) -> bool:
@@ -97,3 +101,47 @@ def write(
         "rwkvkit_version": __version__,
     }
     atomic_file(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def write_family(sd: dict[str, torch.Tensor], family: str, config: dict, path: str | Path) -> None:
+    """Write a model of another family than the RWKV LM (``family`` in FAMILIES) with its config dict."""
+    from rwkvkit import __version__
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known: {FAMILIES}")
+    meta = {"format": "pt", TAG: str(FORMAT_VERSION), FAMILY: family,
+            "rwkvkit_config": json.dumps(config, sort_keys=True), "rwkvkit_version": __version__}  # fmt: skip
+    tensors = owned(sd, None)
+    atomic_file(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def family_of(meta: dict[str, str], path: Path) -> str | None:
+    """The model family an rwkvkit file declares (None: an RWKV language model)."""
+    family = meta.get(FAMILY)
+    if family is not None and family not in FAMILIES:
+        raise CheckpointError(
+            f"{path} holds a {family!r} model, which this rwkvkit does not know ({', '.join(FAMILIES)}); "
+            "upgrade rwkvkit"
+        )
+    return family
+
+
+def family_config(meta: dict[str, str], path: Path) -> dict:
+    try:
+        config = json.loads(meta["rwkvkit_config"])
+    except (KeyError, json.JSONDecodeError):
+        raise CheckpointError(
+            f"{path}: missing or invalid rwkvkit_config metadata; the file is damaged"
+        ) from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: rwkvkit_config metadata is not a JSON object; the file is damaged")
+    return config
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """Only the metadata of a safetensors file (no tensor is read); {} when it cannot be read."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return {}  # the full read reports the problem

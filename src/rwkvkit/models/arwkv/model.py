@@ -168,6 +168,16 @@ class ARWKV(nn.Module):
             )
         return tokens.to(device=self.device, dtype=torch.long)
 
+    def save(self, path, dtype: torch.dtype | None = None) -> None:
+        """Write an rwkvkit ``.safetensors`` file (config in its metadata) that ``rwkvkit.load`` reads.
+        A tied head is stored once, as ``emb.weight``."""
+        from rwkvkit.formats import native
+
+        sd = {k: (v if dtype is None else v.to(dtype)) for k, v in self.state_dict().items()}
+        if self.config.tie_embeddings:
+            sd.pop("head.weight")
+        native.write_family(sd, "arwkv", self.config.to_dict(), path)
+
     # ---- from a transformers teacher ---------------------------------------------------------
     @classmethod
     @torch.no_grad()
