@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from rwkvkit.errors import ConfigError, InputError
+from rwkvkit.errors import ConfigError
+from rwkvkit.layers.mlp import SwiGLU
 from rwkvkit.layers.rwkv7 import RWKV7TimeMix
 from rwkvkit.models.arwkv.config import ARWKVConfig
+from rwkvkit.models.rwkv.model import check_tokens
 from rwkvkit.state import State
 
 
@@ -39,20 +40,6 @@ class RMSNorm(nn.Module):
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
-
-
-class SwiGLU(nn.Module):
-    """The teacher's MLP: ``down_proj(silu(gate_proj(x)) * up_proj(x))``, no biases."""
-
-    def __init__(self, dim: int, inner: int, device=None, dtype=None) -> None:
-        super().__init__()
-        dd = {"device": device, "dtype": dtype}
-        self.gate_proj = nn.Linear(dim, inner, bias=False, **dd)
-        self.up_proj = nn.Linear(dim, inner, bias=False, **dd)
-        self.down_proj = nn.Linear(inner, dim, bias=False, **dd)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class ARWKVBlock(nn.Module):
@@ -130,7 +117,7 @@ class ARWKV(nn.Module):
     ) -> tuple[torch.Tensor, State]:
         """``tokens [B, T]`` -> ``(float32 logits [B, T, V] (or [B, 1, V] with full_output=False),
         the state after the last token)``; the input state is not modified."""
-        tokens = self._check_tokens(tokens)
+        tokens = check_tokens(tokens, self.config.vocab_size, self.device)
         B = tokens.shape[0]
         if state is None:
             state = self.initial_state(B)
@@ -152,21 +139,6 @@ class ARWKV(nn.Module):
             logits=logits[:, -1].detach().clone(),
         )  # fmt: skip
         return logits, new_state
-
-    def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        if not isinstance(tokens, torch.Tensor):
-            tokens = torch.as_tensor(tokens, dtype=torch.long)
-        if tokens.dim() == 1:
-            tokens = tokens.unsqueeze(0)
-        if tokens.dim() != 2 or tokens.shape[1] == 0:
-            raise InputError(f"tokens must be a non-empty [B, T] LongTensor, got shape {tuple(tokens.shape)}")
-        lo, hi = int(tokens.min()), int(tokens.max())
-        if lo < 0 or hi >= self.config.vocab_size:
-            raise InputError(
-                f"token id {hi if hi >= self.config.vocab_size else lo} is outside the model's vocabulary "
-                f"[0, {self.config.vocab_size}); is the tokenizer the teacher's?"
-            )
-        return tokens.to(device=self.device, dtype=torch.long)
 
     def save(self, path, dtype: torch.dtype | None = None) -> None:
         """Write an rwkvkit ``.safetensors`` file (config in its metadata) that ``rwkvkit.load`` reads.

@@ -18,24 +18,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from rwkvkit.errors import InputError
 from rwkvkit.layers.based import BasedLinearAttention, SlidingWindowAttention
+from rwkvkit.layers.mlp import SwiGLU
 from rwkvkit.layers.short_conv import BaseConv
 from rwkvkit.models.based.config import BasedConfig
-
-
-class SwiGLU(nn.Module):
-    def __init__(self, d_model: int, inner: int, device=None, dtype=None) -> None:
-        super().__init__()
-        dd = {"device": device, "dtype": dtype}
-        self.w_gate = nn.Linear(d_model, inner, bias=False, **dd)
-        self.w_up = nn.Linear(d_model, inner, bias=False, **dd)
-        self.w_down = nn.Linear(inner, d_model, bias=False, **dd)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
 
 
 class BasedBlock(nn.Module):
@@ -83,7 +71,7 @@ class BasedLM(nn.Module):
                 if p.dim() == 2 and name.split(".")[-2] != "conv":  # ShortConv keeps its own init
                     std = (
                         0.02 / (2 * self.config.n_layer) ** 0.5
-                        if name.endswith(("out_proj.weight", "w_down.weight"))
+                        if name.endswith(("out_proj.weight", "down_proj.weight"))
                         else 0.02
                     )
                     p.copy_(torch.randn(p.shape, generator=g) * std)

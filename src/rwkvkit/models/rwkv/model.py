@@ -38,6 +38,28 @@ BLOCK_CLASSES = {
 }
 
 
+def check_tokens(tokens, vocab_size: int, device: torch.device) -> torch.Tensor:
+    """Token ids as a ``[B, T]`` LongTensor on ``device`` (a 1-D ``[T]`` is ``B = 1``), or one clear
+    InputError: wrong shape or dtype, empty, or an id outside ``[0, vocab_size)``."""
+    if not isinstance(tokens, torch.Tensor):
+        tokens = torch.as_tensor(tokens, dtype=torch.long)
+    if tokens.dim() == 1:
+        tokens = tokens.unsqueeze(0)
+    if tokens.dim() != 2:
+        raise InputError(f"tokens must be a [B, T] LongTensor, got shape {tuple(tokens.shape)}")
+    if tokens.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise InputError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+    if tokens.shape[1] == 0:
+        raise InputError("tokens is empty (T = 0); pass at least one token")
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= vocab_size:
+        raise InputError(
+            f"token id {hi if hi >= vocab_size else lo} is outside the model's "
+            f"vocabulary [0, {vocab_size}); is the tokenizer the right one for this model?"
+        )
+    return tokens.to(device=device, dtype=torch.long)
+
+
 class Block(nn.Module):
     """One residual block: time mix then channel mix, each behind its own LayerNorm."""
 
@@ -172,20 +194,4 @@ class RWKV(nn.Module):
         return logits, new_state
 
     def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        if not isinstance(tokens, torch.Tensor):
-            tokens = torch.as_tensor(tokens, dtype=torch.long)
-        if tokens.dim() == 1:
-            tokens = tokens.unsqueeze(0)
-        if tokens.dim() != 2:
-            raise InputError(f"tokens must be a [B, T] LongTensor, got shape {tuple(tokens.shape)}")
-        if tokens.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8, torch.int8):
-            raise InputError(f"tokens must be integer ids, got dtype {tokens.dtype}")
-        if tokens.shape[1] == 0:
-            raise InputError("tokens is empty (T = 0); pass at least one token")
-        lo, hi = int(tokens.min()), int(tokens.max())
-        if lo < 0 or hi >= self.config.vocab_size:
-            raise InputError(
-                f"token id {hi if hi >= self.config.vocab_size else lo} is outside the model's "
-                f"vocabulary [0, {self.config.vocab_size}); is the tokenizer the right one for this model?"
-            )
-        return tokens.to(device=self.device, dtype=torch.long)
+        return check_tokens(tokens, self.config.vocab_size, self.device)
