@@ -47,11 +47,6 @@ def test_stage1_trains_only_the_time_mixes_and_lowers_the_error():
     student = ARWKV.from_transformers(teacher, head_size=16)
     frozen = {k: v.clone() for k, v in student.state_dict().items() if ".att." not in k}
     params = trainable_for_stage(student, 1)
-    assert (
-        params
-        and all(any(p is q for q in b.att.parameters()) for p in params for b in student.blocks[:1])
-        or True
-    )
     att_ids = {id(p) for b in student.blocks for p in b.att.parameters()}
     assert {id(p) for p in params} == att_ids
     io = teacher_attention_io(teacher, tokens)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from rwkvkit.errors import CheckpointError
+from rwkvkit.errors import CheckpointError, ConfigError
 from rwkvkit.formats import blinkdl, hf, native
 from rwkvkit.formats._io import majority_dtype, parse_dtype
 from rwkvkit.models.rwkv.config import RWKVConfig
@@ -166,13 +166,19 @@ def build_model(
         model = RWKV(config, dtype=dtype)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     blinkdl.check_state_dict(sd, config, source, expected)
+    _adopt(model, sd, expected, dtype, device, source)
+    return model.eval()
+
+
+def _adopt(model, sd, keys, dtype, device, source: str, strict: bool = True) -> None:
+    """Load ``sd[k]`` for ``k`` in ``keys`` into a meta-device ``model`` (cast, moved, no copy kept),
+    refusing NaN or inf."""
     tensors = {}
-    for k in expected:
+    for k in keys:
         if not torch.isfinite(sd[k]).all():
             raise CheckpointError(f"{source}: tensor {k!r} contains NaN or inf; the checkpoint is corrupt")
         tensors[k] = sd[k].to(device=device, dtype=dtype)
-    model.load_state_dict(tensors, assign=True)
-    return model.eval()
+    model.load_state_dict(tensors, assign=True, strict=strict)
 
 
 def load(
@@ -213,8 +219,7 @@ def _load_family(path: str | Path, dtype, device):
         return None  # an RWKV checkpoint: read() below
     sd, meta = native.read_safetensors(path)
     native.family_of(meta, path)  # a family this rwkvkit knows
-    from rwkvkit.errors import ConfigError
-    from rwkvkit.models.arwkv import ARWKV, ARWKVConfig
+    from rwkvkit.models.arwkv import ARWKV, ARWKVConfig  # only for such files
 
     try:
         config = ARWKVConfig.from_dict(native.family_config(meta, path))
@@ -232,16 +237,12 @@ def _load_family(path: str | Path, dtype, device):
             f"{path}: the ARWKV tensors do not match its config (missing {missing[:5]}, unexpected "
             f"{extra[:5]}); the file was damaged or edited"
         )
-    tensors = {}
     for k, shape in expected.items():
         if tuple(sd[k].shape) != shape:
             raise CheckpointError(
                 f"{path}: tensor {k!r} has shape {tuple(sd[k].shape)}, its config needs {shape}"
             )
-        if not torch.isfinite(sd[k]).all():
-            raise CheckpointError(f"{path}: tensor {k!r} contains NaN or inf; the checkpoint is corrupt")
-        tensors[k] = sd[k].to(device=device, dtype=dtype)
-    model.load_state_dict(tensors, assign=True, strict=not config.tie_embeddings)
+    _adopt(model, sd, expected, dtype, device, str(path), strict=not config.tie_embeddings)
     if config.tie_embeddings:
         model.head.weight = model.emb.weight
     return model.eval()

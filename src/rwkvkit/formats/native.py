@@ -88,30 +88,26 @@ def config_from_metadata(meta: dict[str, str], path: Path) -> RWKVConfig | None:
 
 
 def write(
-    sd: dict[str, torch.Tensor], config: RWKVConfig, path: str | Path, dtype: torch.dtype | None = None
+    sd: dict[str, torch.Tensor],
+    config,
+    path: str | Path,
+    dtype: torch.dtype | None = None,
+    family: str | None = None,
 ) -> None:
-    """Write ``sd`` (rwkvkit names) and ``config`` as an rwkvkit ``.safetensors`` file, atomically."""
+    """Write ``sd`` (rwkvkit names) and ``config`` (anything with ``to_dict()``: an RWKVConfig, or the
+    config of ``family``, one of FAMILIES) as an rwkvkit ``.safetensors`` file, atomically."""
     from rwkvkit import __version__
 
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known: {FAMILIES}")
     tensors = owned(sd, dtype)
     meta = {
         "format": "pt",
         TAG: str(FORMAT_VERSION),
         "rwkvkit_config": json.dumps(config.to_dict(), sort_keys=True),
         "rwkvkit_version": __version__,
+        **({FAMILY: family} if family else {}),
     }
-    atomic_file(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-
-
-def write_family(sd: dict[str, torch.Tensor], family: str, config: dict, path: str | Path) -> None:
-    """Write a model of another family than the RWKV LM (``family`` in FAMILIES) with its config dict."""
-    from rwkvkit import __version__
-
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; known: {FAMILIES}")
-    meta = {"format": "pt", TAG: str(FORMAT_VERSION), FAMILY: family,
-            "rwkvkit_config": json.dumps(config, sort_keys=True), "rwkvkit_version": __version__}  # fmt: skip
-    tensors = owned(sd, None)
     atomic_file(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 

@@ -145,10 +145,10 @@ class ARWKV(nn.Module):
         A tied head is stored once, as ``emb.weight``."""
         from rwkvkit.formats import native
 
-        sd = {k: (v if dtype is None else v.to(dtype)) for k, v in self.state_dict().items()}
+        sd = self.state_dict()
         if self.config.tie_embeddings:
             sd.pop("head.weight")
-        native.write_family(sd, "arwkv", self.config.to_dict(), path)
+        native.write(sd, self.config, path, dtype, family="arwkv")
 
     # ---- from a transformers teacher ---------------------------------------------------------
     @classmethod
