@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import email
 import os
 import socket
 import subprocess
@@ -15,9 +16,12 @@ import rwkvkit
 from rwkvkit.data import prepare
 
 # Two processes each holding half of the global batch compute the same mean gradient as one process
-# holding all of it, up to float summation order (all-reduce, per-process reductions): the loss
-# trajectories agree to this relative tolerance over the run.
-REL_TOL = 1e-4
+# holding all of it, up to float summation order (all-reduce, per-process reductions). The loss after
+# the first update (step 2) tests that gradient exactly: measured ~1e-6 relative. Over the run the
+# fp32 rounding differences grow through Adam (measured: 1e-8, 7e-7, 1e-5, ..., 1.2e-4 at step 6 of 8),
+# so the whole trajectory gets a looser bound.
+REL_TOL_FIRST_UPDATE = 1e-5
+REL_TOL = 1e-3
 
 
 def _free_port() -> int:
@@ -29,7 +33,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus") / "data"
-    prepare([Path(rwkvkit.__file__).parent], out, tokenizer="bytes", val_fraction=0.2, seed=0, quiet=True)
+    # a corpus that does not change with rwkvkit's own source (the loss trajectories depend on it)
+    prepare([Path(email.__file__).parent], out, tokenizer="bytes", val_fraction=0.2, seed=0, quiet=True)
     return out
 
 
@@ -64,8 +69,9 @@ def test_two_processes_match_one(mode, data_dir, single, tmp_path):
     _run([*launcher, "-m", "rwkvkit.cli.main", *args])
     multi = _losses(tmp_path)
     assert len(multi) == len(single) == 8
-    worst = max(abs(a - b) / abs(b) for a, b in zip(multi, single))
-    print(f"{mode}: max relative loss difference vs one process over 8 steps = {worst:.2e}")
-    assert worst <= REL_TOL
+    rel = [abs(a - b) / abs(b) for a, b in zip(multi, single, strict=True)]
+    print(f"{mode}: relative loss difference vs one process, per step: {' '.join(f'{r:.1e}' for r in rel)}")
+    assert rel[1] <= REL_TOL_FIRST_UPDATE
+    assert max(rel) <= REL_TOL
     # the gathered checkpoint loads as a plain model
     assert rwkvkit.load(tmp_path / "model.safetensors").config.n_layer == 2
