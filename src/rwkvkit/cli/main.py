@@ -14,16 +14,16 @@ from rwkvkit.errors import RWKVKitError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rwkvkit.cli import convert, data, forecast, generate, info, train, vision
+    from rwkvkit.cli import convert, data, distill, forecast, generate, info, train, vision
 
     parser = argparse.ArgumentParser(
         prog="rwkvkit",
-        description="RWKV models: prepare data, train, convert, inspect and generate text; vision models; "
-        "time-series forecasting.",
+        description="RWKV models: prepare data, train, convert, inspect and generate text; distil a "
+        "transformer into RWKV-7 (ARWKV); vision models; time-series forecasting.",
     )
     parser.add_argument("--version", action="version", version=f"rwkvkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (info, generate, convert, data, train, vision, forecast):
+    for module in (info, generate, convert, data, train, distill, vision, forecast):
         module.add_parser(sub)
     return parser
 

@@ -17,14 +17,15 @@ import sys
 from functools import lru_cache
 
 
-@lru_cache(maxsize=1)
-def field_docs() -> dict[str, str]:
-    """The attribute docstrings of TrainConfig (string literals after each field), by field name."""
+@lru_cache(maxsize=4)
+def field_docs(cls: type | None = None) -> dict[str, str]:
+    """The attribute docstrings of a config dataclass (string literals after each field; default
+    TrainConfig), by field name."""
     from rwkvkit.training.config import TrainConfig
 
     docs: dict[str, str] = {}
     try:
-        tree = ast.parse(inspect.getsource(TrainConfig))
+        tree = ast.parse(inspect.getsource(cls or TrainConfig))
     except (OSError, TypeError):  # no source available: options still work, without help texts
         return docs
     body = tree.body[0].body
@@ -46,9 +47,15 @@ def add_parser(sub) -> None:
     p.add_argument("config", nargs="?", default=None, help="a TOML file of TrainConfig fields (optional)")
     p.add_argument("--preset", default=None, help=f"start from a named preset: {', '.join(sorted(PRESETS))}")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT_DIR/last.pt")
-    docs = field_docs()
     group = p.add_argument_group("training options (override the preset and the TOML file)")
-    for f in dataclasses.fields(TrainConfig):
+    add_field_options(group, TrainConfig)
+    p.set_defaults(func=run)
+
+
+def add_field_options(group, cls) -> None:
+    """One ``--field-name VALUE`` option per dataclass field, its docstring as the help text."""
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
         default = f.default
         help_text = docs.get(f.name, "")
         group.add_argument(
@@ -58,7 +65,6 @@ def add_parser(sub) -> None:
             metavar=type(default).__name__.upper(),
             help=f"{help_text} (default {default!r})" if help_text else f"default {default!r}",
         )
-    p.set_defaults(func=run)
 
 
 def resolve_config(args: argparse.Namespace):

@@ -4,7 +4,9 @@ Stage 1, attention alignment (teacher-forced): the teacher runs once; for every 
 attention input ``x_l = input_layernorm(h_l)`` and output ``o_l`` are recorded, and the student's
 time mix of that layer gets the same ``x_l``::
 
-    loss_1 = mean_l  mean((TimeMix_l(x_l) - o_l)^2)
+    loss_1 = mean_l  mean_{b,t} ||TimeMix_l(x_l)[b,t] - o_l[b,t]||_2 / sqrt(C)
+
+(the paper's code: a non-squared L2 norm over the hidden dimension, scaled by ``C^-1/2``).
 
 Every layer sees the teacher's inputs, so the layers train in parallel and an error in one does not
 reach the next. RWKV-7's value residual takes layer 0's values from layer 0's time mix on ``x_0``.
@@ -54,8 +56,8 @@ def teacher_attention_io(teacher: nn.Module, tokens: torch.Tensor) -> list[tuple
 
 
 def alignment_loss(student, io: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Stage 1: the mean over layers of the MSE between each student time mix on the teacher's
-    attention input and the teacher's attention output (see the module docstring)."""
+    """Stage 1: the mean over layers of the scaled L2 distance between each student time mix on the
+    teacher's attention input and the teacher's attention output (see the module docstring)."""
     if len(io) != len(student.blocks):
         raise ConfigError(f"teacher has {len(io)} layers, the student {len(student.blocks)}")
     B = io[0][0].shape[0]
@@ -64,7 +66,7 @@ def alignment_loss(student, io: list[tuple[torch.Tensor, torch.Tensor]]) -> torc
     for i, (block, (x, target)) in enumerate(zip(student.blocks, io, strict=True)):
         shift = state["att_shift"][i].to(x.dtype)
         out, _, _, v_first = block.att(x, shift, state["wkv"][i], v_first)
-        total = total + F.mse_loss(out.float(), target.float())
+        total = total + (out.float() - target.float()).norm(dim=-1).mean() / out.shape[-1] ** 0.5
     return total / len(io)
 
 
@@ -97,6 +99,9 @@ def trainable_for_stage(student, stage: int, train_mlp: bool = True) -> list[nn.
     student.requires_grad_(False)
     for block in student.blocks:
         block.att.requires_grad_(True)
+        if block.layer_id == 0:  # layer 0 defines v_first: its v0..v2 are unused (and stay frozen)
+            for unused in (block.att.v0, block.att.v1, block.att.v2):
+                unused.requires_grad_(False)
         if stage > 1 and train_mlp:
             block.mlp.requires_grad_(True)
             block.ln1.requires_grad_(True)

@@ -31,18 +31,25 @@ _NEG_EXP_HALF = -math.exp(-0.5)  # the official code writes 0.606531
 class RWKV7TimeMix(nn.Module):
     """The RWKV-7 attention replacement ("att")."""
 
-    def __init__(self, config, layer_id: int, device=None, dtype=None) -> None:
+    def __init__(
+        self, config, layer_id: int, device=None, dtype=None, *, gate: bool = True, group_norm: bool = True
+    ) -> None:
+        """``gate=False`` drops the output gate ``g`` (no ``x_g``, ``g1``, ``g2``) and
+        ``group_norm=False`` the GroupNorm ``ln_x`` on the WKV output: the switches of ARWKV's
+        configs (its released 7B has neither). An RWKV-7 language model always has both."""
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         C, H, N = config.n_embd, config.n_head, config.head_size
         self.layer_id = layer_id
         self.n_head, self.head_size = H, N
+        self.has_gate, self.has_group_norm = bool(gate), bool(group_norm)
 
         def p(*shape: int) -> nn.Parameter:
             return nn.Parameter(torch.empty(*shape, **dd))
 
         # token-shift lerp coefficients, official shape (1, 1, C)
-        self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g = (p(1, 1, C) for _ in range(6))
+        self.x_r, self.x_w, self.x_k, self.x_v, self.x_a = (p(1, 1, C) for _ in range(5))
+        self.x_g = p(1, 1, C) if gate else None
         self.w0, self.w1, self.w2 = p(1, 1, C), p(C, config.lora_w), p(config.lora_w, C)
         self.a0, self.a1, self.a2 = p(1, 1, C), p(C, config.lora_a), p(config.lora_a, C)
         # layer 0 has v0..v2 in official checkpoints too, unused (it *defines* v_first): frozen, so
@@ -51,7 +58,7 @@ class RWKV7TimeMix(nn.Module):
         if layer_id == 0:
             for unused in (self.v0, self.v1, self.v2):
                 unused.requires_grad_(False)
-        self.g1, self.g2 = p(C, config.lora_g), p(config.lora_g, C)
+        self.g1, self.g2 = (p(C, config.lora_g), p(config.lora_g, C)) if gate else (None, None)
         self.k_k, self.k_a = p(1, 1, C), p(1, 1, C)
         self.r_k = p(H, N)
         self.receptance = nn.Linear(C, C, bias=False, **dd)
@@ -59,7 +66,7 @@ class RWKV7TimeMix(nn.Module):
         self.value = nn.Linear(C, C, bias=False, **dd)
         self.output = nn.Linear(C, C, bias=False, **dd)
         # GroupNorm eps 64e-5 = 1e-5 * 8^2: training normalises y / 8 with eps 1e-5 (spec section 3)
-        self.ln_x = nn.GroupNorm(H, C, eps=64e-5, **dd)
+        self.ln_x = nn.GroupNorm(H, C, eps=64e-5, **dd) if group_norm else None
 
     def forward(
         self,
@@ -83,8 +90,9 @@ class RWKV7TimeMix(nn.Module):
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
         d = token_shift(x, shift) - x
-        mixes = (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g)
-        xr, xw, xk, xv, xa, xg = (torch.addcmul(x, d, m) for m in mixes)
+        xr, xw, xk, xv, xa = (
+            torch.addcmul(x, d, m) for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a)
+        )
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)
@@ -92,7 +100,6 @@ class RWKV7TimeMix(nn.Module):
         # the decay is computed in fp32 from the model-dtype pre-activation, as the official code does
         log_w = _NEG_EXP_HALF * torch.sigmoid((self.w0 + w_lora).to(acc_dtype(x)))
         a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
-        g = torch.sigmoid(xg @ self.g1) @ self.g2
 
         kk = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1, p=2.0, eps=1e-12)
         k = k * (1 + (a - 1) * self.k_a)
@@ -105,10 +112,13 @@ class RWKV7TimeMix(nn.Module):
         a_h = heads(a)
         y, wkv_state = wkv7(heads(r), log_w.view(B, T, H, N), heads(k), heads(v), -kk, kk * a_h,
                             wkv_state, impl=impl)  # fmt: skip
-        y = self.ln_x(y.reshape(B * T, C).to(x.dtype)).view(B, T, C)
+        y = y.reshape(B * T, C).to(x.dtype)
+        y = (self.ln_x(y) if self.ln_x is not None else y).view(B, T, C)
         bonus = (heads(r) * heads(k) * self.r_k).sum(dim=-1, keepdim=True) * heads(v)  # [B, T, H, N]
         y = y + bonus.view(B, T, C)
-        return self.output(y * g), x[:, -1], wkv_state, v_first
+        if self.x_g is not None:
+            y = y * (torch.sigmoid(torch.addcmul(x, d, self.x_g) @ self.g1) @ self.g2)
+        return self.output(y), x[:, -1], wkv_state, v_first
 
 
 class RWKV7ChannelMix(nn.Module):

@@ -19,8 +19,58 @@ from typing import Any
 from rwkvkit.errors import ConfigError
 
 
+class FlatConfig:
+    """Shared by the flat run configs (:class:`TrainConfig`, ``rwkvkit.distill.DistillConfig``):
+    replace, dict and TOML round trips, typed parsing of command-line strings with clear errors."""
+
+    _kind = "training"  # for error messages
+    _command = "train"
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        lines = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            lines.append(
+                f"{f.name} = {json.dumps(value) if not isinstance(value, bool) else str(value).lower()}"
+            )
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], base=None):
+        """``base`` (default: the defaults) with the fields of ``d`` replaced; unknown keys are an error."""
+        flat: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, dict):  # a [table] in TOML: its keys are field names too
+                flat.update(v)
+            else:
+                flat[k] = v
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(flat) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown {cls._kind} option(s) {unknown}; see `rwkvkit {cls._command} --help`")
+        typed = {k: _coerce(k, v, known[k].type) for k, v in flat.items()}
+        return dataclasses.replace(base or cls(), **typed)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, base=None):
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{cls._kind} config not found: {path}")
+        try:
+            d = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} is not valid TOML: {e}") from None
+        return cls.from_dict(d, base)
+
+
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
+class TrainConfig(FlatConfig):
     """Everything a training run needs. Field docstrings are the ``rwkvkit train --help`` texts."""
 
     # ---- data and output ----
@@ -132,48 +182,6 @@ class TrainConfig:
     def effective_chunk(self) -> int:
         return self.chunk_len or self.ctx_len
 
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_toml(self) -> str:
-        lines = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            lines.append(
-                f"{f.name} = {json.dumps(value) if not isinstance(value, bool) else str(value).lower()}"
-            )
-        return "\n".join(lines) + "\n"
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
-        """``base`` (default: the defaults) with the fields of ``d`` replaced; unknown keys are an error."""
-        flat: dict[str, Any] = {}
-        for k, v in d.items():
-            if isinstance(v, dict):  # a [table] in TOML: its keys are field names too
-                flat.update(v)
-            else:
-                flat[k] = v
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(flat) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown training option(s) {unknown}; see `rwkvkit train --help`")
-        typed = {k: _coerce(k, v, known[k].type) for k, v in flat.items()}
-        return dataclasses.replace(base or cls(), **typed)
-
-    @classmethod
-    def from_toml(cls, path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"training config not found: {path}")
-        try:
-            d = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path} is not valid TOML: {e}") from None
-        return cls.from_dict(d, base)
-
 
 def _coerce(name: str, value: Any, annotation: Any) -> Any:
     """Convert a TOML / command-line value to the field's type, with a clear error."""
@@ -274,4 +282,12 @@ def preset(name: str) -> TrainConfig:
     return PRESETS[name]
 
 
-__all__ = ["TrainConfig", "PRESETS", "preset", "default_lora_ranks", "parse_lora_ranks", "field"]
+__all__ = [
+    "FlatConfig",
+    "TrainConfig",
+    "PRESETS",
+    "preset",
+    "default_lora_ranks",
+    "parse_lora_ranks",
+    "field",
+]

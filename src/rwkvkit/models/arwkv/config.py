@@ -22,6 +22,8 @@ class ARWKVConfig:
     lora_a: int = 0
     lora_v: int = 0
     lora_g: int = 0
+    gate: bool = True  # RWKV-7's output gate in the time mix (ARWKV's released 7B drops it)
+    group_norm: bool = True  # the GroupNorm on the WKV output (likewise optional in ARWKV)
     version: str = "7"  # the recurrent state is RWKV-7's (rwkvkit.State, generation)
 
     def __post_init__(self) -> None:
@@ -70,7 +72,9 @@ class ARWKVConfig:
         return cls(**d)
 
     @classmethod
-    def from_transformers(cls, hf_config, head_size: int = 64) -> ARWKVConfig:
+    def from_transformers(
+        cls, hf_config, head_size: int = 64, gate: bool = True, group_norm: bool = True
+    ) -> ARWKVConfig:
         """The student config of a transformers causal-LM config (Qwen2, Llama and alike)."""
         need = ("vocab_size", "num_hidden_layers", "hidden_size", "intermediate_size")
         missing = [n for n in need if not hasattr(hf_config, n)]
@@ -81,5 +85,6 @@ class ARWKVConfig:
             )
         return cls(vocab_size=hf_config.vocab_size, n_layer=hf_config.num_hidden_layers,
                    n_embd=hf_config.hidden_size, intermediate_size=hf_config.intermediate_size,
-                   head_size=head_size, rms_norm_eps=float(getattr(hf_config, "rms_norm_eps", 1e-6)),
+                   head_size=head_size, gate=gate, group_norm=group_norm,
+                   rms_norm_eps=float(getattr(hf_config, "rms_norm_eps", 1e-6)),
                    tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)))  # fmt: skip

@@ -49,7 +49,9 @@ class ARWKVBlock(nn.Module):
         C = config.n_embd
         self.layer_id = layer_id
         self.ln1 = RMSNorm(C, config.rms_norm_eps, **dd)
-        self.att = RWKV7TimeMix(config.rwkv_config(), layer_id, **dd)
+        self.att = RWKV7TimeMix(
+            config.rwkv_config(), layer_id, **dd, gate=config.gate, group_norm=config.group_norm
+        )
         self.ln2 = RMSNorm(C, config.rms_norm_eps, **dd)
         self.mlp = SwiGLU(C, config.intermediate_size, **dd)
 
@@ -104,7 +106,8 @@ class ARWKV(nn.Module):
             nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer)), cfg, seed=seed
         )
         for mine, ref in zip(self.blocks, blocks, strict=True):
-            mine.att.load_state_dict(ref.att.state_dict())
+            keep = mine.att.state_dict().keys()  # without the gate / group norm where switched off
+            mine.att.load_state_dict({k: v for k, v in ref.att.state_dict().items() if k in keep})
         return self
 
     def forward(
@@ -153,16 +156,26 @@ class ARWKV(nn.Module):
     # ---- from a transformers teacher ---------------------------------------------------------
     @classmethod
     @torch.no_grad()
-    def from_transformers(cls, teacher: nn.Module, head_size: int = 64, seed: int = 0) -> ARWKV:
+    def from_transformers(
+        cls,
+        teacher: nn.Module,
+        head_size: int = 64,
+        seed: int = 0,
+        *,
+        gate: bool = True,
+        group_norm: bool = True,
+    ) -> ARWKV:
         """A student of a transformers causal LM (Qwen2, Llama: ``model.embed_tokens``,
         ``model.layers[i].{input_layernorm, mlp, post_attention_layernorm}``, ``model.norm``,
-        ``lm_head``): those weights are copied, the time mixes get RWKV-7's official init."""
+        ``lm_head``): those weights are copied, the time mixes get RWKV-7's official init (the
+        paper's ``init_with_llama: False``: the teacher's q/k/v/o are not reused). ``gate`` and
+        ``group_norm`` switch the time mix's output gate and GroupNorm (ARWKV's configs)."""
         inner = getattr(teacher, "model", None)
         if inner is None or not hasattr(inner, "layers") or not hasattr(teacher, "lm_head"):
             raise ConfigError(
                 f"{type(teacher).__name__} is not a Qwen2/Llama-style causal LM (model.layers, lm_head)"
             )
-        config = ARWKVConfig.from_transformers(teacher.config, head_size=head_size)
+        config = ARWKVConfig.from_transformers(teacher.config, head_size, gate=gate, group_norm=group_norm)
         p = next(teacher.parameters())
         student = cls(config, device=p.device, dtype=p.dtype).init_time_mixes_(seed)
         student.emb.weight.copy_(inner.embed_tokens.weight)
