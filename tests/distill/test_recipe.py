@@ -93,6 +93,9 @@ def test_three_stages_from_the_command_line(teacher_dir, data_dir, sft_file, tmp
     assert answer[-1] < answer[0]  # stage 3 learns the held-out answers' format
     student = rwkvkit.load(out / "model.safetensors")
     assert isinstance(student, ARWKV) and student.config.head_size == 16
+    assert cli(["info", str(out / "model.safetensors")]) == 0  # described from the header
+    info = capsys.readouterr().out
+    assert "ARWKV" in info and f"{student.num_params():,}" in info and "head size 16" in info
 
 
 def test_stage1_trains_only_time_mixes_and_frozen_mlps_stay_the_teachers(teacher_dir, data_dir, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def add_parser(sub) -> None:
@@ -13,8 +14,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "path",
-        help="an official (BlinkDL) .pth, an rwkvkit .safetensors, or an HF model directory "
-        "(transformers RWKV-4, RWKV hub RWKV-5.2/6, fla RWKV-6/7)",
+        help="an official (BlinkDL) .pth, an rwkvkit .safetensors (RWKV or ARWKV), or an HF model "
+        "directory (transformers RWKV-4, RWKV hub RWKV-5.2/6, fla RWKV-6/7)",
     )
     p.set_defaults(func=run)
 
@@ -54,8 +55,48 @@ def format_info(d: dict) -> str:
     return "\n".join(lines)
 
 
+def family_info(path) -> str | None:
+    """The description of an rwkvkit file of another model family (ARWKV), from its header only;
+    None for anything else."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from rwkvkit.formats import native
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0 or not native.looks_like_safetensors(path):
+        return None
+    meta = native.read_metadata(path)
+    family = native.family_of(meta, path)
+    if family is None:
+        return None
+    cfg = native.family_config(meta, path)
+    with safe_open(str(path), "pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+        dtypes = sorted({str(f.get_slice(k).get_dtype()) for k in f.keys()})
+    n = sum(math.prod(s) for s in shapes.values())
+    tied = " (head tied to the embedding)" if cfg.get("tie_embeddings") else ""
+    parts = [f"gate {'on' if cfg.get('gate', True) else 'off'}",
+             f"group norm {'on' if cfg.get('group_norm', True) else 'off'}"]  # fmt: skip
+    return "\n".join([
+        f"path:        {path}",
+        "format:      rwkvkit safetensors",
+        f"model:       {family.upper()} (a transformer with RWKV-7 time mixing; RMSNorm, SwiGLU MLP)",
+        f"layers:      {cfg['n_layer']}",
+        f"embedding:   {cfg['n_embd']} (RWKV-7 heads {cfg['n_embd'] // cfg['head_size']} x head size "
+        f"{cfg['head_size']}; {', '.join(parts)})",
+        f"mlp:         {cfg['intermediate_size']} (SwiGLU)",
+        f"vocabulary:  {cfg['vocab_size']}{tied}",
+        f"parameters:  {n:,} ({n / 1e6:.1f} M)",
+        f"dtype:       {', '.join(dtypes)}",
+        f"file size:   {path.stat().st_size / 2**20:.1f} MiB",
+    ])  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     from rwkvkit.formats import describe
 
-    print(format_info(describe(args.path)))
+    text = family_info(args.path)
+    print(text if text is not None else format_info(describe(args.path)))
     return 0

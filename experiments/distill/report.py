@@ -1,0 +1,182 @@
+"""Table and plots of the ARWKV demonstration, from the JSON results of the committed scripts.
+
+    python experiments/distill/report.py
+
+Reads experiments/distill/results/{teacher,scratch,stage12,stage2,...}.jsonl (one line per
+evaluation) and decode.json (benchmarks/distill_decode.py); writes distill.md, distill.csv,
+val_loss.png and decode.png beside this script.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE.parent / "vision"))
+sys.path.insert(0, str(HERE.parent / "recall"))
+
+from _common import machine, write_csv  # noqa: E402
+from _train import logged_commands  # noqa: E402
+
+LABELS = {
+    "teacher": "teacher: Qwen2 (transformers), trained from random init",
+    "stage12": "ARWKV student, stages 1+2",
+    "stage2": "ARWKV student, stage 2 only",
+    "stage12-frozen-mlp": "ARWKV student, stages 1+2, frozen MLPs",
+    "scratch": "RWKV-7 from scratch (same size)",
+    "stage3": "ARWKV student (1+2), then stage 3 SFT",
+}
+ORDER = ["teacher", "stage12", "stage2", "stage12-frozen-mlp", "scratch"]
+
+
+def load(name: str) -> list[dict]:
+    path = RESULTS / f"{name}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def main() -> None:
+    curves = {name: load(name) for name in ORDER}
+    curves = {k: v for k, v in curves.items() if v}
+    teacher = curves["teacher"][-1]
+    rows = []
+    for name, curve in curves.items():
+        last = curve[-1]
+        rows.append({
+            "model": LABELS[name],
+            "params_M": round(last["params"] / 1e6, 2),
+            "train_tokens_M": round(last["tokens"] / 1e6, 2),
+            "val_loss": round(last["val_loss"], 4),
+            "val_bits_per_byte": round(last["val_bpb"], 4),
+            "gap_to_teacher_pct": round(100 * (last["val_loss"] / teacher["val_loss"] - 1), 1),
+            "cpu_minutes": round(last["seconds"] / 60, 1),
+        })  # fmt: skip
+    write_csv(HERE / "distill.csv", rows)
+    plot_curves(curves, teacher)
+    decode = json.loads((RESULTS / "decode.json").read_text()) if (RESULTS / "decode.json").is_file() else None
+    if decode:
+        plot_decode(decode)
+    write_markdown(rows, decode, teacher)
+    print((HERE / "distill.md").read_text())
+
+
+def plot_curves(curves: dict[str, list[dict]], teacher: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for name, curve in curves.items():
+        style = "k-" if name == "teacher" else "o-"
+        ax.plot([r["tokens"] / 1e6 for r in curve], [r["val_loss"] for r in curve], style, ms=3, lw=1.5,
+                label=LABELS[name])  # fmt: skip
+    ax.axhline(teacher["val_loss"], color="k", ls="--", lw=0.8)
+    ax.set_xlabel("training tokens (millions; students: all stages together)")
+    ax.set_ylabel("validation loss (nats / token)")
+    ax.set_ylim(top=min(6.0, ax.get_ylim()[1]))
+    ax.set_title("ARWKV on the stdlib corpus: students at 1.23 M tokens vs the teacher's 3.28 M")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(HERE / "val_loss.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_decode(decode: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for kind, label in (("teacher", "teacher (KV cache)"), ("student", "ARWKV student (RWKV-7 state)")):
+        rs = sorted((r for r in decode["results"] if r["model"] == kind), key=lambda r: r["context"])
+        ctx = [r["context"] for r in rs]
+        a.plot(ctx, [r["decode_tok_s"] for r in rs], "o-", label=label)
+        b.plot(ctx, [r["memory_bytes"] / 2**20 for r in rs], "o-", label=label)
+    for ax in (a, b):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context length (tokens)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    a.set_ylabel("decode tokens/s (batch 1, fp32)")
+    b.set_yscale("log")
+    b.set_ylabel("recurrent memory after the context (MiB)")
+    fig.suptitle(f"decoding against context length ({decode['threads']} thread)")
+    fig.tight_layout()
+    fig.savefig(HERE / "decode.png", dpi=110)
+    plt.close(fig)
+
+
+def write_markdown(rows: list[dict], decode: dict | None, teacher: dict) -> None:
+    cols = list(rows[0])
+    lines = [
+        "# ARWKV: distilling a Qwen2 teacher into RWKV-7 attention (issue 9)",
+        "",
+        "Written by `experiments/distill/report.py` from `results/*.jsonl`; runs on " + machine() + ".",
+        "",
+        "## Commands",
+        "",
+        "```",
+        *logged_commands(RESULTS / "commands.txt"),
+        "python experiments/distill/report.py",
+        "```",
+        "",
+        "## Validation loss at the end of each run",
+        "",
+        "Validation: the first 65,536 tokens of the held-out split of `runs/data/stdlib-bpe4096` (BPE-4096,",
+        "40 whole stdlib files never trained on), the same windows for every model. Students and the",
+        "from-scratch RWKV-7 train on 1.23 M tokens (300 steps of 8 x 512); the teacher on 3.28 M.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+        *("| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows),
+        "",
+        "![validation loss against training tokens](val_loss.png)",
+        "",
+    ]
+    if decode:
+        by = {(r["model"], r["context"]): r for r in decode["results"]}
+        ctxs = sorted({r["context"] for r in decode["results"]})
+        lines += [
+            "## Decoding against context length",
+            "",
+            f"`benchmarks/distill_decode.py`, batch 1, fp32, {decode['threads']} thread, each point its own "
+            f"process. Machine ceilings measured in the same run: fp32 matrix products "
+            f"{decode['fp32_matmul_peak_flops'] / 1e9:.0f} GFLOP/s, read bandwidth "
+            f"{decode['read_bandwidth_bytes_s'] / 1e9:.1f} GB/s.",
+            "",
+            "| context | teacher tok/s | student tok/s | student / teacher speed | teacher KV cache MiB "
+            "| student state MiB | teacher peak RSS MB | student peak RSS MB |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for L in ctxs:
+            t, s = by["teacher", L], by["student", L]
+            lines.append(
+                f"| {L} | {t['decode_tok_s']:.1f} | {s['decode_tok_s']:.1f} | "
+                f"{s['decode_tok_s'] / t['decode_tok_s']:.2f} | {t['memory_bytes'] / 2**20:.2f} | "
+                f"{s['memory_bytes'] / 2**20:.2f} | {t['peak_rss_mb']:.0f} | {s['peak_rss_mb']:.0f} |"
+            )
+        lines += ["", "![decoding speed and memory against context length](decode.png)", ""]
+    stage3 = load("stage3")
+    if stage3:
+        first, last = stage3[0], stage3[-1]
+        lines += [
+            "## Stage 3 (supervised fine-tuning) on the stages 1+2 student",
+            "",
+            "Instruction data: `experiments/distill/sft_data.py` (prompt: a stdlib function's docstring",
+            "summary and signature; answer: its source), every 20th example held out.",
+            "",
+            f"Held-out answer-token loss: {first['val_answer_loss']:.4f} after its first "
+            f"{first['stage_step']} steps, {last['val_answer_loss']:.4f} after {last['stage_step']} steps; "
+            f"language-model validation loss {first['val_loss']:.4f} -> {last['val_loss']:.4f}.",
+            "",
+        ]
+    (HERE / "distill.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
