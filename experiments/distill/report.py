@@ -30,32 +30,42 @@ LABELS = {
     "stage3": "ARWKV student (1+2), then stage 3 SFT",
 }
 ORDER = ["teacher", "stage12", "stage2", "stage12-frozen-mlp", "scratch"]
+SMALL = ["stage12-100", "stage2-100", "scratch-100"]  # the same comparison at a third of the budget
+
+
+def label(name: str) -> str:
+    base, _, steps = name.partition("-100")
+    return LABELS[base] + (" [100 steps]" if name.endswith("-100") else "")
 
 
 def load(name: str) -> list[dict]:
     path = RESULTS / f"{name}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    )
 
 
 def main() -> None:
-    curves = {name: load(name) for name in ORDER}
+    curves = {name: load(name) for name in ORDER + SMALL}
     curves = {k: v for k, v in curves.items() if v}
     teacher = curves["teacher"][-1]
     rows = []
     for name, curve in curves.items():
         last = curve[-1]
         rows.append({
-            "model": LABELS[name],
+            "model": label(name),
             "params_M": round(last["params"] / 1e6, 2),
             "train_tokens_M": round(last["tokens"] / 1e6, 2),
             "val_loss": round(last["val_loss"], 4),
             "val_bits_per_byte": round(last["val_bpb"], 4),
             "gap_to_teacher_pct": round(100 * (last["val_loss"] / teacher["val_loss"] - 1), 1),
-            "cpu_minutes": round(last["seconds"] / 60, 1),
+            "wall_minutes": round(last["seconds"] / 60, 1),
         })  # fmt: skip
     write_csv(HERE / "distill.csv", rows)
     plot_curves(curves, teacher)
-    decode = json.loads((RESULTS / "decode.json").read_text()) if (RESULTS / "decode.json").is_file() else None
+    decode = (
+        json.loads((RESULTS / "decode.json").read_text()) if (RESULTS / "decode.json").is_file() else None
+    )
     if decode:
         plot_decode(decode)
     write_markdown(rows, decode, teacher)
@@ -69,15 +79,26 @@ def plot_curves(curves: dict[str, list[dict]], teacher: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.8))
+    colors = {}
     for name, curve in curves.items():
+        if name in SMALL:
+            continue
         style = "k-" if name == "teacher" else "o-"
-        ax.plot([r["tokens"] / 1e6 for r in curve], [r["val_loss"] for r in curve], style, ms=3, lw=1.5,
-                label=LABELS[name])  # fmt: skip
+        (line,) = ax.plot([r["tokens"] / 1e6 for r in curve], [r["val_loss"] for r in curve], style, ms=3,
+                          lw=1.5, label=label(name))  # fmt: skip
+        colors[name] = line.get_color()
+    for name in SMALL:  # the end of each 100-step run (its own, shorter schedule): a star
+        if name in curves:
+            last = curves[name][-1]
+            ax.plot(last["tokens"] / 1e6, last["val_loss"], "*", ms=12, color=colors.get(name[:-4], "grey"),
+                    markeredgecolor="k", label=label(name))  # fmt: skip
     ax.axhline(teacher["val_loss"], color="k", ls="--", lw=0.8)
     ax.set_xlabel("training tokens (millions; students: all stages together)")
     ax.set_ylabel("validation loss (nats / token)")
     ax.set_ylim(top=min(6.0, ax.get_ylim()[1]))
-    ax.set_title("ARWKV on the stdlib corpus: students at 1.23 M tokens vs the teacher's 3.28 M")
+    ax.set_title(
+        "ARWKV on the stdlib corpus: students at 0.41 and 1.23 M tokens, the teacher at 3.28 M", fontsize=10
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -129,7 +150,11 @@ def write_markdown(rows: list[dict], decode: dict | None, teacher: dict) -> None
         "",
         "Validation: the first 65,536 tokens of the held-out split of `runs/data/stdlib-bpe4096` (BPE-4096,",
         "40 whole stdlib files never trained on), the same windows for every model. Students and the",
-        "from-scratch RWKV-7 train on 1.23 M tokens (300 steps of 8 x 512); the teacher on 3.28 M.",
+        "from-scratch RWKV-7 train on 1.23 M tokens (300 steps of 8 x 512), or on 0.41 M (100 steps, rows",
+        "marked [100 steps], each with its own schedule); the teacher on 3.28 M. Stages 1+2 split the",
+        "budget a quarter / three quarters.",
+        "One seed each. `wall_minutes`: training time at 1 thread, two runs sharing the 2 cores",
+        "(the students' includes the teacher's forward passes).",
         "",
         "| " + " | ".join(cols) + " |",
         "|" + "---|" * len(cols),
@@ -164,15 +189,18 @@ def write_markdown(rows: list[dict], decode: dict | None, teacher: dict) -> None
     stage3 = load("stage3")
     if stage3:
         first, last = stage3[0], stage3[-1]
+        stage12 = load("stage12")
+        lm_before = stage12[-1]["val_loss"] if stage12 else float("nan")
         lines += [
             "## Stage 3 (supervised fine-tuning) on the stages 1+2 student",
             "",
             "Instruction data: `experiments/distill/sft_data.py` (prompt: a stdlib function's docstring",
             "summary and signature; answer: its source), every 20th example held out.",
             "",
-            f"Held-out answer-token loss: {first['val_answer_loss']:.4f} after its first "
-            f"{first['stage_step']} steps, {last['val_answer_loss']:.4f} after {last['stage_step']} steps; "
-            f"language-model validation loss {first['val_loss']:.4f} -> {last['val_loss']:.4f}.",
+            f"Held-out answer-token loss (nats / token): {first['val_answer_loss']:.4f} before stage 3, "
+            f"{last['val_answer_loss']:.4f} after {last['stage_step']} steps "
+            f"({last['stage_step'] * 8 * 512 / 1e6:.2f} M tokens of windows); language-model validation "
+            f"loss {lm_before:.4f} -> {last['val_loss']:.4f}.",
             "",
         ]
     (HERE / "distill.md").write_text("\n".join(lines))

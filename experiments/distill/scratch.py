@@ -26,7 +26,7 @@ from _train import log_command  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="runs/data/stdlib-bpe4096", help="prepared token data")
-    ap.add_argument("--out", default="runs/distill/scratch", help="output directory")
+    ap.add_argument("--out", default="", help="output directory (default runs/distill/scratch[-STEPS])")
     ap.add_argument("--steps", type=int, default=300, help="optimiser steps (8 x 512 tokens each)")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine to lr/10)")
     ap.add_argument("--eval-every", type=int, default=25, help="steps between validation passes")
@@ -40,6 +40,9 @@ def main() -> None:
     from rwkvkit.training.config import TrainConfig
     from rwkvkit.training.loop import train
 
+    args.out = args.out or (
+        "runs/distill/scratch" if args.steps == 300 else f"runs/distill/scratch-{args.steps}"
+    )
     cfg = TrainConfig(data=args.data, out_dir=args.out, version="7", n_layer=4, n_embd=256, dim_ffn=1152,
                       ctx_len=512, batch_size=8, max_steps=args.steps, lr=args.lr, lr_final=args.lr / 10,
                       warmup_steps=30, eval_every=args.eval_every, eval_tokens=args.eval_tokens,
@@ -49,9 +52,10 @@ def main() -> None:
     train(cfg)
     params = rwkvkit.load(Path(args.out) / "model.safetensors").num_params()
     rows = [r for r in csv.DictReader(open(Path(args.out) / "loss.csv")) if r["val_loss"]]
-    with (HERE / "results" / "scratch.jsonl").open("w") as f:
+    name = "scratch" if args.steps == 300 else f"scratch-{args.steps}"
+    with (HERE / "results" / f"{name}.jsonl").open("w") as f:
         for r in rows:
-            f.write(json.dumps({"model": "scratch", "step": int(r["step"]), "tokens": int(r["tokens"]),
+            f.write(json.dumps({"model": name, "step": int(r["step"]), "tokens": int(r["tokens"]),
                                 "train_loss": float(r["train_loss"]), "val_loss": float(r["val_loss"]),
                                 "val_bpb": float(r["val_bpb"]), "params": params,
                                 "seconds": float(r["elapsed_s"])}) + "\n")  # fmt: skip

@@ -98,6 +98,34 @@ def test_three_stages_from_the_command_line(teacher_dir, data_dir, sft_file, tmp
     assert "ARWKV" in info and f"{student.num_params():,}" in info and "head size 16" in info
 
 
+def test_distilled_student_reloads_identically_and_decodes_in_constant_memory(
+    teacher_dir, data_dir, tmp_path
+):
+    """The acceptance test of issue 9: a student distilled by the recipe (stages 1 and 2), saved and
+    reloaded with rwkvkit.load, gives bit-identical logits (fp32 on both sides), and decoding it token
+    by token keeps a state of one fixed size however long the context grows."""
+    out = tmp_path / "run"
+    result = distill(_cfg(teacher_dir, data_dir, out, stages="1,2", stage1_steps=3, stage2_steps=3))
+    trained, loaded = result.student, rwkvkit.load(out / "model.safetensors", dtype=torch.float32)
+    assert isinstance(loaded, ARWKV) and loaded.config == trained.config
+    tokens = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a, sa = trained(tokens)
+        b, sb = loaded(tokens)
+    assert torch.equal(a, b)  # identical, not close
+    assert all(torch.equal(sa[k], sb[k]) for k in ("att_shift", "wkv"))
+    sizes, state, tok = [], None, tokens[:1, :1]
+    with torch.no_grad():
+        for n in range(1, 601):  # 600 tokens of context, one at a time
+            logits, state = loaded(tok, state, full_output=False)
+            tok = logits[:, -1:].argmax(-1)
+            if n in (1, 10, 100, 600):
+                sizes.append(sum(t.numel() * t.element_size() for t in state.tensors.values()))
+    assert len(set(sizes)) == 1, sizes
+    text = rwkvkit.generate(loaded, rwkvkit.load_tokenizer("bytes"), "From: ", max_new_tokens=8, top_k=1)
+    assert isinstance(text, str)
+
+
 def test_stage1_trains_only_time_mixes_and_frozen_mlps_stay_the_teachers(teacher_dir, data_dir, tmp_path):
     teacher = load_teacher(teacher_dir)
     out = tmp_path / "frozen"

@@ -212,6 +212,7 @@ class DistillResult:
     out_dir: Path
     seconds: float
     rows: list[dict[str, Any]] = field(default_factory=list)
+    student: nn.Module | None = None  # the trained student (also in out_dir/model.safetensors)
 
 
 # ---- stage 3 data ---------------------------------------------------------------------------------
@@ -568,7 +569,7 @@ def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None) -> DistillRe
             bar.close()
     student.requires_grad_(True)
     return DistillResult(step, tokens, last_val[0], last_val[1], teacher_val, out_dir,
-                         time.perf_counter() - t_start, rows)  # fmt: skip
+                         time.perf_counter() - t_start, rows, student.eval())  # fmt: skip
 
 
 def _save(out_dir: Path, student, optimizer, batches, rows, meta: dict[str, Any], train_data) -> None:
