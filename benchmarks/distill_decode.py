@@ -5,8 +5,10 @@
         --student runs/distill/stage12/model.safetensors --json experiments/distill/results/decode.json
     python benchmarks/distill_decode.py          # a random Qwen2 teacher of the demo's size and its student
 
-For every context length L, each model runs in its own process: it reads a random L-token prompt,
-then decodes ``--decode`` tokens one at a time (greedy, batch 1, fp32). Printed per model and L:
+For every context length L, each model runs in its own process: it reads a random L-token prompt
+(the teacher in one call, building its KV cache; the student in chunks of 256 tokens carrying its
+state, as ``rwkvkit.generate`` prefills), then decodes ``--decode`` tokens one at a time (greedy,
+batch 1, fp32). Printed per model and L:
 decode tokens/s, the bytes of the recurrent memory after the last token (the teacher's KV cache, the
 student's state), the process's peak resident memory, and the ratios student / teacher; also the
 machine's measured fp32 matrix-product peak and read bandwidth, the ceilings both models decode under.
@@ -22,6 +24,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+PREFILL_CHUNK = 256  # rwkvkit.generate's default prefill chunk
 
 
 def peak_rss_mb() -> float:
@@ -74,7 +78,9 @@ def worker(kind: str, teacher_path: str | None, student_path: str | None, L: int
 
                 student = ARWKV.from_transformers(teacher).eval()
             del teacher
-            logits, state = student(prompt, full_output=False)
+            state = None
+            for i in range(0, L, PREFILL_CHUNK):  # as rwkvkit.generate prefills: the state carries
+                logits, state = student(prompt[:, i : i + PREFILL_CHUNK], state, full_output=False)
             tok = logits[:, -1:].argmax(-1)
             t0 = time.perf_counter()
             for _ in range(decode):
