@@ -62,14 +62,17 @@ def main() -> None:
     ap.add_argument("--data", default="runs/data/stdlib-bpe4096", help="prepared token data")
     ap.add_argument("--out-root", default="runs/distill", help="the student goes to OUT_ROOT/ARM")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--seed", type=int, default=0, help="the student's time-mix init and data order")
     args = ap.parse_args()
 
     from rwkvkit.distill import DistillConfig, distill
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    name = args.arm if args.steps == STEPS else f"{args.arm}-{args.steps}"
+    name = (args.arm if args.steps == STEPS else f"{args.arm}-{args.steps}") + (
+        f"-s{args.seed}" if args.seed else ""
+    )
     cfg = DistillConfig(teacher=args.teacher, data=args.data, out_dir=f"{args.out_root}/{name}",
-                        threads=args.threads, **{**COMMON, "save_every": args.steps,
+                        threads=args.threads, seed=args.seed, **{**COMMON, "save_every": args.steps,
                                                  **arms(args.steps)[args.arm]})  # fmt: skip
     log_command(HERE / "results" / "commands.txt", command_line())
     start = []

@@ -38,11 +38,36 @@ def label(name: str) -> str:
     return LABELS[base] + (" [100 steps]" if name.endswith("-100") else "")
 
 
-def load(name: str) -> list[dict]:
+def load_seed(name: str) -> list[dict]:
     path = RESULTS / f"{name}.jsonl"
     return (
         [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
     )
+
+
+def seed_runs(name: str) -> list[list[dict]]:
+    """The runs of ``name`` over seeds: seed 0 is ``name.jsonl``, seed k ``name-sk.jsonl``."""
+    runs = [load_seed(name)] + [load_seed(f"{name}-s{k}") for k in range(1, 10)]
+    return [r for r in runs if r]
+
+
+def load(name: str) -> list[dict]:
+    """The curve of ``name``, its validation losses averaged over the seeds that ran (evaluations at
+    the same token counts), with ``seeds`` and the per-seed ``final_losses`` on every row."""
+    runs = seed_runs(name)
+    if not runs:
+        return []
+    n = min(len(r) for r in runs)
+    curve = []
+    for i in range(n):
+        row = dict(runs[0][i])
+        for key in ("val_loss", "val_bpb"):
+            if key in row:
+                row[key] = sum(r[i][key] for r in runs) / len(runs)
+        row["seeds"] = len(runs)
+        row["final_losses"] = [r[n - 1].get("val_loss") for r in runs]
+        curve.append(row)
+    return curve
 
 
 def main() -> None:
@@ -56,10 +81,12 @@ def main() -> None:
             "model": label(name),
             "params_M": round(last["params"] / 1e6, 2),
             "train_tokens_M": round(last["tokens"] / 1e6, 2),
+            "seeds": last["seeds"],
             "val_loss": round(last["val_loss"], 4),
+            "val_loss_per_seed": " / ".join(f"{v:.4f}" for v in last["final_losses"]),
             "val_bits_per_byte": round(last["val_bpb"], 4),
             "gap_to_teacher_pct": round(100 * (last["val_loss"] / teacher["val_loss"] - 1), 1),
-            "wall_minutes": round(last["seconds"] / 60, 1),
+            "wall_minutes_seed0": round(last["seconds"] / 60, 1),
         })  # fmt: skip
     write_csv(HERE / "distill.csv", rows)
     plot_curves(curves, teacher)
@@ -144,12 +171,15 @@ def findings() -> list[str]:
         if f"scratch{sfx}" not in final:
             continue
         s12, s2, sc = f"stage12{sfx}", f"stage2{sfx}", f"scratch{sfx}"
+        wins = sum(a < b for a, b in zip(load(s12)[-1]["final_losses"], load(s2)[-1]["final_losses"]))
+        pairs = min(load(s12)[-1]["seeds"], load(s2)[-1]["seeds"])
         out.append(
             f"* {steps} steps: stages 1+2 end {gap(s12):.1f}% above the teacher's loss (the paper's "
             f"expectation: within about 10%: {'met' if gap(s12) <= 10 else 'missed'}); stage 2 alone "
             f"{gap(s2):.1f}%; RWKV-7 from scratch {gap(sc):.1f}%. Stage 1 first is "
             f"{'better' if final[s12] < final[s2] else 'not better'} than stage 2 alone here "
-            f"({final[s12]:.4f} vs {final[s2]:.4f}; the paper expects skipping stage 1 to be slower)."
+            f"({final[s12]:.4f} vs {final[s2]:.4f} mean; stage 1 first wins {wins} of {pairs} seed pairs; "
+            "the paper expects skipping stage 1 to be slower)."
         )
     teacher_curve = {r["tokens"]: r["val_loss"] for r in load("teacher")}
     budget = load("scratch")[-1]["tokens"]
@@ -190,7 +220,8 @@ def write_markdown(rows: list[dict], decode: dict | None, teacher: dict) -> None
         "from-scratch RWKV-7 train on 1.23 M tokens (300 steps of 8 x 512), or on 0.41 M (100 steps, rows",
         "marked [100 steps], each with its own schedule); the teacher on 3.28 M. Stages 1+2 split the",
         "budget a quarter / three quarters.",
-        "One seed each. `wall_minutes`: training time at 1 thread, two runs sharing the 2 cores",
+        "`val_loss` is the mean over `seeds` runs (student time-mix init and data order; the teacher is",
+        "one run). `wall_minutes_seed0`: training time at 1 thread, two runs sharing the 2 cores",
         "(the students' includes the teacher's forward passes).",
         "",
         "| " + " | ".join(cols) + " |",

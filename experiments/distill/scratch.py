@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=25, help="steps between validation passes")
     ap.add_argument("--eval-tokens", type=int, default=65536, help="validation tokens per pass")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--seed", type=int, default=0, help="initialisation and data order")
     args = ap.parse_args()
 
     import logging
@@ -40,19 +41,18 @@ def main() -> None:
     from rwkvkit.training.config import TrainConfig
     from rwkvkit.training.loop import train
 
-    args.out = args.out or (
-        "runs/distill/scratch" if args.steps == 300 else f"runs/distill/scratch-{args.steps}"
-    )
+    suffix = ("" if args.steps == 300 else f"-{args.steps}") + (f"-s{args.seed}" if args.seed else "")
+    args.out = args.out or f"runs/distill/scratch{suffix}"
     cfg = TrainConfig(data=args.data, out_dir=args.out, version="7", n_layer=4, n_embd=256, dim_ffn=1152,
                       ctx_len=512, batch_size=8, max_steps=args.steps, lr=args.lr, lr_final=args.lr / 10,
                       warmup_steps=30, eval_every=args.eval_every, eval_tokens=args.eval_tokens,
-                      save_every=args.steps, threads=args.threads, progress=False)  # fmt: skip
+                      save_every=args.steps, threads=args.threads, seed=args.seed, progress=False)  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     log_command(HERE / "results" / "commands.txt", command_line())
     train(cfg)
     params = rwkvkit.load(Path(args.out) / "model.safetensors").num_params()
     rows = [r for r in csv.DictReader(open(Path(args.out) / "loss.csv")) if r["val_loss"]]
-    name = "scratch" if args.steps == 300 else f"scratch-{args.steps}"
+    name = f"scratch{suffix}"
     with (HERE / "results" / f"{name}.jsonl").open("w") as f:
         for r in rows:
             f.write(json.dumps({"model": name, "step": int(r["step"]), "tokens": int(r["tokens"]),

@@ -33,8 +33,8 @@ def data_dir(tmp_path_factory):
     return out
 
 
-def _save_teacher(path: Path, arch: str = "qwen2", hidden: int = 64, seed: int = 0) -> Path:
-    common = dict(vocab_size=256, hidden_size=hidden, intermediate_size=96, num_hidden_layers=2,
+def _save_teacher(path: Path, arch: str = "qwen2", hidden: int = 64, seed: int = 0, vocab: int = 256) -> Path:
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=96, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)  # fmt: skip
     torch.manual_seed(seed)
     if arch == "qwen2":
@@ -235,5 +235,8 @@ def test_clear_errors(teacher_dir, data_dir, tmp_path):
     ).save_pretrained(gpt2)
     with pytest.raises(ConfigError, match="qwen2 and llama"):
         load_teacher(gpt2)
+    small = _save_teacher(tmp_path / "small", vocab=128)  # the byte data has 256 ids
+    with pytest.raises(ConfigError, match="prepare the data with the teacher's tokenizer"):
+        distill(_cfg(small, data_dir, tmp_path / "x", stages="1", stage1_steps=1))
     with pytest.raises(RWKVKitError, match="stage1_steps"):  # a mistyped value names its option
         DistillConfig.from_dict({"stage1_steps": "many"})
