@@ -166,6 +166,16 @@ def test_llama_teacher_and_a_larger_stage2_teacher(data_dir, tmp_path):
     assert losses[-1] < losses[0]
 
 
+def test_train_embeddings_switch(teacher_dir, data_dir, tmp_path):
+    teacher = load_teacher(teacher_dir)
+    for flag in (False, True):
+        out = tmp_path / str(flag)
+        distill(_cfg(teacher_dir, data_dir, out, stages="2", stage2_steps=2, train_embeddings=flag))
+        student = rwkvkit.load(out / "model.safetensors")
+        same = torch.equal(student.emb.weight, teacher.model.embed_tokens.weight)
+        assert same != flag and torch.equal(student.head.weight, teacher.lm_head.weight) != flag
+
+
 def test_student_without_gate_and_group_norm(teacher_dir, data_dir, tmp_path):
     out = tmp_path / "nog"
     distill(_cfg(teacher_dir, data_dir, out, stages="1", stage1_steps=2, gate=False, group_norm=False))

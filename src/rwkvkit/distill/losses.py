@@ -90,9 +90,12 @@ def sft_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return F.cross_entropy(student_logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
 
 
-def trainable_for_stage(student, stage: int, train_mlp: bool = True) -> list[nn.Parameter]:
+def trainable_for_stage(
+    student, stage: int, train_mlp: bool = True, train_embeddings: bool = False
+) -> list[nn.Parameter]:
     """Stage 1: only the time mixes. Stage 2 and 3: the time mixes, plus the MLPs and norms unless
-    ``train_mlp`` is False (the paper's frozen-MLP option); embeddings and head stay frozen.
+    ``train_mlp`` is False (the paper's frozen-MLP option), plus the embeddings, final norm and head
+    if ``train_embeddings`` (the paper trains everything in stage 2; frozen by default here).
     Sets ``requires_grad`` accordingly and returns the trainable parameters."""
     if stage not in (1, 2, 3):
         raise ConfigError(f"distillation stages are 1, 2 and 3, got {stage!r}")
@@ -106,4 +109,7 @@ def trainable_for_stage(student, stage: int, train_mlp: bool = True) -> list[nn.
             block.mlp.requires_grad_(True)
             block.ln1.requires_grad_(True)
             block.ln2.requires_grad_(True)
+    if stage > 1 and train_embeddings:
+        for module in (student.emb, student.ln_out, student.head):
+            module.requires_grad_(True)
     return [p for p in student.parameters() if p.requires_grad]

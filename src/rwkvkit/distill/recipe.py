@@ -106,6 +106,8 @@ class DistillConfig(FlatConfig):
     """stage 2 softmax temperature (the loss is scaled by its square)"""
     train_mlp: bool = True
     """stages 2 and 3 also train the MLPs and norms (false: the paper's frozen-MLP option)"""
+    train_embeddings: bool = False
+    """stages 2 and 3 also train the embeddings, final norm and head (the paper trains everything)"""
 
     # ---- batches and optimiser ----
     ctx_len: int = 512
@@ -465,7 +467,7 @@ def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None) -> DistillRe
             continue  # the checkpoint was written at this stage's end
         if step >= end:
             break
-        trainable_for_stage(student, stage, cfg.train_mlp)
+        trainable_for_stage(student, stage, cfg.train_mlp, cfg.train_embeddings)
         module = StageLoss(student, stage, teacher, kd_teacher, cfg.temperature)
         wrapped = module
         if world_size > 1:
