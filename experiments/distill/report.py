@@ -159,6 +159,17 @@ def plot_decode(decode: dict) -> None:
     plt.close(fig)
 
 
+def verdict(a: float, b: float, seeds_a: list[float], seeds_b: list[float]) -> str:
+    """'better than' / 'worse than' when the means differ by more than the larger seed-to-seed
+    spread within either arm, else 'indistinguishable from'."""
+    if min(len(seeds_a), len(seeds_b)) < 2:  # one seed: no spread to compare against
+        return "better than" if a < b else "not better than"
+    spread = max(max(v) - min(v) for v in (seeds_a, seeds_b))
+    if abs(a - b) <= spread:
+        return f"indistinguishable (difference {abs(a - b):.4f}, seed spread within an arm {spread:.4f}) from"
+    return "better than" if a < b else "worse than"
+
+
 def findings() -> list[str]:
     """The seed paper's expectations (seed-systems.md section 1 (e)) checked against the results."""
     final = {name: load(name)[-1]["val_loss"] for name in ORDER + SMALL if load(name)}
@@ -177,7 +188,8 @@ def findings() -> list[str]:
             f"* {steps} steps: stages 1+2 end {gap(s12):.1f}% above the teacher's loss (the paper's "
             f"expectation: within about 10%: {'met' if gap(s12) <= 10 else 'missed'}); stage 2 alone "
             f"{gap(s2):.1f}%; RWKV-7 from scratch {gap(sc):.1f}%. Stage 1 first is "
-            f"{'better' if final[s12] < final[s2] else 'not better'} than stage 2 alone here "
+            f"{verdict(final[s12], final[s2], load(s12)[-1]['final_losses'], load(s2)[-1]['final_losses'])}"
+            " stage 2 alone here "
             f"({final[s12]:.4f} vs {final[s2]:.4f} mean; stage 1 first wins {wins} of {pairs} seed pairs; "
             "the paper expects skipping stage 1 to be slower)."
         )
