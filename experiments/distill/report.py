@@ -191,7 +191,10 @@ def findings() -> list[str]:
             f"{verdict(final[s12], final[s2], load(s12)[-1]['final_losses'], load(s2)[-1]['final_losses'])}"
             " stage 2 alone here "
             f"({final[s12]:.4f} vs {final[s2]:.4f} mean; stage 1 first wins {wins} of {pairs} seed pairs; "
-            "the paper expects skipping stage 1 to be slower)."
+            "the paper expects skipping stage 1 to be slower). Against the RWKV-7 from scratch (the paper "
+            "expects it clearly worse at the same budget), stages 1+2 are "
+            f"{verdict(final[s12], final[sc], load(s12)[-1]['final_losses'], load(sc)[-1]['final_losses'])}"
+            f" it ({final[s12]:.4f} vs {final[sc]:.4f})."
         )
     teacher_curve = {r["tokens"]: r["val_loss"] for r in load("teacher")}
     budget = load("scratch")[-1]["tokens"]
