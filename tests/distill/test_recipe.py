@@ -123,7 +123,7 @@ def test_distilled_student_reloads_identically_and_decodes_in_constant_memory(
                 sizes.append(sum(t.numel() * t.element_size() for t in state.tensors.values()))
     assert len(set(sizes)) == 1, sizes
     text = rwkvkit.generate(loaded, rwkvkit.load_tokenizer("bytes"), "From: ", max_new_tokens=8, top_k=1)
-    assert isinstance(text, str)
+    assert isinstance(text, str) and len(text) >= 1  # 8 byte tokens decode to at least one character
 
 
 def test_stage1_trains_only_time_mixes_and_frozen_mlps_stay_the_teachers(teacher_dir, data_dir, tmp_path):

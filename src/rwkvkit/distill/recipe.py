@@ -20,7 +20,6 @@ students trained by different stage mixes compare at equal budgets.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -467,7 +466,7 @@ def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None) -> DistillRe
             continue  # the checkpoint was written at this stage's end
         if step >= end:
             break
-        trainable_for_stage(student, stage, cfg.train_mlp, cfg.train_embeddings)
+        trainable = trainable_for_stage(student, stage, cfg.train_mlp, cfg.train_embeddings)
         module = StageLoss(student, stage, teacher, kd_teacher, cfg.temperature)
         wrapped = module
         if world_size > 1:
@@ -498,7 +497,7 @@ def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None) -> DistillRe
             )
         t_last, tokens_since = time.perf_counter(), 0
         if is_main:
-            n_train = sum(p.numel() for p in student.parameters() if p.requires_grad)
+            n_train = sum(p.numel() for p in trainable)
             log.info("stage %d: %d steps at lr %.2e, %d trainable parameters", stage, total, lr_peak, n_train)
         while stage_step < total and step < end:
             lr = lr_schedule(stage_step, lr=lr_peak, lr_final=lr_peak * cfg.lr_final_ratio,
@@ -526,9 +525,7 @@ def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None) -> DistillRe
                     f"(--resume, perhaps a lower --stage{stage}-lr)"
                 )
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for p in student.parameters() if p.requires_grad], cfg.grad_clip
-                )
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step, stage_step = step + 1, stage_step + 1
@@ -576,15 +573,15 @@ def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None) -> DistillRe
 
 def _save(out_dir: Path, student, optimizer, batches, rows, meta: dict[str, Any], train_data) -> None:
     """The checkpoint (exact resume), the student for ``rwkvkit.load``, the tokenizer, log and plot."""
-    from rwkvkit.training.loop import save_tokenizer_beside
+    from rwkvkit.training.loop import save_tokenizer_beside, write_log
 
-    sd = {k: v.detach().cpu() for k, v in student.state_dict().items()}
-    payload = {"model": sd, "optimizer": optimizer.state_dict(), "batches": batches.state_dict(),
+    payload = {"model": parallel.full_state_dict(student, "none"), "optimizer": optimizer.state_dict(),
+               "batches": batches.state_dict(),
                "rows": rows, "rng": ckpt.rng_state(), **meta}  # fmt: skip
     ckpt.save_training_checkpoint(out_dir / ckpt.CHECKPOINT, payload)
     student.save(out_dir / "model.safetensors")
     save_tokenizer_beside(train_data, out_dir)
-    write_rows(out_dir, rows)
+    write_log(out_dir, rows, LOG_FIELDS)
     plot_rows(out_dir, rows, meta.get("teacher_val_loss"))
 
 
@@ -604,24 +601,13 @@ def answer_loss(student: nn.Module, sft: SFTData, cfg: DistillConfig, device) ->
     return parallel.all_reduce_mean(total / max(count, 1))
 
 
-def write_rows(out_dir: Path, rows: list[dict[str, Any]]) -> None:
-    with open(out_dir / "loss.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: row.get(k, "") for k in LOG_FIELDS})
-
-
 def plot_rows(out_dir: Path, rows: list[dict[str, Any]], teacher_val: float | None) -> None:
     """``loss.png``: the student's validation loss against training tokens, stage boundaries marked,
     the teacher's validation loss as a line."""
-    try:
-        import matplotlib
+    from rwkvkit.training.loop import pyplot, save_png
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: loss.png not written (pip install 'rwkvkit[plot]')")
+    plt = pyplot()
+    if plt is None:
         return
     val = [(r["tokens"], r["val_loss"]) for r in rows if r.get("val_loss") not in (None, "")]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -638,10 +624,7 @@ def plot_rows(out_dir: Path, rows: list[dict[str, Any]], teacher_val: float | No
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = out_dir / "loss.png.tmp"
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    tmp.replace(out_dir / "loss.png")
+    save_png(fig, out_dir / "loss.png")
 
 
 __all__ = ["DistillConfig", "DistillResult", "SFTData", "StageLoss", "build_student", "distill"]

@@ -155,15 +155,17 @@ def _autocast(cfg: TrainConfig, device):
 # ---- logging ------------------------------------------------------------------------------------
 
 
-def write_log(out_dir: Path, rows: list[dict[str, Any]]) -> None:
+def write_log(out_dir: Path, rows: list[dict[str, Any]], fields: list[str] = LOG_FIELDS) -> None:
+    """``loss.csv``: one row per optimiser step, the columns ``fields`` (blank where a row lacks one)."""
     with open(out_dir / "loss.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for row in rows:
-            w.writerow({k: row.get(k, "") for k in LOG_FIELDS})
+            w.writerow({k: row.get(k, "") for k in fields})
 
 
-def plot_log(out_dir: Path, rows: list[dict[str, Any]], title: str) -> None:
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or None (with a warning) when it is not installed."""
     try:
         import matplotlib
 
@@ -171,6 +173,23 @@ def plot_log(out_dir: Path, rows: list[dict[str, Any]], title: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         log.warning("matplotlib is not installed: loss.png not written (pip install 'rwkvkit[plot]')")
+        return None
+    return plt
+
+
+def save_png(fig, path: Path) -> None:
+    """Write ``fig`` to ``path`` atomically (a reader never sees half a file) and close it."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def plot_log(out_dir: Path, rows: list[dict[str, Any]], title: str) -> None:
+    plt = pyplot()
+    if plt is None:
         return
     train = [(r["tokens"], r["train_loss"]) for r in rows if r.get("train_loss") not in (None, "")]
     val = [(r["tokens"], r["val_loss"]) for r in rows if r.get("val_loss") not in (None, "")]
@@ -185,10 +204,7 @@ def plot_log(out_dir: Path, rows: list[dict[str, Any]], title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = out_dir / "loss.png.tmp"
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    tmp.replace(out_dir / "loss.png")
+    save_png(fig, out_dir / "loss.png")
 
 
 # ---- the loop -----------------------------------------------------------------------------------
