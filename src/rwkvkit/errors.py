@@ -34,3 +34,12 @@ class ConfigError(RWKVKitError):
 
 class InputError(RWKVKitError, ValueError):
     """Tensors passed to a model have the wrong shape, dtype or range."""
+
+
+class Interrupted(RWKVKitError):
+    """A run stopped on a signal after saving its checkpoint; ``exit_code`` is 128 + the signal."""
+
+    def __init__(self, message: str, signum: int, step: int) -> None:
+        super().__init__(message)
+        self.signum, self.step = signum, step
+        self.exit_code = 128 + signum

@@ -182,8 +182,9 @@ class State:
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write the state as safetensors (no code, any process can read it back)."""
-        from safetensors.torch import save_file
+        """Write the state as safetensors (no code, any process can read it back), with checksums
+        that :meth:`load` verifies."""
+        from rwkvkit.utils.integrity import save_safetensors
 
         path = Path(path)
         meta = {"format": _FORMAT, "version": self.version, "fields": json.dumps(list(self.tensors))}
@@ -191,27 +192,40 @@ class State:
         if self.logits is not None:
             tensors["logits"] = self.logits.detach().float().contiguous().cpu()
         tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
+        save_safetensors(tensors, tmp, meta)
         tmp.replace(path)  # atomic: a crash never leaves a half-written state behind
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> State:
-        """Read a state written by :meth:`save`."""
+        """Read a state written by :meth:`save` (its checksums verified, when it has them)."""
         from safetensors import SafetensorError, safe_open
+
+        from rwkvkit.utils.integrity import verify_tensors
 
         path = Path(path)
         if not path.is_file():
             raise StateError(f"state file not found: {path}")
         try:
-            with safe_open(str(path), framework="pt", device=str(device)) as f:
+            with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 if meta.get("format") != _FORMAT:
                     raise StateError(
                         f"{path} is not an rwkvkit state file (format tag {meta.get('format')!r})"
                     )
                 names = json.loads(meta["fields"])
-                tensors = {n: f.get_tensor(n) for n in names}
-                logits = f.get_tensor("logits") if "logits" in f.keys() else None
+                stored = {n: f.get_tensor(n) for n in f.keys()}
         except (SafetensorError, OSError, ValueError, KeyError) as e:
-            raise StateError(f"cannot read state file {path}: {e}") from None
-        return cls(tensors, meta["version"], logits)
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise StateError(f"cannot read state file {path} ({first}); it is truncated or corrupt") from None
+        verify_tensors(stored, meta, path, error=StateError)
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(n, str) and n in stored for n in names)
+        ):
+            raise StateError(f"{path}: its list of state tensors does not match the tensors it holds")
+        tensors = {n: stored[n].to(device) for n in names}
+        if any(t.dtype != torch.float32 or t.dim() < 2 for t in tensors.values()) or "version" not in meta:
+            raise StateError(f"{path}: not a valid rwkvkit state (float32 [L, B, ...] tensors and a version)")
+        logits = stored.get("logits")
+        return cls(tensors, meta["version"], None if logits is None else logits.to(device))

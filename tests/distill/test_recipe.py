@@ -153,6 +153,42 @@ def test_resume_continues_exactly_across_a_stage_boundary(teacher_dir, data_dir,
     assert third.val_loss == full.val_loss
 
 
+def test_sigterm_in_stage_2_saves_and_the_cli_resumes_exactly(
+    teacher_dir, data_dir, tmp_path, monkeypatch, capsys
+):
+    """The signal arrives inside stage 2's second step: that step finishes, is saved, and
+    `rwkvkit distill --out-dir OUT --resume` (no other option) continues it bit for bit."""
+    import signal
+
+    from rwkvkit.distill import recipe
+    from rwkvkit.errors import Interrupted
+
+    cfg = _cfg(teacher_dir, data_dir, tmp_path / "a", stages="1,2", stage1_steps=3, stage2_steps=3)
+    full = distill(cfg)
+    real, calls = recipe.kd_loss, {"n": 0}
+
+    def kd_then_signal(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(recipe, "kd_loss", kd_then_signal)
+    out = tmp_path / "b"
+    with pytest.raises(Interrupted) as e:
+        distill(cfg.replace(out_dir=str(out)))
+    monkeypatch.undo()
+    assert e.value.step == 5 and e.value.exit_code == 128 + signal.SIGTERM
+    assert "in stage 2 after its step 2/3 (step 5 in all)" in str(e.value)
+    assert f"rwkvkit distill --out-dir {out} --resume" in str(e.value)
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 5
+    assert cli(["distill", "--out-dir", str(out), "--resume"]) == 0
+    rows = list(csv.DictReader(open(out / "loss.csv")))
+    assert [float(r["train_loss"]) for r in rows] == [r["train_loss"] for r in full.rows]
+    assert cli(["distill", "--out-dir", str(out), "--resume", "--teacher", str(tmp_path)]) == 2
+    assert "--teacher is" in capsys.readouterr().err
+
+
 def test_llama_teacher_and_a_larger_stage2_teacher(data_dir, tmp_path):
     llama = _save_teacher(tmp_path / "llama", "llama")
     big = _save_teacher(tmp_path / "big", "qwen2", hidden=96, seed=1)  # wider, same vocabulary

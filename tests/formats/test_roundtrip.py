@@ -265,7 +265,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(official, tmp_p
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(native, "save_file", boom)
+    monkeypatch.setattr(native, "save_safetensors", boom)
     with pytest.raises(OSError, match="disk full"):
         save(read(official["5.2"]), dst)
     assert dst.read_bytes() == before

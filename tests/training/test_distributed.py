@@ -45,7 +45,9 @@ def _losses(out_dir: Path) -> list[float]:
 def _train_args(data_dir: Path, out_dir: Path, batch_size: int, extra=()) -> list[str]:
     return ["train", "--preset", "tiny", "--data", str(data_dir), "--out-dir", str(out_dir),
             "--batch-size", str(batch_size), "--max-steps", "8", "--eval-every", "100", "--save-every", "8",
-            "--threads", "1", "--chunk-len", "32", "--progress", "false", *extra]  # fmt: skip
+            "--threads", "1", "--chunk-len", "32", "--precision", "fp32", "--eval-tokens", "2048",
+            "--progress", "false",
+            *extra]  # fmt: skip
 
 
 def _run(cmd: list[str]) -> None:

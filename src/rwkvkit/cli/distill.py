@@ -25,18 +25,23 @@ def add_parser(sub) -> None:
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
     p.add_argument("config", nargs="?", default=None, help="a TOML file of DistillConfig fields (optional)")
-    p.add_argument("--resume", action="store_true", help="continue exactly from OUT_DIR/last.pt")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue exactly from OUT_DIR/last.pt, with the configuration saved in OUT_DIR/config.toml "
+        "(only the stage steps, eval/save/log intervals and the device settings may be given again "
+        "with new values)",
+    )
     group = p.add_argument_group("distillation options (override the TOML file)")
     add_field_options(group, DistillConfig)
     p.set_defaults(func=run)
 
 
 def resolve_config(args: argparse.Namespace):
+    from rwkvkit.cli.train import resolve_config as resolve
     from rwkvkit.distill.recipe import DistillConfig
 
-    cfg = DistillConfig.from_toml(args.config) if args.config else DistillConfig()
-    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
-    return DistillConfig.from_dict(overrides, base=cfg) if overrides else cfg
+    return resolve(args, DistillConfig)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,9 +51,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     result = distill(cfg, resume=args.resume)
     teacher = f" (teacher {result.teacher_val_loss:.4f})" if result.teacher_val_loss is not None else ""
-    if result.val_loss is not None:
-        print(
-            f"done: {result.step} steps, {result.tokens:,} tokens in {result.seconds / 60:.1f} min; "
-            f"validation loss {result.val_loss:.4f}{teacher}; student in {result.out_dir}/model.safetensors"
-        )
+    val = (
+        f"validation loss {result.val_loss:.4f}{teacher}"
+        if result.val_loss is not None
+        else "no validation data (the validation split is empty)"
+    )
+    print(
+        f"done: {result.step} steps, {result.tokens:,} tokens in {result.seconds / 60:.1f} min; "
+        f"{val}; student in {result.out_dir}/model.safetensors"
+    )
     return 0

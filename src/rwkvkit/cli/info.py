@@ -17,6 +17,12 @@ def add_parser(sub) -> None:
         help="an official (BlinkDL) .pth, an rwkvkit .safetensors (RWKV or ARWKV), or an HF model "
         "directory (transformers RWKV-4, RWKV hub RWKV-5.2/6, fla RWKV-6/7)",
     )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="also check the file's bytes against its checksums (rwkvkit's files: a digest per tensor; "
+        "the official .pth zip: CRC32 per record) and say what was checked; a corrupt file is an error",
+    )
     p.set_defaults(func=run)
 
 
@@ -94,9 +100,20 @@ def family_info(path) -> str | None:
     ])  # fmt: skip
 
 
+def integrity_lines(path) -> list[str]:
+    """``integrity:`` lines for every file of a checkpoint (raises CheckpointError if one is corrupt)."""
+    from rwkvkit.formats import verify
+
+    results = verify(path)
+    prefix = ["integrity:   "] + ["             "] * (len(results) - 1)
+    return [p + r.describe() for p, r in zip(prefix, results)]
+
+
 def run(args: argparse.Namespace) -> int:
     from rwkvkit.formats import describe
 
     text = family_info(args.path)
-    print(text if text is not None else format_info(describe(args.path)))
+    print(text if text is not None else format_info(describe(args.path, verify=False)))
+    if args.verify:
+        print("\n".join(integrity_lines(args.path)))
     return 0

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from rwkvkit import __version__
-from rwkvkit.errors import RWKVKitError
+from rwkvkit.errors import Interrupted, RWKVKitError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except Interrupted as e:  # a clean stop on SIGTERM/SIGINT: the checkpoint is written
+        print(str(e), file=sys.stderr)
+        return e.exit_code
     except RWKVKitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

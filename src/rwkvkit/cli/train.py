@@ -46,7 +46,13 @@ def add_parser(sub) -> None:
     )
     p.add_argument("config", nargs="?", default=None, help="a TOML file of TrainConfig fields (optional)")
     p.add_argument("--preset", default=None, help=f"start from a named preset: {', '.join(sorted(PRESETS))}")
-    p.add_argument("--resume", action="store_true", help="continue exactly from OUT_DIR/last.pt")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue exactly from OUT_DIR/last.pt, with the configuration saved in OUT_DIR/config.toml "
+        "(only the steps, lr_final, eval/save/log intervals and the device settings may be given again "
+        "with new values)",
+    )
     group = p.add_argument_group("training options (override the preset and the TOML file)")
     add_field_options(group, TrainConfig)
     p.set_defaults(func=run)
@@ -67,14 +73,40 @@ def add_field_options(group, cls) -> None:
         )
 
 
-def resolve_config(args: argparse.Namespace):
+def given_options(args: argparse.Namespace, cls, base=None) -> dict:
+    """The fields the user set: those of ``base`` (a preset) that differ from the defaults, then the
+    TOML file's, then the command-line options (later ones win)."""
+    given: dict = {}
+    if base is not None:
+        defaults = cls().to_dict()
+        given |= {k: v for k, v in base.to_dict().items() if v != defaults[k]}
+    if args.config:
+        given |= cls.read_toml(args.config)
+    given |= {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
+    return given
+
+
+def resolve_config(args: argparse.Namespace, cls=None):
+    """The run's config from the preset, TOML file and options; with ``--resume``, the resumed run's
+    own saved config, with the options that may change applied (others must match it)."""
     from rwkvkit.training.config import TrainConfig, preset
 
-    cfg = preset(args.preset) if args.preset else TrainConfig()
-    if args.config:
-        cfg = TrainConfig.from_toml(args.config, base=cfg)
-    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
-    return TrainConfig.from_dict(overrides, base=cfg) if overrides else cfg
+    cls = cls or TrainConfig
+    base = preset(args.preset) if getattr(args, "preset", None) else None
+    given = given_options(args, cls, base)
+    if args.resume:
+        return cls.for_resume(given)
+    return cls.from_dict(given)
+
+
+def done_line(result, what: str) -> str:
+    """The last line of a finished run (``what``: where its weights are)."""
+    val = (
+        f"validation loss {result.val_loss:.4f}, {result.val_bpb:.4f} bits/byte"
+        if result.val_loss is not None
+        else "no validation data (the validation split is empty)"
+    )
+    return f"done: {result.step} steps in {result.seconds / 60:.1f} min; {val}; {what}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,9 +115,5 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     cfg = resolve_config(args)
     result = train(cfg, resume=args.resume)
-    if result.val_loss is not None:
-        print(
-            f"done: {result.step} steps in {result.seconds / 60:.1f} min; validation loss "
-            f"{result.val_loss:.4f}, {result.val_bpb:.4f} bits/byte; weights in {result.out_dir}"
-        )
+    print(done_line(result, f"weights in {result.out_dir}"))
     return 0

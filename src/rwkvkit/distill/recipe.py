@@ -40,10 +40,11 @@ from rwkvkit.distill.losses import (
     teacher_attention_io,
     trainable_for_stage,
 )
-from rwkvkit.errors import ConfigError
+from rwkvkit.errors import ConfigError, Interrupted
 from rwkvkit.training import checkpoint as ckpt
 from rwkvkit.training import parallel
 from rwkvkit.training.config import FlatConfig, TrainConfig
+from rwkvkit.training.interrupt import StopOnSignal, resume_hint
 
 log = logging.getLogger("rwkvkit.distill")
 
@@ -57,6 +58,9 @@ class DistillConfig(FlatConfig):
 
     _kind = "distillation"
     _command = "distill"
+    _resume_mutable = ("stage1_steps", "stage2_steps", "stage3_steps", "eval_every", "eval_tokens",
+                       "save_every", "log_every", "progress", "threads", "device", "precision")  # fmt: skip
+    _path_fields = ("teacher", "data", "out_dir", "student", "kd_teacher", "sft_data")
 
     # ---- models and data ----
     teacher: str = ""
@@ -372,7 +376,8 @@ def distill(cfg: DistillConfig, resume: bool = False, stop_at: int | None = None
 
     owns_group = not (dist.is_available() and dist.is_initialized())
     try:
-        result = _distill(cfg, resume, stop_at)
+        with StopOnSignal() as stop:
+            result = _distill(cfg, resume, stop_at, stop)
     except BaseException:
         if owns_group:
             parallel.shutdown(barrier=False)
@@ -382,10 +387,10 @@ def distill(cfg: DistillConfig, resume: bool = False, stop_at: int | None = None
     return result
 
 
-def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None) -> DistillResult:
+def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None, stop: StopOnSignal) -> DistillResult:
     from rwkvkit.data import open_tokens
     from rwkvkit.distill.teacher import TeacherLM, load_teacher
-    from rwkvkit.training.loop import TrainingDiverged, _autocast, evaluate
+    from rwkvkit.training.loop import NO_VALIDATION, TrainingDiverged, _autocast, evaluate
     from rwkvkit.training.optim import build_optimizer, lr_schedule, set_lr
 
     cfg.check_sources()
@@ -395,9 +400,11 @@ def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None) -> DistillRe
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     out_dir = Path(cfg.out_dir)
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.toml").write_text(cfg.to_toml())
+    payload = ckpt.load_training_checkpoint(out_dir / ckpt.CHECKPOINT) if resume else None
+    if payload is not None and payload.get("config"):
+        for change in cfg.resume_changes(payload["config"]):  # refuses another teacher, data, ...
+            if is_main:
+                log.info("resuming with %s", change)
     train_data, val_data = open_tokens(cfg.data, split="train"), open_tokens(cfg.data, split="val")
     stages = cfg.stage_list
 
@@ -426,8 +433,13 @@ def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None) -> DistillRe
     sft = None
     if 3 in stages:
         sft = SFTData(cfg.sft_data, train_data.tokenizer, cfg.ctx_len, seed=cfg.seed)
+    # the run folder appears only once the configuration, the models and the data have passed their checks
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.toml").write_text(cfg.to_toml())
+        if len(val_data.tokens) == 0:
+            log.warning("%s: %s (its validation split is empty)", cfg.data, NO_VALIDATION)
 
-    payload = ckpt.load_training_checkpoint(out_dir / ckpt.CHECKPOINT) if resume else None
     rows: list[dict[str, Any]] = []
     step, tokens, first_index, stage_step = 0, 0, 0, 0
     if payload is not None:
@@ -448,7 +460,7 @@ def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None) -> DistillRe
         if teacher_val is None:
             with torch.no_grad():
                 teacher_val = evaluate(TeacherLM(teacher), val_data, eval_cfg, bytes_table, device)[0]
-            if is_main:
+            if is_main and teacher_val is not None:
                 log.info("teacher: val loss %.4f", teacher_val)
 
     show_bar = cfg.progress and is_main and sys.stderr.isatty()
@@ -545,9 +557,12 @@ def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None) -> DistillRe
                              step_loss, lr, tps)  # fmt: skip
             if stage_step % cfg.eval_every == 0 or stage_step == total:
                 last_val = evaluate(student, val_data, eval_cfg, bytes_table, device)
-                row |= {"val_loss": last_val[0], "val_bpb": last_val[1]}
-                msg = f"stage {stage} step {stage_step}: val loss {last_val[0]:.4f}"
-                msg += f" ({last_val[1]:.4f} bits/byte)"
+                row |= {"val_loss": last_val[0], "val_bpb": last_val[1]}  # None, None: no validation data
+                msg = f"stage {stage} step {stage_step}: " + (
+                    f"val loss {last_val[0]:.4f} ({last_val[1]:.4f} bits/byte)"
+                    if last_val[0] is not None
+                    else NO_VALIDATION
+                )
                 if sft is not None and len(sft.val_x):
                     row["val_answer_loss"] = answer_loss(student, sft, cfg, device)
                     msg += f", answer loss {row['val_answer_loss']:.4f}"
@@ -558,12 +573,23 @@ def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None) -> DistillRe
             rows.append(row)
             if bar is not None:
                 bar.update(1)
-            if stage_step % cfg.save_every == 0 or stage_step == total or step == end:
+            stopping = stop.requested()  # a SIGTERM / SIGINT arrived (in any process): save and stop
+            if stage_step % cfg.save_every == 0 or stage_step == total or step == end or stopping:
                 if is_main:
                     meta = {"stage_index": index, "stage_step": stage_step, "step": step, "tokens": tokens,
                             "teacher_val_loss": teacher_val, "config": cfg.to_dict()}  # fmt: skip
                     _save(out_dir, student, optimizer, batches, rows, meta, train_data)
                 t_last, tokens_since = time.perf_counter(), 0
+            if stopping:
+                if bar is not None:
+                    bar.close()
+                raise Interrupted(
+                    f"interrupted by {stop.name} in stage {stage} after its step {stage_step}/{total} "
+                    f"(step {step} in all); checkpoint saved to {out_dir / ckpt.CHECKPOINT}; continue with: "
+                    f"{resume_hint('distill', out_dir, world_size)}",
+                    stop.signum,
+                    step,
+                )
         if bar is not None:
             bar.close()
     student.requires_grad_(True)
@@ -604,7 +630,7 @@ def answer_loss(student: nn.Module, sft: SFTData, cfg: DistillConfig, device) ->
 def plot_rows(out_dir: Path, rows: list[dict[str, Any]], teacher_val: float | None) -> None:
     """``loss.png``: the student's validation loss against training tokens, stage boundaries marked,
     the teacher's validation loss as a line."""
-    from rwkvkit.training.loop import pyplot, save_png
+    from rwkvkit.training.loop import mark_no_validation, pyplot, save_png
 
     plt = pyplot()
     if plt is None:
@@ -613,6 +639,8 @@ def plot_rows(out_dir: Path, rows: list[dict[str, Any]], teacher_val: float | No
     fig, ax = plt.subplots(figsize=(7, 4))
     if val:
         ax.plot(*zip(*val), "o-", lw=1.5, label="student validation loss")
+    elif any("val_loss" in r for r in rows):
+        mark_no_validation(ax)
     if teacher_val is not None:
         ax.axhline(teacher_val, color="k", ls="--", lw=1, label=f"teacher {teacher_val:.3f}")
     for x in [rows[i - 1]["tokens"] for i in range(1, len(rows)) if rows[i]["stage"] != rows[i - 1]["stage"]]:

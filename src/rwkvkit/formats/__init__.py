@@ -31,6 +31,7 @@ from rwkvkit.formats import blinkdl, hf, native
 from rwkvkit.formats._io import majority_dtype, parse_dtype
 from rwkvkit.models.rwkv.config import RWKVConfig
 from rwkvkit.models.rwkv.model import RWKV
+from rwkvkit.utils.integrity import Verified, check_zip_crc, verify_tensors
 
 FORMATS = ("rwkvkit", "blinkdl", "hf")
 
@@ -77,11 +78,12 @@ def _from_official(
     fmt: str,
     description: str,
     declared: RWKVConfig | None = None,
+    verify: bool = True,
 ) -> Checkpoint:
     """Official-name tensors (a .pth or a safetensors file) -> a checked Checkpoint."""
     sd = blinkdl.strip_wrapper_prefixes(sd)
     if "emb.weight" not in sd and hf.is_model_dir(path.parent):
-        return _read_hf(path.parent)  # a weights file of an HF directory: read the whole directory
+        return _read_hf(path.parent, verify)  # a weights file of an HF directory: read the whole directory
     stored_parameters, stored_dtypes = sum(t.numel() for t in sd.values()), _dtype_names(sd)
     version = blinkdl.detect_version(sd)
     config = blinkdl.config_from_state_dict(blinkdl.rename_old_keys(sd), version)
@@ -95,8 +97,8 @@ def _from_official(
     return Checkpoint(sd, config, fmt, description, path, [path], stored_parameters, stored_dtypes)
 
 
-def _read_hf(path: Path) -> Checkpoint:
-    sd, config, layout, stored, files = hf.read(path)
+def _read_hf(path: Path, verify: bool = True) -> Checkpoint:
+    sd, config, layout, stored, files = hf.read(path, verify)
     return Checkpoint(
         sd, config, "hf", f"HF directory, {layout.title}", path, files,
         sum(t.numel() for t in stored.values()), _dtype_names(stored), layout.source,
@@ -118,12 +120,14 @@ def resolve(path: str | Path) -> Path:
     return Path(path)
 
 
-def read(path: str | Path) -> Checkpoint:
+def read(path: str | Path, verify: bool = True) -> Checkpoint:
     """Read and check a checkpoint of any supported format, without building a model.
 
     Args:
         path: an official ``.pth``, an rwkvkit (or official-name) ``.safetensors``, or an HF model
             directory (or one of its weight files).
+        verify: check the bytes against the checksums the file carries (rwkvkit's safetensors:
+            a digest per tensor; ``torch.save`` zips: CRC32 per record); costs about a memory read.
 
     Raises:
         CheckpointError: missing, unreadable, truncated or corrupt files; keys or shapes that do not
@@ -134,11 +138,11 @@ def read(path: str | Path) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
-        return _read_hf(path)
+        return _read_hf(path, verify)
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes); the download or save was interrupted")
     if path.suffix == ".safetensors" or native.looks_like_safetensors(path):
-        sd, meta = native.read_safetensors(path)
+        sd, meta = native.read_safetensors(path, verify)
         family = native.family_of(meta, path)
         if family is not None:
             raise CheckpointError(
@@ -147,11 +151,15 @@ def read(path: str | Path) -> Checkpoint:
             )
         declared = native.config_from_metadata(meta, path)
         if declared is None:
-            return _from_official(sd, path, "safetensors", "safetensors with official (BlinkDL) names")
+            return _from_official(
+                sd, path, "safetensors", "safetensors with official (BlinkDL) names", verify=verify
+            )
         return _from_official(
-            sd, path, "rwkvkit", f"rwkvkit .safetensors (format {meta[native.TAG]})", declared
+            sd, path, "rwkvkit", f"rwkvkit .safetensors (format {meta[native.TAG]})", declared, verify
         )
-    return _from_official(blinkdl.read_pth(path), path, "blinkdl", "official (BlinkDL) .pth")
+    return _from_official(
+        blinkdl.read_pth(path, verify), path, "blinkdl", "official (BlinkDL) .pth", verify=verify
+    )
 
 
 def build_model(
@@ -182,7 +190,10 @@ def _adopt(model, sd, keys, dtype, device, source: str, strict: bool = True) -> 
 
 
 def load(
-    path: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"
+    path: str | Path,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    verify: bool = True,
 ) -> RWKV:
     """Load an RWKV checkpoint of any supported format, detecting the version from its keys.
 
@@ -193,6 +204,9 @@ def load(
         dtype: weight dtype (``torch.float32``, ``"bf16"``, ...); None keeps the checkpoint's dtype.
             The recurrent state and WKV accumulation are fp32 whatever this is.
         device: where to put the weights.
+        verify: check the file's checksums (rwkvkit's files carry a digest of every tensor; the
+            official ``.pth`` zip a CRC32 per record) and refuse a file whose bytes changed. It
+            costs about one more read of the weights in memory (``benchmarks/verify.py``).
 
     Returns:
         An :class:`rwkvkit.models.rwkv.model.RWKV` in eval mode.
@@ -202,22 +216,22 @@ def load(
             config that disagrees with the tensors.
         UnsupportedVersionError: a version (or architecture) rwkvkit cannot run.
     """
-    family_model = _load_family(path, dtype, device)
+    family_model = _load_family(path, dtype, device, verify)
     if family_model is not None:
         return family_model
-    ckpt = read(path)
+    ckpt = read(path, verify)
     dtype = parse_dtype(dtype) or majority_dtype(ckpt.state_dict)
     return build_model(ckpt.config, ckpt.state_dict, dtype, device, str(ckpt.path))
 
 
-def _load_family(path: str | Path, dtype, device):
+def _load_family(path: str | Path, dtype, device, verify: bool = True):
     """An rwkvkit file of another model family (ARWKV), built from its metadata; None otherwise."""
     path = resolve(path)
     if not path.is_file() or path.stat().st_size == 0 or not native.looks_like_safetensors(path):
         return None
     if native.read_metadata(path).get(native.FAMILY) is None:
         return None  # an RWKV checkpoint: read() below
-    sd, meta = native.read_safetensors(path)
+    sd, meta = native.read_safetensors(path, verify)
     native.family_of(meta, path)  # a family this rwkvkit knows
     from rwkvkit.models.arwkv import ARWKV, ARWKVConfig  # only for such files
 
@@ -248,9 +262,9 @@ def _load_family(path: str | Path, dtype, device):
     return model.eval()
 
 
-def describe(path: str | Path) -> dict:
+def describe(path: str | Path, verify: bool = True) -> dict:
     """What a checkpoint holds, without building a model: format, version, sizes, parameters, dtype."""
-    ckpt = read(path)
+    ckpt = read(path, verify)
     return {
         "path": str(ckpt.path),
         "format": ckpt.description,
@@ -261,6 +275,32 @@ def describe(path: str | Path) -> dict:
         "file_bytes": sum(f.stat().st_size for f in ckpt.files),
         "source": ckpt.source,
     }
+
+
+def verify(path: str | Path) -> list[Verified]:
+    """Check every file of a checkpoint (a file, or each weights file of a directory) against its
+    checksums, without building a model; what ``rwkvkit info --verify`` reports.
+
+    Returns one :class:`~rwkvkit.utils.integrity.Verified` per file (``method`` empty for a file
+    that carries no checksums). Raises CheckpointError on the first corrupt file.
+    """
+    import zipfile
+
+    path = resolve(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    weights = (".safetensors", ".bin", ".pth", ".pt")
+    files = sorted(p for p in path.iterdir() if p.suffix in weights) if path.is_dir() else [path]
+    out = []
+    for f in files:
+        if zipfile.is_zipfile(f):
+            out.append(check_zip_crc(f))
+        elif f.suffix == ".safetensors" or native.looks_like_safetensors(f):
+            tensors, meta = native.read_safetensors(f, verify=False)
+            out.append(verify_tensors(tensors, meta, f))
+        else:
+            out.append(Verified(f, "", 0, 0, 0.0))
+    return out
 
 
 def _state_and_config(obj: object) -> tuple[dict[str, torch.Tensor], RWKVConfig]:
@@ -327,6 +367,6 @@ def convert(src: str | Path, dst: str | Path, to: str, dtype: str | torch.dtype 
 
 
 __all__ = [
-    "FORMATS", "Checkpoint", "read", "load", "describe", "save", "convert",
+    "FORMATS", "Checkpoint", "read", "load", "describe", "verify", "save", "convert",
     "parse_dtype", "build_model", "blinkdl", "hf", "native",
 ]  # fmt: skip

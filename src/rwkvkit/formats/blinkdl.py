@@ -19,6 +19,7 @@ from rwkvkit.errors import CheckpointError, UnsupportedVersionError
 from rwkvkit.formats._io import atomic_file, owned
 from rwkvkit.formats.keymap import short
 from rwkvkit.models.rwkv.config import RWKVConfig
+from rwkvkit.utils.integrity import check_zip_crc
 
 # RWKV-7 key renames of commit 348e56e (Nov 2024): old suffix -> new suffix, per block
 V7_OLD_NAMES: dict[str, str] = {
@@ -35,8 +36,12 @@ V7_OLD_NAMES: dict[str, str] = {
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
-def read_pth(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a ``torch.save``'d state dict safely; every failure becomes a one-line CheckpointError."""
+def read_pth(path: str | Path, verify: bool = True) -> dict[str, torch.Tensor]:
+    """Read a ``torch.save``'d state dict safely; every failure becomes a one-line CheckpointError.
+
+    ``verify``: check the CRC32 of every record of the zip archive first (``torch.load`` does not),
+    so flipped bits are reported as corruption instead of loading silently.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -49,6 +54,8 @@ def read_pth(path: str | Path) -> dict[str, torch.Tensor]:
         head = f.read(8)
     if zipfile.is_zipfile(path):  # torch.save's format since 1.6: memory-map it
         load_kw = {"mmap": True}
+        if verify:
+            check_zip_crc(path)
     elif head.startswith(b"PK"):
         raise CheckpointError(
             f"{path} is truncated or corrupt ({size} bytes; its zip archive has no central directory); "
@@ -61,11 +68,12 @@ def read_pth(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True, **load_kw)
     except Exception as e:  # noqa: BLE001 - classify every failure into one readable line
-        text = str(e)
-        if "Unsupported global" in text:  # the pickle names a class or function to call
+        foreign = pickled_globals(path, foreign_only=True)
+        if foreign or "Unsupported global" in str(e):  # the pickle names a class or function to call
+            named = f" (it names {', '.join(foreign[:3])})" if foreign else ""
             raise CheckpointError(
-                f"{path} contains pickled code or objects, not just tensors; rwkvkit never executes code "
-                "from a checkpoint (re-save it as a plain state dict of tensors)"
+                f"{path} contains pickled code or objects{named}, not just tensors; rwkvkit never "
+                "executes code from a checkpoint (re-save it as a plain state dict of tensors)"
             ) from None
         # torch's own text may suggest weights_only=False, which we never do: name the failure only
         raise CheckpointError(
@@ -77,6 +85,53 @@ def read_pth(path: str | Path) -> dict[str, torch.Tensor]:
     if "state_dict" in sd or "model" in sd:
         raise CheckpointError(f"{path} looks like a training checkpoint; pass the model's state dict")
     return sd
+
+
+# what a pickle of plain tensors refers to: torch's rebuild functions and storages, OrderedDict
+_TENSOR_GLOBALS = re.compile(r"^(torch(\.[\w.]+)?\.\w+|collections\.OrderedDict|_codecs\.encode)$")
+
+
+def pickled_globals(path: str | Path, foreign_only: bool = False) -> list[str]:
+    """The ``module.name`` globals a ``torch.save`` file's pickle refers to, read with
+    :mod:`pickletools` (which only parses: nothing is imported or called).
+
+    ``foreign_only`` keeps those that are not part of saving plain tensors, that is, code or
+    objects a full unpickler would import and call. A damaged pickle gives what precedes the damage.
+    """
+    import io
+    import pickletools
+
+    path = Path(path)
+    streams: list[bytes] = []
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                if name is not None and z.getinfo(name).file_size < 1 << 28:
+                    streams.append(z.read(name))
+        else:  # legacy: magic number, protocol, system info, then the object, one pickle each
+            with open(path, "rb") as f:
+                streams.append(f.read(1 << 24))
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, RuntimeError):
+        return []
+    found: list[str] = []
+    for data in streams:
+        buf = io.BytesIO(data)
+        for _ in range(4 if not zipfile.is_zipfile(path) else 1):
+            strings: list[str] = []
+            try:
+                for op, arg, _pos in pickletools.genops(buf):
+                    if op.name == "GLOBAL" or op.name == "INST":
+                        found.append(str(arg).replace(" ", "."))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        found.append(f"{strings[-2]}.{strings[-1]}")
+                    elif isinstance(arg, str):
+                        strings.append(arg)
+            except Exception:  # noqa: BLE001 - a damaged or non-pickle stream: stop reading it
+                break
+    if foreign_only:
+        found = [g for g in found if not _TENSOR_GLOBALS.match(g)]
+    return list(dict.fromkeys(found))
 
 
 # prefixes that wrappers add to every key: torch.compile (``_orig_mod.``), DataParallel/DDP (``module.``)

@@ -33,6 +33,7 @@ from rwkvkit.formats import blinkdl, hf_fla, hf_rwkv_hub, hf_transformers, nativ
 from rwkvkit.formats._io import atomic_dir, majority_dtype, owned
 from rwkvkit.formats.keymap import Layout, count_layers, foreign_patterns, short, to_foreign, to_native
 from rwkvkit.models.rwkv.config import RWKVConfig
+from rwkvkit.utils.integrity import save_safetensors
 
 LAYOUTS: tuple[Layout, ...] = (
     hf_transformers.RWKV4,
@@ -86,13 +87,13 @@ def read_config(path: Path) -> dict:
     return d
 
 
-def _read_file(path: Path) -> dict[str, torch.Tensor]:
+def _read_file(path: Path, verify: bool = True) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        return native.read_safetensors(path)[0]
-    return blinkdl.read_pth(path)
+        return native.read_safetensors(path, verify)[0]
+    return blinkdl.read_pth(path, verify)
 
 
-def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], list[Path]]:
+def read_weights(path: Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], list[Path]]:
     """The tensors of an HF directory (single file or shards) and the files they came from."""
     found = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
     if found is None:
@@ -100,7 +101,7 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], list[Path]]:
             f"{path} has a config.json but no weights (expected one of {', '.join(WEIGHT_FILES)})"
         )
     if not found.name.endswith(".index.json"):
-        return _read_file(found), [found]
+        return _read_file(found, verify), [found]
     try:
         weight_map = json.loads(found.read_text(encoding="utf-8"))["weight_map"]
         shards = sorted(set(weight_map.values()))
@@ -110,7 +111,7 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], list[Path]]:
     for shard in shards:
         if not (path / shard).is_file():
             raise CheckpointError(f"{found} names the shard {shard!r}, which is missing from {path}")
-        sd |= _read_file(path / shard)
+        sd |= _read_file(path / shard, verify)
     lost = sorted(set(weight_map) - set(sd))
     if lost:
         raise CheckpointError(f"{found}: tensors {short(lost)} are listed but not in their shards")
@@ -147,9 +148,9 @@ def check_config(config_json: dict, layout: Layout, config: RWKVConfig, where: P
 
 
 def read(
-    path: Path,
+    path: Path, verify: bool = True
 ) -> tuple[dict[str, torch.Tensor], RWKVConfig, Layout, dict[str, torch.Tensor], list[Path]]:
-    """Read an HF model directory.
+    """Read an HF model directory (``verify``: check the checksums of files rwkvkit wrote).
 
     Returns:
         ``(native state dict, config, layout, the stored tensors, the files read)``.
@@ -169,7 +170,7 @@ def read(
             f"{path}: config.json model_type {model_type!r} is not an RWKV layout rwkvkit reads "
             f"(known: {', '.join(known)})"
         )
-    stored, files = read_weights(path)
+    stored, files = read_weights(path, verify)
     layout = next((lay for lay in candidates if lay.marker in stored), None)
     if layout is None:
         raise CheckpointError(
@@ -232,9 +233,7 @@ def write(
     }
 
     def write_files(d: Path) -> None:
-        from safetensors.torch import save_file
-
-        save_file(foreign, str(d / "model.safetensors"), metadata={"format": "pt"})
+        save_safetensors(foreign, d / "model.safetensors", {"format": "pt"})
         (d / "config.json").write_text(
             json.dumps(config_json, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )

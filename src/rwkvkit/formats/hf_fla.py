@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import torch
 
+from rwkvkit.errors import CheckpointError
 from rwkvkit.formats.keymap import SQUEEZE, STACK, TRANSPOSE, Layout, lora_blocks_in, lora_blocks_out
 
 L, ATT, FFN = "model.layers.{i}.", "model.layers.{i}.attn.", "model.layers.{i}.ffn."
@@ -155,7 +156,9 @@ def _complete_v7(native: dict[str, torch.Tensor], config_json: dict) -> None:
     if "blocks.1.att.v1" in native:
         D = native["blocks.1.att.v1"].shape[1]
     else:  # a one-layer model: the rank is only in the config
-        D = int(config_json.get("v_low_rank_dim") or 32)
+        D = config_json.get("v_low_rank_dim") or 32
+        if not isinstance(D, int) or isinstance(D, bool) or D < 1:
+            raise CheckpointError(f"config.json: v_low_rank_dim must be a positive integer, not {D!r}")
     ref = native["blocks.0.att.w0"]
     native |= {
         "blocks.0.att.v0": ref.new_zeros(1, 1, C),

@@ -10,6 +10,9 @@
   ``rwkvkit_version``  the rwkvkit that wrote the file (information only)
   ``rwkvkit_family``   absent for RWKV language models; ``"arwkv"`` for the ARWKV hybrid
                        (:mod:`rwkvkit.models.arwkv`), whose ``rwkvkit_config`` is an ARWKVConfig
+  ``rwkvkit_checksums`` a digest of every tensor and of the other metadata
+                       (:mod:`rwkvkit.utils.integrity`); reading verifies them (files written
+                       before checksums existed have none and are read unverified)
 
 Safetensors is a plain header plus raw bytes: reading it never runs code, and it memory-maps.
 A ``.safetensors`` file *without* the rwkvkit tag is read too when its names are the official ones
@@ -23,11 +26,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from rwkvkit.errors import CheckpointError, ConfigError
 from rwkvkit.formats._io import atomic_file, owned
 from rwkvkit.models.rwkv.config import RWKVConfig
+from rwkvkit.utils.integrity import save_safetensors, verify_tensors
 
 TAG = "rwkvkit_format"
 FORMAT_VERSION = 1
@@ -44,8 +47,11 @@ def looks_like_safetensors(path: Path) -> bool:
     return 0 < int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
 
 
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and the metadata of a safetensors file; a bad file is one CheckpointError line."""
+def read_safetensors(path: Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file; a bad file is one CheckpointError line.
+
+    ``verify``: check the tensors against the checksums rwkvkit records when it writes a file
+    (a file without them is read as it is)."""
     if not looks_like_safetensors(path):
         raise CheckpointError(
             f"{path} is not a safetensors file, or its header is truncated; download or copy it again"
@@ -61,6 +67,8 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         ) from None
     if not sd:
         raise CheckpointError(f"{path} holds no tensors")
+    if verify:
+        verify_tensors(sd, meta, path)
     return sd, meta
 
 
@@ -108,7 +116,7 @@ def write(
         "rwkvkit_version": __version__,
         **({FAMILY: family} if family else {}),
     }
-    atomic_file(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    atomic_file(Path(path), lambda tmp: save_safetensors(tensors, tmp, meta))
 
 
 def family_of(meta: dict[str, str], path: Path) -> str | None:

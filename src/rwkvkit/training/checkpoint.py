@@ -3,7 +3,8 @@
 ``last.pt`` holds the model and optimiser state, the step, the data sampler's position, the RNG
 state and the loss history. It is written to a temporary file and renamed, so a crash during a save
 never destroys the previous checkpoint. It is read with ``torch.load(weights_only=True)``: a
-training checkpoint runs no code either. The inference weights go beside it as ``model.safetensors``
+training checkpoint runs no code either, and the CRC32 of every record of its zip is checked
+before it is read. The inference weights go beside it as ``model.safetensors``
 (rwkvkit's format), which ``rwkvkit.load`` reads.
 """
 
@@ -34,9 +35,12 @@ def save_training_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 
 
 def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    from rwkvkit.utils.integrity import check_zip_crc
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no training checkpoint to resume from at {path}; start without --resume")
+    check_zip_crc(path)  # torch.load does not check the zip's CRC32s: damaged bytes would load
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,10 @@ class FlatConfig:
 
     _kind = "training"  # for error messages
     _command = "train"
+    # fields a resumed run may change (everything else defines the model, the data or the
+    # optimisation, and must stay as the run began); fields holding paths compare as real paths
+    _resume_mutable: tuple[str, ...] = ()
+    _path_fields: tuple[str, ...] = ()
 
     def replace(self, **changes: Any):
         return dataclasses.replace(self, **changes)
@@ -58,15 +64,73 @@ class FlatConfig:
         return dataclasses.replace(base or cls(), **typed)
 
     @classmethod
-    def from_toml(cls, path: str | Path, base=None):
+    def read_toml(cls, path: str | Path) -> dict[str, Any]:
+        """The key/value pairs of a TOML config file, ``[tables]`` flattened (not yet checked)."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{cls._kind} config not found: {path}")
         try:
             d = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path} is not valid TOML: {e}") from None
-        return cls.from_dict(d, base)
+        flat: dict[str, Any] = {}
+        for k, v in d.items():
+            flat.update(v if isinstance(v, dict) else {k: v})
+        return flat
+
+    @classmethod
+    def from_toml(cls, path: str | Path, base=None):
+        return cls.from_dict(cls.read_toml(path), base)
+
+    # ---- resuming a run ------------------------------------------------------------------------
+
+    def _same(self, name: str, a: Any, b: Any) -> bool:
+        if name in self._path_fields and a and b:
+            return os.path.realpath(str(a)) == os.path.realpath(str(b))
+        return a == b
+
+    def resume_changes(self, saved: Mapping[str, Any]) -> list[str]:
+        """Compare this config with the one a run was saved with (``saved``: its ``to_dict()``).
+
+        Returns the changes a resumed run may take, as readable lines (``"max_steps: 2000 (the run
+        had 1000)"``); raises ConfigError naming the first field that may not change.
+        """
+        changes = []
+        for f in fields(self):
+            if f.name not in saved:
+                continue  # a field newer than the saved run: nothing to compare
+            was, now = saved[f.name], getattr(self, f.name)
+            if self._same(f.name, now, was):
+                continue
+            option = "--" + f.name.replace("_", "-")
+            if f.name not in self._resume_mutable:
+                may = ", ".join(self._resume_mutable)
+                raise ConfigError(
+                    f"{option} is {now!r} but the run being resumed has {was!r}; a resumed run keeps its "
+                    f"model, data and optimisation (only {may} may change): drop {option}, or start a "
+                    "new run in another --out-dir"
+                )
+            changes.append(f"{f.name}: {now!r} (the run had {was!r})")
+        return changes
+
+    @classmethod
+    def for_resume(cls, given: Mapping[str, Any], base=None):
+        """The config of a resumed run: the one saved in its ``out_dir/config.toml``, with ``given``
+        (options the user passed again, strings or typed values) applied where they may change.
+
+        ``out_dir`` is taken from ``given``, else from ``base`` (default: the defaults).
+        """
+        out_dir = Path(given.get("out_dir") or (base or cls()).out_dir)
+        saved_path = out_dir / "config.toml"
+        if not saved_path.is_file():
+            raise ConfigError(
+                f"nothing to resume in {out_dir}: it has no config.toml of an earlier run; pass that "
+                f"run's --out-dir, or start without --resume"
+            )
+        saved = cls.from_toml(saved_path)
+        cfg = cls.from_dict(dict(given), base=saved)
+        cfg.resume_changes(saved.to_dict())  # refuse changes of the model, data or optimisation
+        return cfg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,6 +225,11 @@ class TrainConfig(FlatConfig):
     progress: bool = True
     """show a progress bar (off automatically when stderr is not a terminal)"""
 
+    _resume_mutable = ("max_steps", "lr_final", "eval_every", "eval_tokens", "save_every", "log_every",
+                       "progress", "threads", "device", "precision", "compile", "activation_checkpointing",
+                       "parallel")  # fmt: skip
+    _path_fields = ("data", "out_dir", "init_from")
+
     def __post_init__(self) -> None:
         checks = [
             (self.arch in ("rwkv", "gpt"), f"arch must be rwkv or gpt, got {self.arch!r}"),
@@ -169,6 +238,18 @@ class TrainConfig(FlatConfig):
             (self.chunk_len >= 0, "chunk_len must be >= 0"),
             (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
             (self.max_steps >= 1, "max_steps must be >= 1"),
+            (
+                0 <= self.warmup_steps <= self.max_steps,
+                f"warmup_steps ({self.warmup_steps}) must be between 0 and max_steps ({self.max_steps})",
+            ),
+            (
+                self.eval_every >= 1 and self.save_every >= 1 and self.log_every >= 1,
+                "eval_every, save_every and log_every must be >= 1",
+            ),
+            (
+                self.eval_tokens >= 0 and self.threads >= 0 and self.dim_ffn >= 0 and self.vocab_size >= 0,
+                "eval_tokens, threads, dim_ffn and vocab_size must be >= 0",
+            ),
             (self.schedule in ("cosine", "exponential", "constant"), f"unknown schedule {self.schedule!r}"),
             (self.precision in ("bf16", "fp32"), f"precision must be bf16 or fp32, got {self.precision!r}"),
             (self.parallel in ("auto", "ddp", "fsdp", "none"), f"unknown parallel mode {self.parallel!r}"),

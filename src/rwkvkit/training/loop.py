@@ -31,14 +31,16 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from rwkvkit.errors import ConfigError, RWKVKitError
+from rwkvkit.errors import ConfigError, Interrupted, RWKVKitError
 from rwkvkit.training import checkpoint as ckpt
 from rwkvkit.training import parallel
 from rwkvkit.training.config import TrainConfig, parse_lora_ranks
+from rwkvkit.training.interrupt import StopOnSignal, resume_hint
 from rwkvkit.utils.perf import matmul_peak, train_flops_per_token
 
 log = logging.getLogger("rwkvkit.train")
 
+NO_VALIDATION = "no validation data"  # written where a validation figure would be, when there is none
 LOG_FIELDS = ["step", "tokens", "lr", "train_loss", "val_loss", "val_bpb", "tokens_per_s", "mfu", "elapsed_s"]
 
 
@@ -121,10 +123,11 @@ def _open_data(cfg: TrainConfig):
 @torch.no_grad()
 def evaluate(
     model: nn.Module, val, cfg: TrainConfig, bytes_table: torch.Tensor, device
-) -> tuple[float, float]:
+) -> tuple[float, float] | tuple[None, None]:
     """(mean loss per token in nats, bits per byte) over the validation split (or its first
     ``eval_tokens`` tokens): non-overlapping windows of ctx_len, each from a fresh state, so every
-    validation token is predicted exactly once, by RWKV and by the transformer baseline alike."""
+    validation token is predicted exactly once, by RWKV and by the transformer baseline alike.
+    ``(None, None)`` when the split has no tokens."""
     from rwkvkit.data import iter_eval_windows
 
     was_training = model.training
@@ -142,9 +145,25 @@ def evaluate(
         tokens += int(mask.sum())
         nbytes += int((bytes_table[y] * mask).sum())
     model.train(was_training)
+    if tokens == 0:  # an empty validation split: no figure rather than a made-up 0.0
+        return None, None
     nats = parallel.all_reduce_mean(nats)  # every rank evaluates the same windows
-    loss = nats / max(tokens, 1)
+    loss = nats / tokens
     return loss, nats / math.log(2) / max(nbytes, 1)
+
+
+def _cpu_peak(cfg: TrainConfig, warn: bool) -> float:
+    """This CPU's matrix-product peak at the run's precision (the MFU denominator); warns when bf16
+    is the slower precision here (no native bf16 instructions)."""
+    if cfg.precision != "bf16":
+        return matmul_peak(torch.float32, seconds=0.3)
+    peak, fp32 = matmul_peak(torch.bfloat16, seconds=0.3), matmul_peak(torch.float32, seconds=0.2)
+    if warn and fp32 > peak:
+        log.warning(
+            "this CPU multiplies bf16 matrices at %.0f GFLOP/s and fp32 at %.0f GFLOP/s (it has no native "
+            "bf16 instructions): --precision fp32 trains faster here", peak / 1e9, fp32 / 1e9,
+        )  # fmt: skip
+    return peak
 
 
 def _autocast(cfg: TrainConfig, device):
@@ -156,12 +175,19 @@ def _autocast(cfg: TrainConfig, device):
 
 
 def write_log(out_dir: Path, rows: list[dict[str, Any]], fields: list[str] = LOG_FIELDS) -> None:
-    """``loss.csv``: one row per optimiser step, the columns ``fields`` (blank where a row lacks one)."""
+    """``loss.csv``: one row per optimiser step, the columns ``fields`` (blank where a row lacks one;
+    ``no validation data`` where a validation pass ran on an empty split)."""
+
+    def cell(row, k):
+        if k.startswith("val_") and k in row and row[k] is None:
+            return NO_VALIDATION
+        return "" if row.get(k) is None else row[k]
+
     with open(out_dir / "loss.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for row in rows:
-            w.writerow({k: row.get(k, "") for k in fields})
+            w.writerow({k: cell(row, k) for k in fields})
 
 
 def pyplot():
@@ -187,6 +213,12 @@ def save_png(fig, path: Path) -> None:
     tmp.replace(path)
 
 
+def mark_no_validation(ax) -> None:
+    """Say on the plot that validation passes ran but had no data (instead of drawing zeros)."""
+    ax.text(0.98, 0.95, NO_VALIDATION + " (empty validation split)", transform=ax.transAxes,
+            ha="right", va="top", color="tab:red")  # fmt: skip
+
+
 def plot_log(out_dir: Path, rows: list[dict[str, Any]], title: str) -> None:
     plt = pyplot()
     if plt is None:
@@ -198,6 +230,8 @@ def plot_log(out_dir: Path, rows: list[dict[str, Any]], title: str) -> None:
         ax.plot(*zip(*train), lw=1, alpha=0.7, label="train loss")
     if val:
         ax.plot(*zip(*val), "o-", lw=1.5, label="validation loss")
+    elif any("val_loss" in r for r in rows):
+        mark_no_validation(ax)
     ax.set_xlabel("training tokens")
     ax.set_ylabel("loss (nats / token)")
     ax.set_title(title)
@@ -220,7 +254,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None) ->
 
     owns_group = not (dist.is_available() and dist.is_initialized())  # torchrun: _train creates it
     try:
-        result = _train(cfg, resume, stop_at)
+        with StopOnSignal() as stop:
+            result = _train(cfg, resume, stop_at, stop)
     except BaseException:
         if owns_group:
             parallel.shutdown(barrier=False)  # the other ranks may never reach a barrier
@@ -230,7 +265,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None) ->
     return result
 
 
-def _train(cfg: TrainConfig, resume: bool, stop_at: int | None) -> TrainResult:
+def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, stop: StopOnSignal) -> TrainResult:
     """The body of :func:`train` (which also leaves the process group it joined)."""
     from rwkvkit.data import WindowSampler
     from rwkvkit.training.loss import lm_loss
@@ -245,9 +280,11 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None) -> TrainResult:
     device = torch.device(cfg.device)
     out_dir = Path(cfg.out_dir)
     is_main = rank == 0
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.toml").write_text(cfg.to_toml())
+    payload = ckpt.load_training_checkpoint(out_dir / ckpt.CHECKPOINT) if resume else None
+    if payload is not None and payload.get("config"):
+        for change in cfg.resume_changes(payload["config"]):  # refuses a different model or data
+            if is_main:
+                log.info("resuming with %s", change)
 
     train_data, val_data = _open_data(cfg)
     tok_vocab = train_data.tokenizer.vocab_size
@@ -257,7 +294,6 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None) -> TrainResult:
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, vocab).to(device).train()
-    payload = ckpt.load_training_checkpoint(out_dir / ckpt.CHECKPOINT) if resume else None
     if payload is not None:
         model.load_state_dict(payload["model"])
     flops_per_token = train_flops_per_token(model, cfg.ctx_len)
@@ -274,8 +310,14 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None) -> TrainResult:
         step, rows, train_losses = payload["step"], payload["rows"], payload["train_losses"]
         if is_main:
             log.info("resumed from %s at step %d", out_dir / ckpt.CHECKPOINT, step)
+    # the run folder appears only once the configuration has passed every check
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.toml").write_text(cfg.to_toml())
+        if len(val_data.tokens) == 0:
+            log.warning("%s: %s (its validation split is empty)", cfg.data, NO_VALIDATION)
 
-    peak_bf16 = matmul_peak(torch.bfloat16, seconds=0.3) if device.type == "cpu" else None
+    peak = _cpu_peak(cfg, warn=is_main) if device.type == "cpu" else None
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.ctx_len * world_size
     chunk = cfg.effective_chunk
     show_bar = cfg.progress and is_main and sys.stderr.isatty()
@@ -354,7 +396,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None) -> TrainResult:
         now = time.perf_counter()
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             tps = tokens_since / (now - t_last)
-            mfu = tps * flops_per_token / peak_bf16 / world_size if peak_bf16 else None
+            mfu = tps * flops_per_token / peak / world_size if peak else None
             row |= {"tokens_per_s": round(tps, 1), "mfu": None if mfu is None else round(mfu, 4)}
             t_last, tokens_since = now, 0
             if bar is not None:
@@ -364,16 +406,26 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None) -> TrainResult:
                 log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s", step, cfg.max_steps, step_loss, lr, tps)
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             last_val = evaluate(model, val_data, cfg, bytes_table, device)  # FSDP2 shards `model` in place
-            row |= {"val_loss": last_val[0], "val_bpb": last_val[1]}
-            if is_main:
+            row |= {"val_loss": last_val[0], "val_bpb": last_val[1]}  # None, None: no validation data
+            if is_main and last_val[0] is not None:
                 msg = f"step {step}: val loss {last_val[0]:.4f}, {last_val[1]:.4f} bits/byte"
                 (bar.write(msg) if bar is not None else log.info(msg))
         row["elapsed_s"] = round(now - t_start, 2)
         rows.append(row)
         if bar is not None:
             bar.update(1)
-        if step % cfg.save_every == 0 or step == end:
+        stopping = stop.requested()  # a SIGTERM / SIGINT arrived (in any process): save and stop
+        if step % cfg.save_every == 0 or step == end or stopping:
             save()
+        if stopping:
+            if bar is not None:
+                bar.close()
+            raise Interrupted(
+                f"interrupted by {stop.name} after step {step}/{cfg.max_steps}; checkpoint saved to "
+                f"{out_dir / ckpt.CHECKPOINT}; continue with: {resume_hint('train', out_dir, world_size)}",
+                stop.signum,
+                step,
+            )
         if step % cfg.eval_every == 0 or step % cfg.save_every == 0:
             t_last, tokens_since = time.perf_counter(), 0  # keep evaluation and saving out of tokens/s
     if bar is not None:

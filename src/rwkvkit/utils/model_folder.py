@@ -18,13 +18,13 @@ from rwkvkit.errors import CheckpointError
 
 def save_model_folder(out_dir: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
     """Write ``model``'s state dict and ``meta`` (JSON-able) into ``out_dir``; returns the folder."""
-    from safetensors.torch import save_file
+    from rwkvkit.formats._io import atomic_file, owned
+    from rwkvkit.utils.integrity import save_safetensors
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors")
-    )
+    tensors = owned({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    atomic_file(out / "model.safetensors", lambda tmp: save_safetensors(tensors, tmp, {"format": "pt"}))
     (out / "model.json").write_text(json.dumps(meta, indent=2))
     return out
 
@@ -36,7 +36,7 @@ def load_model_folder(
 
     ``path`` is the folder or a file in it; ``command`` names what writes such folders (for the
     error message, e.g. ``"rwkvkit forecast train"``)."""
-    from safetensors.torch import load_file
+    from rwkvkit.formats.native import read_safetensors
 
     folder = Path(path)
     if folder.is_file():
@@ -48,11 +48,14 @@ def load_model_folder(
         )
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{meta_path} is not valid JSON ({e}); rewrite it or train again") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path} is not a JSON object; rewrite it or train again")
     model = build(meta)
+    tensors, _ = read_safetensors(weights)  # one-line errors for damaged files; checksums verified
     try:
-        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as e:  # tensors of other shapes
         first = str(e).strip().splitlines()[-1].strip()
         raise CheckpointError(f"{weights} does not fit the model {meta_path} describes: {first}") from None
