@@ -31,7 +31,7 @@ from rwkvkit.formats import blinkdl, hf, native
 from rwkvkit.formats._io import majority_dtype, parse_dtype
 from rwkvkit.models.rwkv.config import RWKVConfig
 from rwkvkit.models.rwkv.model import RWKV
-from rwkvkit.utils.integrity import Verified, check_zip_crc, verify_tensors
+from rwkvkit.utils.integrity import Verified, check_zip_crc, is_zip, verify_tensors
 
 FORMATS = ("rwkvkit", "blinkdl", "hf")
 
@@ -284,8 +284,6 @@ def verify(path: str | Path) -> list[Verified]:
     Returns one :class:`~rwkvkit.utils.integrity.Verified` per file (``method`` empty for a file
     that carries no checksums). Raises CheckpointError on the first corrupt file.
     """
-    import zipfile
-
     path = resolve(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -293,7 +291,7 @@ def verify(path: str | Path) -> list[Verified]:
     files = sorted(p for p in path.iterdir() if p.suffix in weights) if path.is_dir() else [path]
     out = []
     for f in files:
-        if zipfile.is_zipfile(f):
+        if is_zip(f):
             out.append(check_zip_crc(f))
         elif f.suffix == ".safetensors" or native.looks_like_safetensors(f):
             tensors, meta = native.read_safetensors(f, verify=False)

@@ -19,7 +19,7 @@ from rwkvkit.errors import CheckpointError, UnsupportedVersionError
 from rwkvkit.formats._io import atomic_file, owned
 from rwkvkit.formats.keymap import short
 from rwkvkit.models.rwkv.config import RWKVConfig
-from rwkvkit.utils.integrity import check_zip_crc
+from rwkvkit.utils.integrity import check_zip_crc, is_zip
 
 # RWKV-7 key renames of commit 348e56e (Nov 2024): old suffix -> new suffix, per block
 V7_OLD_NAMES: dict[str, str] = {
@@ -52,7 +52,7 @@ def read_pth(path: str | Path, verify: bool = True) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is empty (0 bytes); the download or save was interrupted")
     with open(path, "rb") as f:
         head = f.read(8)
-    if zipfile.is_zipfile(path):  # torch.save's format since 1.6: memory-map it
+    if is_zip(path):  # torch.save's format since 1.6: memory-map it
         load_kw = {"mmap": True}
         if verify:
             check_zip_crc(path)
@@ -104,7 +104,7 @@ def pickled_globals(path: str | Path, foreign_only: bool = False) -> list[str]:
     path = Path(path)
     streams: list[bytes] = []
     try:
-        if zipfile.is_zipfile(path):
+        if is_zip(path):
             with zipfile.ZipFile(path) as z:
                 name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
                 if name is not None and z.getinfo(name).file_size < 1 << 28:
@@ -112,12 +112,12 @@ def pickled_globals(path: str | Path, foreign_only: bool = False) -> list[str]:
         else:  # legacy: magic number, protocol, system info, then the object, one pickle each
             with open(path, "rb") as f:
                 streams.append(f.read(1 << 24))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, RuntimeError):
+    except Exception:  # noqa: BLE001 - a damaged archive: nothing can be said about its pickle
         return []
     found: list[str] = []
     for data in streams:
         buf = io.BytesIO(data)
-        for _ in range(4 if not zipfile.is_zipfile(path) else 1):
+        for _ in range(4 if not is_zip(path) else 1):
             strings: list[str] = []
             try:
                 for op, arg, _pos in pickletools.genops(buf):
