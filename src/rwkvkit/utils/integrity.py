@@ -195,9 +195,7 @@ def check_zip_crc(path: str | Path, error: type[RWKVKitError] = CheckpointError)
         for info in infos:
             start = info.header_offset
             if start < 0 or start + _LOCAL_HEADER.size > size:
-                raise error(
-                    f"{path} is corrupt: zip record {info.filename!r} starts outside the file"
-                )
+                raise error(f"{path} is corrupt: zip record {info.filename!r} starts outside the file")
             fields = _LOCAL_HEADER.unpack_from(m, start)
             if fields[0] != _LOCAL_MAGIC:
                 raise error(f"{path} is corrupt: zip record {info.filename!r} has no local header")
