@@ -32,6 +32,7 @@ from rwkvkit.formats._io import majority_dtype, parse_dtype
 from rwkvkit.models.rwkv.config import RWKVConfig
 from rwkvkit.models.rwkv.model import RWKV
 from rwkvkit.utils.integrity import Verified, check_zip_crc, is_zip, verify_tensors
+from rwkvkit.utils.meta import on_meta
 
 FORMATS = ("rwkvkit", "blinkdl", "hf")
 
@@ -170,7 +171,7 @@ def build_model(
     source: str,
 ) -> RWKV:
     """Create the model on the meta device and adopt the checkpoint's tensors (no double allocation)."""
-    with torch.device("meta"):
+    with on_meta():
         model = RWKV(config, dtype=dtype)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     blinkdl.check_state_dict(sd, config, source, expected)
@@ -240,7 +241,7 @@ def _load_family(path: str | Path, dtype, device, verify: bool = True):
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{path}: its ARWKV config metadata is invalid ({e})") from None
     dtype = parse_dtype(dtype) or majority_dtype(sd)
-    with torch.device("meta"):
+    with on_meta():
         model = ARWKV(config, dtype=dtype)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if config.tie_embeddings:

@@ -449,8 +449,9 @@ def save_tokenizer_beside(data, out_dir: Path) -> None:
 def unwrap_for_save(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """A plain CPU copy of ``model`` holding ``state_dict`` (FSDP-gathered or local), for saving."""
     from rwkvkit.models.rwkv.model import RWKV
+    from rwkvkit.utils.meta import on_meta
 
-    with torch.device("meta"):
+    with on_meta():
         plain = RWKV(model.config)
     plain.load_state_dict({k: v.detach().cpu() for k, v in state_dict.items()}, assign=True)
     return plain
