@@ -15,12 +15,12 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from rwkvkit.tokenizer import WorldTokenizer, load_tokenizer, world_vocab_path
+from rwkvkit.utils.perf import best_time
 
 
 def stdlib_text(n_bytes: int) -> str:
@@ -33,17 +33,6 @@ def stdlib_text(n_bytes: int) -> str:
         if size >= n_bytes:
             break
     return "".join(parts).encode("utf-8")[:n_bytes].decode("utf-8", errors="ignore")
-
-
-def best_time(fn: Callable[[], object], repeat: int) -> float:
-    """Best wall time of ``repeat`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:

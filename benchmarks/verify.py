@@ -24,23 +24,13 @@ import platform
 import shutil
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from rwkvkit.utils.perf import best_time
+
 SHAPES = {"1.5b": (24, 2048), "0.1b": (12, 768)}  # (n_layer, n_embd), vocabulary 65536
-
-
-def best(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm-up: the page cache, the allocator
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def random_checkpoint(n_layer: int, n_embd: int) -> dict[str, torch.Tensor]:
@@ -69,7 +59,7 @@ def hash_times(path: Path, repeat: int) -> tuple[float, float]:
         for v in views:
             hashlib.sha256(v).digest()
 
-    return best(sha256_all, repeat), best(lambda: verify_tensors(tensors, meta, path), repeat)
+    return best_time(sha256_all, repeat), best_time(lambda: verify_tensors(tensors, meta, path), repeat)
 
 
 def main() -> None:
@@ -107,11 +97,11 @@ def main() -> None:
 
         bandwidth = read_bandwidth()
         t_sha, t_xxh = hash_times(st_path, args.repeat)
-        t_crc = best(lambda: check_zip_crc(pth_path), args.repeat)
-        t_load_off = best(lambda: rwkvkit.load(st_path, verify=False), args.repeat)
-        t_load_on = best(lambda: rwkvkit.load(st_path), args.repeat)
-        t_pth_off = best(lambda: rwkvkit.load(pth_path, verify=False), args.repeat)
-        t_pth_on = best(lambda: rwkvkit.load(pth_path), args.repeat)
+        t_crc = best_time(lambda: check_zip_crc(pth_path), args.repeat)
+        t_load_off = best_time(lambda: rwkvkit.load(st_path, verify=False), args.repeat)
+        t_load_on = best_time(lambda: rwkvkit.load(st_path), args.repeat)
+        t_pth_off = best_time(lambda: rwkvkit.load(pth_path, verify=False), args.repeat)
+        t_pth_on = best_time(lambda: rwkvkit.load(pth_path), args.repeat)
 
         gb = nbytes / 1e9
         rows = [

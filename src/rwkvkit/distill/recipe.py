@@ -390,7 +390,7 @@ def distill(cfg: DistillConfig, resume: bool = False, stop_at: int | None = None
 def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None, stop: StopOnSignal) -> DistillResult:
     from rwkvkit.data import open_tokens
     from rwkvkit.distill.teacher import TeacherLM, load_teacher
-    from rwkvkit.training.loop import NO_VALIDATION, TrainingDiverged, _autocast, evaluate
+    from rwkvkit.training.loop import NO_VALIDATION, TrainingDiverged, _autocast, evaluate, open_run_folder
     from rwkvkit.training.optim import build_optimizer, lr_schedule, set_lr
 
     cfg.check_sources()
@@ -400,11 +400,7 @@ def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None, stop: StopOn
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     out_dir = Path(cfg.out_dir)
-    payload = ckpt.load_training_checkpoint(out_dir / ckpt.CHECKPOINT) if resume else None
-    if payload is not None and payload.get("config"):
-        for change in cfg.resume_changes(payload["config"]):  # refuses another teacher, data, ...
-            if is_main:
-                log.info("resuming with %s", change)
+    payload = ckpt.load_for_resume(out_dir, cfg, log, is_main) if resume else None
     train_data, val_data = open_tokens(cfg.data, split="train"), open_tokens(cfg.data, split="val")
     stages = cfg.stage_list
 
@@ -433,12 +429,8 @@ def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None, stop: StopOn
     sft = None
     if 3 in stages:
         sft = SFTData(cfg.sft_data, train_data.tokenizer, cfg.ctx_len, seed=cfg.seed)
-    # the run folder appears only once the configuration, the models and the data have passed their checks
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.toml").write_text(cfg.to_toml())
-        if len(val_data.tokens) == 0:
-            log.warning("%s: %s (its validation split is empty)", cfg.data, NO_VALIDATION)
+    if is_main:  # the models and the data have passed their checks
+        open_run_folder(out_dir, cfg, val_data, log)
 
     rows: list[dict[str, Any]] = []
     step, tokens, first_index, stage_step = 0, 0, 0, 0

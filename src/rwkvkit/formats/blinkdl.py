@@ -102,33 +102,31 @@ def pickled_globals(path: str | Path, foreign_only: bool = False) -> list[str]:
     import pickletools
 
     path = Path(path)
-    streams: list[bytes] = []
+    zipped = is_zip(path)
     try:
-        if is_zip(path):
+        if zipped:
             with zipfile.ZipFile(path) as z:
                 name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
-                if name is not None and z.getinfo(name).file_size < 1 << 28:
-                    streams.append(z.read(name))
+                data = z.read(name) if name is not None and z.getinfo(name).file_size < 1 << 28 else b""
         else:  # legacy: magic number, protocol, system info, then the object, one pickle each
             with open(path, "rb") as f:
-                streams.append(f.read(1 << 24))
+                data = f.read(1 << 24)
     except Exception:  # noqa: BLE001 - a damaged archive: nothing can be said about its pickle
         return []
     found: list[str] = []
-    for data in streams:
-        buf = io.BytesIO(data)
-        for _ in range(4 if not is_zip(path) else 1):
-            strings: list[str] = []
-            try:
-                for op, arg, _pos in pickletools.genops(buf):
-                    if op.name == "GLOBAL" or op.name == "INST":
-                        found.append(str(arg).replace(" ", "."))
-                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                        found.append(f"{strings[-2]}.{strings[-1]}")
-                    elif isinstance(arg, str):
-                        strings.append(arg)
-            except Exception:  # noqa: BLE001 - a damaged or non-pickle stream: stop reading it
-                break
+    buf = io.BytesIO(data)
+    for _ in range(1 if zipped else 4):
+        strings: list[str] = []
+        try:
+            for op, arg, _pos in pickletools.genops(buf):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except Exception:  # noqa: BLE001 - a damaged or non-pickle stream: stop reading it
+            break
     if foreign_only:
         found = [g for g in found if not _TENSOR_GLOBALS.match(g)]
     return list(dict.fromkeys(found))

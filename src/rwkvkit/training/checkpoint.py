@@ -50,6 +50,16 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+def load_for_resume(out_dir: Path, cfg, log, is_main: bool) -> dict[str, Any]:
+    """``out_dir``'s checkpoint, after checking that ``cfg`` (a FlatConfig) changes only what a
+    resumed run may change; each such change is logged (on the main process)."""
+    payload = load_training_checkpoint(Path(out_dir) / CHECKPOINT)
+    for change in cfg.resume_changes(payload.get("config") or {}):  # refuses another model or data
+        if is_main:
+            log.info("resuming with %s", change)
+    return payload
+
+
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():

@@ -114,13 +114,11 @@ class FlatConfig:
         return changes
 
     @classmethod
-    def for_resume(cls, given: Mapping[str, Any], base=None):
+    def for_resume(cls, given: Mapping[str, Any]):
         """The config of a resumed run: the one saved in its ``out_dir/config.toml``, with ``given``
         (options the user passed again, strings or typed values) applied where they may change.
-
-        ``out_dir`` is taken from ``given``, else from ``base`` (default: the defaults).
-        """
-        out_dir = Path(given.get("out_dir") or (base or cls()).out_dir)
+        ``out_dir`` is ``given``'s, else the default one."""
+        out_dir = Path(given.get("out_dir") or cls().out_dir)
         saved_path = out_dir / "config.toml"
         if not saved_path.is_file():
             raise ConfigError(

@@ -213,6 +213,15 @@ def save_png(fig, path: Path) -> None:
     tmp.replace(path)
 
 
+def open_run_folder(out_dir: Path, cfg, val_data, logger: logging.Logger) -> None:
+    """Create the run folder with the resolved ``config.toml`` (called once every check has passed,
+    so a refused configuration leaves no folder behind); warn when there is no validation data."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.toml").write_text(cfg.to_toml())
+    if len(val_data.tokens) == 0:
+        logger.warning("%s: %s (its validation split is empty)", cfg.data, NO_VALIDATION)
+
+
 def mark_no_validation(ax) -> None:
     """Say on the plot that validation passes ran but had no data (instead of drawing zeros)."""
     ax.text(0.98, 0.95, NO_VALIDATION + " (empty validation split)", transform=ax.transAxes,
@@ -280,11 +289,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, stop: StopOnSign
     device = torch.device(cfg.device)
     out_dir = Path(cfg.out_dir)
     is_main = rank == 0
-    payload = ckpt.load_training_checkpoint(out_dir / ckpt.CHECKPOINT) if resume else None
-    if payload is not None and payload.get("config"):
-        for change in cfg.resume_changes(payload["config"]):  # refuses a different model or data
-            if is_main:
-                log.info("resuming with %s", change)
+    payload = ckpt.load_for_resume(out_dir, cfg, log, is_main) if resume else None
 
     train_data, val_data = _open_data(cfg)
     tok_vocab = train_data.tokenizer.vocab_size
@@ -310,12 +315,8 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, stop: StopOnSign
         step, rows, train_losses = payload["step"], payload["rows"], payload["train_losses"]
         if is_main:
             log.info("resumed from %s at step %d", out_dir / ckpt.CHECKPOINT, step)
-    # the run folder appears only once the configuration has passed every check
     if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.toml").write_text(cfg.to_toml())
-        if len(val_data.tokens) == 0:
-            log.warning("%s: %s (its validation split is empty)", cfg.data, NO_VALIDATION)
+        open_run_folder(out_dir, cfg, val_data, log)
 
     peak = _cpu_peak(cfg, warn=is_main) if device.type == "cpu" else None
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.ctx_len * world_size

@@ -6,9 +6,21 @@ Nothing here asserts on time: the numbers are reported, never tested.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
+
+
+def best_time(fn: Callable[[], object], repeat: int) -> float:
+    """Best wall time in seconds of ``repeat`` calls of ``fn`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
 
 
 def matmul_peak(
