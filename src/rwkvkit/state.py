@@ -30,22 +30,21 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from rwkvkit.errors import StateError
+from rwkvkit.models.rwkv.versions import PP_INIT, spec_of
+from rwkvkit.utils.integrity import save_safetensors, verify_tensors
 
 _FORMAT = "rwkvkit.state/1"
 
-PP_INIT = -1e30  # RWKV-4 "minus infinity" exponent of a fresh state (the official package's value)
+__all__ = ["PP_INIT", "State", "state_shapes"]
 
 
 def state_shapes(config, batch_size: int) -> dict[str, tuple[int, ...]]:
     """Shape of every state tensor of a model with ``config`` (an RWKVConfig)."""
     L, C, B = config.n_layer, config.n_embd, batch_size
-    if config.version == "4":
-        wkv = (L, B, 3, config.dim_att)
-    else:
-        H, N = config.n_head, config.head_size
-        wkv = (L, B, H, N, N)
+    wkv = (L, *spec_of(config.version, StateError).wkv_shape(config, B))
     return {"att_shift": (L, B, C), "wkv": wkv, "ffn_shift": (L, B, C)}
 
 
@@ -63,11 +62,10 @@ class State:
     @classmethod
     def initial(cls, config, batch_size: int = 1, device: torch.device | str = "cpu") -> State:
         """The state before any token: zeros (and ``pp = -1e30`` for RWKV-4)."""
-        shapes = state_shapes(config, batch_size)
-        tensors = {n: torch.zeros(s, dtype=torch.float32, device=device) for n, s in shapes.items()}
-        if config.version == "4":
-            tensors["wkv"][:, :, 2] = PP_INIT
-        return cls(tensors, config.version)
+        L, B, C = config.n_layer, batch_size, config.n_embd
+        shift = lambda: torch.zeros(L, B, C, dtype=torch.float32, device=device)  # noqa: E731
+        wkv = spec_of(config.version, StateError).initial_wkv(config, B, L, device)
+        return cls({"att_shift": shift(), "wkv": wkv, "ffn_shift": shift()}, config.version)
 
     # ---- access ------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -147,18 +145,12 @@ class State:
         v4: ``[att_xx, aa, bb, pp, ffn_xx]`` per layer; v5/v6: ``[att_xx, S[key, value], ffn_xx]``;
         v7: ``[att_xx, S[value, key], ffn_xx]`` (the v7 package transposes its matrix state).
         """
+        spec = spec_of(self.version, StateError)
         out: list[torch.Tensor] = []
         for layer in range(self.n_layer):
-            wkv = self.tensors["wkv"][layer, b]
-            if self.version == "4":
-                mid = [t.clone() for t in wkv.unbind(0)]
-            elif self.version == "7":
-                mid = [wkv.transpose(-1, -2).contiguous()]  # [H, K, V] -> [H, V, K]
-            else:
-                mid = [wkv.clone()]
             out += [
                 self.tensors["att_shift"][layer, b].clone(),
-                *mid,
+                *spec.wkv_to_official(self.tensors["wkv"][layer, b]),
                 self.tensors["ffn_shift"][layer, b].clone(),
             ]
         return out
@@ -166,26 +158,20 @@ class State:
     @classmethod
     def from_official(cls, tensors: Sequence[torch.Tensor], version: str) -> State:
         """Build a batch-1 State from the official package's per-layer state list."""
-        per_layer = 5 if version == "4" else 3
+        spec = spec_of(version, StateError)
+        per_layer = 2 + spec.official_wkv_count
         if len(tensors) % per_layer:
             raise StateError(f"an official RWKV-{version} state has {per_layer} tensors per layer")
         layers = [tensors[i : i + per_layer] for i in range(0, len(tensors), per_layer)]
         att = torch.stack([ls[0].float() for ls in layers])[:, None]
         ffn = torch.stack([ls[-1].float() for ls in layers])[:, None]
-        if version == "4":
-            wkv = torch.stack([torch.stack([t.float() for t in ls[1:4]]) for ls in layers])
-        elif version == "7":
-            wkv = torch.stack([ls[1].float().transpose(-1, -2) for ls in layers])
-        else:
-            wkv = torch.stack([ls[1].float() for ls in layers])
+        wkv = torch.stack([spec.wkv_from_official(list(ls[1:-1])) for ls in layers])
         return cls({"att_shift": att, "wkv": wkv[:, None], "ffn_shift": ffn}, version)
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the state as safetensors (no code, any process can read it back), with checksums
         that :meth:`load` verifies."""
-        from rwkvkit.utils.integrity import save_safetensors
-
         path = Path(path)
         meta = {"format": _FORMAT, "version": self.version, "fields": json.dumps(list(self.tensors))}
         tensors = {n: t.detach().contiguous().cpu() for n, t in self.tensors.items()}
@@ -198,10 +184,6 @@ class State:
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> State:
         """Read a state written by :meth:`save` (its checksums verified, when it has them)."""
-        from safetensors import SafetensorError, safe_open
-
-        from rwkvkit.utils.integrity import verify_tensors
-
         path = Path(path)
         if not path.is_file():
             raise StateError(f"state file not found: {path}")

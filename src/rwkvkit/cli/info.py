@@ -28,7 +28,8 @@ def add_parser(sub) -> None:
 
 def format_info(d: dict) -> str:
     cfg = d["config"]
-    if cfg.version == "4":
+    spec = cfg.spec
+    if not spec.has_heads:
         width = f"{cfg.n_embd} (no heads; attention width {cfg.dim_att})"
     else:
         width = f"{cfg.n_embd} (heads {cfg.n_head} x head size {cfg.head_size})"
@@ -43,13 +44,12 @@ def format_info(d: dict) -> str:
         f"ffn:         {cfg.dim_ffn}",
         f"vocabulary:  {cfg.vocab_size}",
     ]
-    if cfg.version == "7":
-        lines.append(
-            f"LoRA ranks:  decay {cfg.lora_w}, iclr {cfg.lora_a}, value {cfg.lora_v}, gate {cfg.lora_g}"
+    if spec.lora_fields:
+        ranks = ", ".join(
+            f"{label} {getattr(cfg, f)}" for f, label in zip(spec.lora_fields, spec.lora_labels)
         )
-    elif cfg.version == "6":
-        lines.append(f"LoRA ranks:  lerp {cfg.lora_mix}, decay {cfg.lora_decay}")
-    elif cfg.version.startswith("5"):
+        lines.append(f"LoRA ranks:  {ranks}")
+    if spec.log_bonus:
         lines.append(f"bonus:       {'time_first (log u)' if cfg.v5_log_bonus else 'time_faaaa (u)'}")
     lines += [
         f"parameters:  {d['parameters']:,} ({d['parameters'] / 1e6:.1f} M)",

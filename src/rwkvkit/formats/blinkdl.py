@@ -19,7 +19,10 @@ from rwkvkit.errors import CheckpointError, UnsupportedVersionError
 from rwkvkit.formats._io import atomic_file, owned
 from rwkvkit.formats.keymap import short
 from rwkvkit.models.rwkv.config import RWKVConfig
+from rwkvkit.models.rwkv.model import RWKV
+from rwkvkit.models.rwkv.versions import spec_of
 from rwkvkit.utils.integrity import check_zip_crc, is_zip
+from rwkvkit.utils.meta import on_meta
 
 # RWKV-7 key renames of commit 348e56e (Nov 2024): old suffix -> new suffix, per block
 V7_OLD_NAMES: dict[str, str] = {
@@ -196,115 +199,32 @@ def n_layer_of(sd: dict[str, torch.Tensor]) -> int:
 
 def config_from_state_dict(sd: dict[str, torch.Tensor], version: str) -> RWKVConfig:
     """Read every size from tensor shapes (LoRA ranks included: formulas do not always give them)."""
+    spec = spec_of(version, UnsupportedVersionError)
     try:
         vocab_size, n_embd = sd["emb.weight"].shape
-        common = {
-            "version": version,
-            "n_layer": n_layer_of(sd),
-            "n_embd": n_embd,
-            "vocab_size": vocab_size,
-            "dim_ffn": sd["blocks.0.ffn.key.weight"].shape[0],
-        }
-        if version == "7":
-            n_head, head_size = sd["blocks.0.att.r_k"].shape
-            v1 = "blocks.1.att.v1" if "blocks.1.att.v1" in sd else "blocks.0.att.v1"
-            return RWKVConfig(
-                **common,
-                head_size=head_size,
-                lora_w=sd["blocks.0.att.w1"].shape[1],
-                lora_a=sd["blocks.0.att.a1"].shape[1],
-                lora_v=sd[v1].shape[1],
-                lora_g=sd["blocks.0.att.g1"].shape[1],
-            )
-        dim_att = sd["blocks.0.att.key.weight"].shape[0]
-        if version == "4":
-            return RWKVConfig(**common, dim_att=dim_att)
-        log_bonus = "blocks.0.att.time_faaaa" not in sd  # v5 files store u or log u
-        if version in ("5.0", "5.1"):  # per-head decay (H,): the head size is A / H
-            n_head = sd["blocks.0.att.time_decay"].shape[0]
-            return RWKVConfig(**common, dim_att=dim_att, head_size=dim_att // n_head, v5_log_bonus=log_bonus)
-        head_size = sd["blocks.0.att.time_decay"].shape[-1]  # v5.2 (H, N); v6 (1, 1, A) fixed below
-        if version == "5.2":
-            return RWKVConfig(**common, dim_att=dim_att, head_size=head_size, v5_log_bonus=log_bonus)
-        head_size = sd["blocks.0.att.time_faaaa"].shape[-1]  # v6: time_faaaa (H, N)
-        if version == "6":
-            return RWKVConfig(
-                **common,
-                dim_att=dim_att,
-                head_size=head_size,
-                lora_mix=sd["blocks.0.att.time_maa_w1"].shape[1] // 5,
-                lora_decay=sd["blocks.0.att.time_decay_w1"].shape[1],
-            )
+        return RWKVConfig(
+            version=version,
+            n_layer=n_layer_of(sd),
+            n_embd=n_embd,
+            vocab_size=vocab_size,
+            dim_ffn=sd["blocks.0.ffn.key.weight"].shape[0],
+            **spec.sizes_from_state_dict(sd),
+        )
     except KeyError as e:
         raise CheckpointError(f"RWKV-{version} checkpoint is missing the key {e.args[0]!r}") from None
-    except (ValueError, AttributeError) as e:
+    except (ValueError, AttributeError, IndexError, TypeError) as e:
         raise CheckpointError(f"RWKV-{version} checkpoint has unexpected tensor shapes: {e}") from None
-    raise UnsupportedVersionError(f"RWKV-{version} checkpoints are not supported")
 
 
 def expected_shapes(config: RWKVConfig) -> dict[str, tuple[int, ...]]:
-    """Every key of an official checkpoint of ``config`` and its shape (spec section 6).
+    """Every key of an official checkpoint of ``config`` and its shape (docs/checkpoints.md): the
+    parameters of the rwkvkit model, whose names are the official ones, built on the meta device.
 
     RWKV-5 files name the bonus ``time_first`` (its log, ``config.v5_log_bonus``) or ``time_faaaa``.
     """
-    v, C, V, F = config.version, config.n_embd, config.vocab_size, config.dim_ffn
-    A, H, N = config.dim_att, config.n_head, config.head_size
-    shapes: dict[str, tuple[int, ...]] = {
-        "emb.weight": (V, C), "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,),
-        "ln_out.weight": (C,), "ln_out.bias": (C,), "head.weight": (V, C),
-    }  # fmt: skip
-    vec = (1, 1, C)
-    for i in range(config.n_layer):
-        att, ffn = f"blocks.{i}.att.", f"blocks.{i}.ffn."
-        for ln in ("ln1", "ln2"):
-            shapes[f"blocks.{i}.{ln}.weight"] = shapes[f"blocks.{i}.{ln}.bias"] = (C,)
-        if v == "7":
-            Dw, Da, Dv, Dg = config.lora_w, config.lora_a, config.lora_v, config.lora_g
-            for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "v0", "k_k", "k_a"):
-                shapes[att + name] = vec
-            shapes |= {
-                att + "w1": (C, Dw), att + "w2": (Dw, C), att + "a1": (C, Da), att + "a2": (Da, C),
-                att + "v1": (C, Dv), att + "v2": (Dv, C), att + "g1": (C, Dg), att + "g2": (Dg, C),
-                att + "r_k": (H, N), att + "ln_x.weight": (C,), att + "ln_x.bias": (C,),
-                ffn + "x_k": vec, ffn + "key.weight": (F, C), ffn + "value.weight": (C, F),
-            }  # fmt: skip
-            for name in ("receptance", "key", "value", "output"):
-                shapes[f"{att}{name}.weight"] = (C, C)
-            continue
-        for name in ("receptance", "key", "value"):
-            shapes[f"{att}{name}.weight"] = (A, C)
-        shapes[att + "output.weight"] = (C, A)
-        shapes |= {
-            ffn + "key.weight": (F, C),
-            ffn + "receptance.weight": (C, C),
-            ffn + "value.weight": (C, F),
-        }
-        if v == "6":
-            for name in ("x", "w", "k", "v", "r", "g"):
-                shapes[f"{att}time_maa_{name}"] = vec
-            Dm, Dd = config.lora_mix, config.lora_decay
-            shapes |= {
-                att + "time_maa_w1": (C, 5 * Dm), att + "time_maa_w2": (5, Dm, C),
-                att + "time_decay": (1, 1, A), att + "time_decay_w1": (C, Dd), att + "time_decay_w2": (Dd, A),
-                att + "time_faaaa": (H, N), ffn + "time_maa_k": vec, ffn + "time_maa_r": vec,
-            }  # fmt: skip
-        else:  # v4, v5.x: static lerps
-            for name in ("k", "v", "r"):
-                shapes[f"{att}time_mix_{name}"] = vec
-            shapes[ffn + "time_mix_k"] = shapes[ffn + "time_mix_r"] = vec
-        if v == "4":
-            shapes[att + "time_decay"] = shapes[att + "time_first"] = (A,)
-        elif v.startswith("5"):
-            decay = (H, N) if v == "5.2" else (H,)
-            shapes[att + "time_decay"] = decay
-            shapes[att + ("time_first" if config.v5_log_bonus else "time_faaaa")] = decay
-        if v in ("5.1", "5.2", "6"):
-            shapes[att + "gate.weight"] = (A, C)
-            if v != "6":
-                shapes[att + "time_mix_g"] = vec
-        if v != "4":
-            shapes[att + "ln_x.weight"] = shapes[att + "ln_x.bias"] = (A,)
-    return shapes
+    with on_meta():
+        model = RWKV(config, device="meta")
+    return {k: tuple(t.shape) for k, t in model.state_dict().items()}
 
 
 def check_state_dict(
@@ -337,14 +257,10 @@ def check_state_dict(
 
 def to_native(sd: dict[str, torch.Tensor], version: str, config: RWKVConfig) -> dict[str, torch.Tensor]:
     """Official state dict -> rwkvkit state dict (same names; fills what old files lack)."""
-    sd = rename_old_keys(sd) if version == "7" else dict(sd)
-    if version == "7" and "blocks.0.att.v1" not in sd:
-        # old RWKV-7 files have no layer-0 value-residual LoRA; it is unused at layer 0 anyway
-        C, D = config.n_embd, config.lora_v
-        ref = sd["blocks.0.att.w0"]
-        sd["blocks.0.att.v0"] = ref.new_zeros(1, 1, C)
-        sd["blocks.0.att.v1"] = ref.new_zeros(C, D)
-        sd["blocks.0.att.v2"] = ref.new_zeros(D, C)
+    sd = rename_old_keys(sd)  # RWKV-7's old names; no other version has them
+    complete = spec_of(version, UnsupportedVersionError).complete_state_dict
+    if complete is not None:
+        complete(sd, config)
     return sd
 
 

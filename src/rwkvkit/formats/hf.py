@@ -215,7 +215,7 @@ def write(
     """
     path = Path(path)
     lay = layout_for(config.version, layout)
-    if config.version.startswith("5") and config.v5_log_bonus:
+    if config.v5_log_bonus:
         raise UnsupportedVersionError(
             "this RWKV-5 checkpoint stores the bonus as its log (time_first); the RWKV hub layout holds "
             "time_faaaa (u itself), and exp() would not be lossless; write it as rwkvkit or blinkdl instead"

@@ -146,7 +146,7 @@ class OptimizedRWKV(RWKV):
         full_output: bool = True,
     ) -> tuple[torch.Tensor, State]:
         """:meth:`RWKV.forward`; ``impl`` defaults to ``"kernel"`` (``"auto"`` with kernels off)."""
-        tokens = self._check_tokens(tokens)
+        tokens = self.check_tokens(tokens)
         B, T = tokens.shape
         if impl is None:
             if T == 1 and B <= self.fused_max_batch and self._fused_ok():
@@ -155,7 +155,7 @@ class OptimizedRWKV(RWKV):
         return super().forward(tokens, state, impl=impl, full_output=full_output)
 
     def _fused_ok(self) -> bool:
-        if self.config.version != "7" or self.device.type != "cpu" or not self._kernels_on:
+        if self.config.spec.fused_params is None or self.device.type != "cpu" or not self._kernels_on:
             return False
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             return False

@@ -37,24 +37,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rwkvkit.models.rwkv.versions import spec_of
+
 log = logging.getLogger("rwkvkit.inference")
 _kmod = importlib.import_module("rwkvkit.inference.kernels.gemv")  # the module (kernels.gemv is a function)
 
 __all__ = ["PARAM_NAMES", "PackedBlock", "pack_block", "block_decode", "wkv7_step", "available"]
 
-# The order of ``params`` in ``rwkv7_block_decode`` (LoRA matrices transposed: [out, in] gemv weights).
-PARAM_NAMES = (
-    "ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias",
-    "att.x_r", "att.x_w", "att.x_k", "att.x_v", "att.x_a", "att.x_g",
-    "att.w0", "att.w1^T", "att.w2^T",
-    "att.a0", "att.a1^T", "att.a2^T",
-    "att.v0", "att.v1^T", "att.v2^T",
-    "att.g1^T", "att.g2^T",
-    "att.k_k", "att.k_a", "att.r_k",
-    "att.ln_x.weight", "att.ln_x.bias",
-    "att.receptance", "att.key", "att.value", "att.output",
-    "ffn.x_k", "ffn.key", "ffn.value",
-)  # fmt: skip
+# The order of ``params`` in ``rwkv7_block_decode``: the RWKV-7 version spec's packing.
+PARAM_NAMES = spec_of("7").fused_params
 SCALE_NAMES = ("att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value")
 _LN_EPS, _GN_EPS = 1e-5, 64e-5  # what the C++ operator uses
 

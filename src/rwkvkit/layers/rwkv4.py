@@ -12,9 +12,12 @@ Parameter names and shapes are those of the official checkpoints. Math (spec sec
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
+from rwkvkit.layers.official_init import F64, InitContext, frac
 from rwkvkit.layers.token_shift import acc_dtype, token_shift
 from rwkvkit.ops import wkv4
 
@@ -41,6 +44,19 @@ class RWKV4TimeMix(nn.Module):
         self.value = nn.Linear(C, A, bias=False, **dd)
         self.receptance = nn.Linear(C, A, bias=False, **dd)
         self.output = nn.Linear(A, C, bias=False, **dd)
+
+    def official_init(self, name: str, shape: tuple[int, ...], ctx: InitContext) -> torch.Tensor | None:
+        """The official (v4neo) initial value of parameter ``name`` of this mix (docs/init.md)."""
+        lerp = ctx.lerp_current()
+        if name in lerp:
+            return lerp[name]
+        A = ctx.config.dim_att
+        h = torch.arange(A, dtype=F64)
+        if name == "time_decay":  # w = -exp(time_decay): from -e^-5 (slow) to -e^3 (fast) per step
+            return -5 + 8 * frac(h, A - 1) ** (0.7 + 1.3 * ctx.r01)
+        if name == "time_first":
+            return math.log(0.3) + 0.5 * (((h + 1) % 3) - 1)
+        return None
 
     def forward(
         self,
@@ -77,6 +93,10 @@ class RWKV4ChannelMix(nn.Module):
         self.key = nn.Linear(C, F_, bias=False, **dd)
         self.receptance = nn.Linear(C, C, bias=False, **dd)
         self.value = nn.Linear(F_, C, bias=False, **dd)
+
+    def official_init(self, name: str, shape: tuple[int, ...], ctx: InitContext) -> torch.Tensor | None:
+        """The official initial value of ``time_mix_k`` / ``time_mix_r`` (v4 and v5; docs/init.md)."""
+        return ctx.ddd**ctx.r1a0 if name in ("time_mix_k", "time_mix_r") else None
 
     def forward(self, x: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         prev = token_shift(x, shift)

@@ -17,20 +17,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rwkvkit.layers.official_init import F64, InitContext, frac
 from rwkvkit.layers.rwkv4 import lerp_mix
 from rwkvkit.layers.token_shift import acc_dtype, token_shift
 from rwkvkit.ops import wkv5
 
 
 class RWKV5TimeMix(nn.Module):
-    def __init__(self, config, layer_id: int, device=None, dtype=None) -> None:
+    def __init__(
+        self, config, layer_id: int, device=None, dtype=None, *, gate: bool = True, per_channel: bool = True
+    ) -> None:
+        """``gate``: an output gate (v5.1, v5.2; not v5.0). ``per_channel``: a decay and a bonus per
+        channel ``(H, N)`` (v5.2) instead of per head ``(H,)`` (v5.0, v5.1). The version specs in
+        :mod:`rwkvkit.models.rwkv.versions` set both."""
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         C, A, H, N = config.n_embd, config.dim_att, config.n_head, config.head_size
         self.layer_id = layer_id
         self.n_head, self.head_size = H, N
-        self.has_gate = config.version != "5.0"
-        per_channel = config.version == "5.2"
+        self.has_gate, self.per_channel = bool(gate), bool(per_channel)
         decay_shape = (H, N) if per_channel else (H,)
         self.time_mix_k = nn.Parameter(torch.empty(1, 1, C, **dd))
         self.time_mix_v = nn.Parameter(torch.empty(1, 1, C, **dd))
@@ -52,6 +57,28 @@ class RWKV5TimeMix(nn.Module):
         self.output = nn.Linear(A, C, bias=False, **dd)
         # eps 64e-5 = 1e-5 * 8^2: training normalises y / 8 with eps 1e-5 (spec section 3)
         self.ln_x = nn.GroupNorm(H, A, eps=64e-5, **dd)
+
+    def official_init(self, name: str, shape: tuple[int, ...], ctx: InitContext) -> torch.Tensor | None:
+        """The official initial value of parameter ``name`` of this mix (docs/init.md): v5.2's
+        trainer; the preview trainer's per-head formulas for v5.0 / v5.1."""
+        lerp = ctx.lerp_current()
+        if name in lerp:
+            return lerp[name]
+        if name == "time_first":  # any v5 file that stores the bonus as its log
+            return torch.full(shape, -3.0, dtype=F64)
+        if self.per_channel:
+            if name == "time_decay":
+                return ctx.per_channel_decay()
+            if name == "time_faaaa":
+                return ctx.per_channel_bonus()
+            return None
+        H = self.n_head
+        h = torch.arange(H, dtype=F64)
+        if name == "time_decay":
+            return -6 + 5 * frac(h, H - 1) ** (0.7 + 1.3 * ctx.r01)
+        if name == "time_faaaa":
+            return ctx.r01 * (1 - frac(h, H - 1))
+        return None
 
     def bonus(self, dtype: torch.dtype) -> torch.Tensor:
         """u as ``[H, N]`` or ``[H, 1]``."""

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rwkvkit.layers.official_init import InitContext, symmetric_uniform
 from rwkvkit.layers.token_shift import acc_dtype, token_shift
 from rwkvkit.ops import wkv6
 
@@ -46,6 +47,25 @@ class RWKV6TimeMix(nn.Module):
         self.gate = nn.Linear(C, A, bias=False, **dd)
         self.output = nn.Linear(A, C, bias=False, **dd)
         self.ln_x = nn.GroupNorm(H, A, eps=64e-5, **dd)
+
+    def official_init(self, name: str, shape: tuple[int, ...], ctx: InitContext) -> torch.Tensor | None:
+        """The official initial value of parameter ``name`` of this mix (docs/init.md)."""
+        ddd, r01, r1a0 = ctx.ddd, ctx.r01, ctx.r1a0
+        table = {
+            "time_maa_x": lambda: 1 - ddd**r1a0,
+            "time_maa_w": lambda: 1 - ddd**r1a0,
+            "time_maa_k": lambda: 1 - ddd**r1a0,
+            "time_maa_v": lambda: 1 - (ddd**r1a0 + 0.3 * r01),
+            "time_maa_r": lambda: 1 - ddd ** (0.5 * r1a0),
+            "time_maa_g": lambda: 1 - ddd ** (0.5 * r1a0),
+            "time_maa_w1": lambda: torch.zeros(shape),
+            "time_decay_w1": lambda: torch.zeros(shape),
+            "time_maa_w2": lambda: symmetric_uniform(shape, 0.01, ctx.generator),
+            "time_decay_w2": lambda: symmetric_uniform(shape, 0.01, ctx.generator),
+            "time_decay": ctx.per_channel_decay,
+            "time_faaaa": ctx.per_channel_bonus,
+        }
+        return table[name]() if name in table else None
 
     def forward(
         self,
@@ -92,6 +112,10 @@ class RWKV6ChannelMix(nn.Module):
         self.key = nn.Linear(C, F_, bias=False, **dd)
         self.receptance = nn.Linear(C, C, bias=False, **dd)
         self.value = nn.Linear(F_, C, bias=False, **dd)
+
+    def official_init(self, name: str, shape: tuple[int, ...], ctx: InitContext) -> torch.Tensor | None:
+        """The official initial value of ``time_maa_k`` / ``time_maa_r`` (docs/init.md)."""
+        return 1 - ctx.ddd ** (ctx.r1a0**3) if name in ("time_maa_k", "time_maa_r") else None
 
     def forward(self, x: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = token_shift(x, shift) - x

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rwkvkit.layers.official_init import F64, InitContext, frac, orthogonal
 from rwkvkit.layers.token_shift import acc_dtype, token_shift
 from rwkvkit.ops import wkv7
 
@@ -67,6 +68,37 @@ class RWKV7TimeMix(nn.Module):
         self.output = nn.Linear(C, C, bias=False, **dd)
         # GroupNorm eps 64e-5 = 1e-5 * 8^2: training normalises y / 8 with eps 1e-5 (spec section 3)
         self.ln_x = nn.GroupNorm(H, C, eps=64e-5, **dd) if group_norm else None
+
+    def official_init(self, name: str, shape: tuple[int, ...], ctx: InitContext) -> torch.Tensor | None:
+        """The official initial value of parameter ``name`` of this mix (docs/init.md)."""
+        C, N, r01, r1a0 = ctx.config.n_embd, ctx.config.head_size, ctx.r01, ctx.r1a0
+        n = torch.arange(C, dtype=F64)
+        linear = frac(n, C - 1) - 0.5  # -0.5 .. 0.5 across the channels
+        half = (N - 1) / 2
+        z = frac((n % N) - half, half)  # -1 .. 1 within each head
+        zigzag = z * z.abs()
+        powers = {"x_r": 0.2, "x_w": 0.9, "x_k": 0.7, "x_v": 0.7, "x_a": 0.9, "x_g": 0.2}
+        if name in powers:
+            return 1 - ctx.ddd ** (powers[name] * r1a0)
+        if name == "w0":
+            return -6 + 6 * frac(n, C - 1) ** (1 + r01**0.3) + 0.5 + 2.5 * zigzag
+        if name == "a0":
+            return -0.19 + 0.3 * zigzag + 0.4 * linear
+        if name == "v0":
+            return 0.73 - 0.4 * linear
+        if name == "k_k":
+            return 0.71 - 0.1 * linear
+        if name == "k_a":
+            return torch.full(shape, 1.02, dtype=F64)
+        if name == "r_k":
+            return torch.full(shape, -0.04, dtype=F64)
+        if name in ("w1", "a1", "v1", "g1"):
+            return torch.zeros(shape)
+        if name in ("w2", "a2", "v2", "g2"):
+            rows, cols = shape
+            gain = 0.1 * (math.sqrt(rows / cols) if rows > cols else 1.0)
+            return orthogonal(rows, cols, gain, ctx.generator)
+        return None
 
     def forward(
         self,
@@ -132,6 +164,10 @@ class RWKV7ChannelMix(nn.Module):
         self.x_k = nn.Parameter(torch.empty(1, 1, C, **dd))
         self.key = nn.Linear(C, F_, bias=False, **dd)
         self.value = nn.Linear(F_, C, bias=False, **dd)
+
+    def official_init(self, name: str, shape: tuple[int, ...], ctx: InitContext) -> torch.Tensor | None:
+        """The official initial value of ``x_k`` (docs/init.md)."""
+        return 1 - ctx.ddd ** (ctx.r1a0**4) if name == "x_k" else None
 
     def forward(self, x: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x [B, T, C]`` (LN2 output), ``shift [B, C]`` -> ``(out [B, T, C], new shift [B, C])``."""

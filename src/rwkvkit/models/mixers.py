@@ -27,6 +27,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rwkvkit.errors import ConfigError, InputError
+from rwkvkit.layers.based import BasedLinearAttention, SlidingWindowAttention
+from rwkvkit.layers.rrwkv import RRWKV4TimeMix
+from rwkvkit.layers.short_conv import BaseConv
+from rwkvkit.models.rwkv.config import RWKVConfig
+from rwkvkit.models.rwkv.init import official_init_time_mixes_
+from rwkvkit.models.rwkv.versions import spec_of
+from rwkvkit.ops.based import based_state_size
+from rwkvkit.state import State
 
 MIXERS = ("attention", "swa", "based", "conv", "rwkv4", "rwkv5", "rwkv6", "rwkv7", "rrwkv4")
 _RWKV_VERSION = {"rwkv4": "4", "rwkv5": "5.2", "rwkv6": "6", "rwkv7": "7"}
@@ -97,21 +105,15 @@ class RWKVTimeMixer(nn.Module):
 
     def __init__(self, version: str, d: int, head_size: int) -> None:
         super().__init__()
-        from rwkvkit.models.rwkv.config import RWKVConfig
-        from rwkvkit.models.rwkv.model import Block
-        from rwkvkit.training.config import default_lora_ranks
-        from rwkvkit.training.init import official_init_blocks_
-
-        ranks = {k: max(8, v // 4) for k, v in default_lora_ranks(version, d).items()}
+        spec = spec_of(version)
+        ranks = {k: max(8, v // 4) for k, v in spec.default_lora_ranks(d).items()}
         self.config = RWKVConfig(
             version=version, n_layer=1, n_embd=d, vocab_size=1, head_size=head_size, **ranks
         )
-        block = official_init_blocks_(nn.ModuleList([Block(self.config, 0)]), self.config, seed=0)[0]
-        self.att = block.att  # the channel mix and norms of the block are not used
+        self.att = spec.time_mix(self.config, 0, **spec.time_mix_options)
+        official_init_time_mixes_([self.att], self.config, seed=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from rwkvkit.state import State
-
         st = State.initial(self.config, x.shape[0], device=x.device)
         out, _, _, _ = self.att(x, st["att_shift"][0].to(x.dtype), st["wkv"][0], None)
         return out
@@ -125,8 +127,6 @@ class RRWKVTimeMixer(nn.Module):
 
     def __init__(self, d: int, head_size: int, medium_every: int) -> None:
         super().__init__()
-        from rwkvkit.layers.rrwkv import RRWKV4TimeMix
-
         base = RWKVTimeMixer("4", d, head_size)
         self.config = base.config
         with torch.random.fork_rng():  # constructing the extra Linears must not move the caller's stream
@@ -140,9 +140,6 @@ class RRWKVTimeMixer(nn.Module):
 
 
 def _make_mixer(name: str, cfg: MixerLMConfig) -> nn.Module:
-    from rwkvkit.layers.based import BasedLinearAttention, SlidingWindowAttention
-    from rwkvkit.layers.short_conv import BaseConv
-
     d = cfg.d_model
     if name == "attention":
         return CausalAttention(d, cfg.n_heads, cfg.rope)
@@ -208,7 +205,6 @@ def state_bytes(config: MixerLMConfig, seq_len: int, bytes_per_value: int = 4) -
     RWKV-4 three numbers per channel plus the shift, RWKV-5/6/7 ``H N^2`` plus the shift, RRWKV-4 that
     of RWKV-4 plus the incomplete segment's sum and length and one ``d``-vector per completed segment
     (``seq_len // medium_every`` of them: it grows with the sequence)."""
-    from rwkvkit.ops.based import based_state_size
 
     d, total = config.d_model, 0
     for m in config.layers:

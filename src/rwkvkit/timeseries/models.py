@@ -46,6 +46,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rwkvkit.errors import ConfigError, InputError
+from rwkvkit.models.rwkv.config import RWKVConfig
+from rwkvkit.models.rwkv.init import official_init_blocks_
+from rwkvkit.models.rwkv.model import Block
+from rwkvkit.models.rwkv.versions import spec_of
 
 
 def config_from_dict(cls, d: dict[str, Any]):
@@ -153,10 +157,7 @@ class RimerConfig(PatchConfig):
 
     def rwkv_config(self):
         """The :class:`RWKVConfig` of the blocks (vocab_size 1: the LM embedding is not used)."""
-        from rwkvkit.models.rwkv.config import RWKVConfig
-        from rwkvkit.training.config import default_lora_ranks
-
-        ranks = default_lora_ranks("7", self.d_model)
+        ranks = spec_of("7").default_lora_ranks(self.d_model)
         for k in ranks:
             if getattr(self, k):
                 ranks[k] = getattr(self, k)
@@ -287,9 +288,6 @@ class Rimer(PatchForecaster):
     config: RimerConfig
 
     def __init__(self, config: RimerConfig | None = None, seed: int = 0) -> None:
-        from rwkvkit.models.rwkv.model import Block
-        from rwkvkit.training.init import official_init_blocks_
-
         config = config or RimerConfig()
         super().__init__(config)
         self.rwkv_config = config.rwkv_config()

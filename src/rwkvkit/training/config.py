@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rwkvkit.errors import ConfigError
+from rwkvkit.models.rwkv.versions import SPECS, TRAINABLE
 
 
 class FlatConfig:
@@ -231,7 +231,7 @@ class TrainConfig(FlatConfig):
     def __post_init__(self) -> None:
         checks = [
             (self.arch in ("rwkv", "gpt"), f"arch must be rwkv or gpt, got {self.arch!r}"),
-            (self.version in ("4", "5.2", "6", "7"), f"version must be 4, 5.2, 6 or 7, got {self.version!r}"),
+            (self.version in TRAINABLE, f"version must be {', '.join(TRAINABLE)}, got {self.version!r}"),
             (self.ctx_len >= 1, "ctx_len must be >= 1"),
             (self.chunk_len >= 0, "chunk_len must be >= 0"),
             (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
@@ -286,25 +286,14 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
 
 
 def default_lora_ranks(version: str, n_embd: int) -> dict[str, int]:
-    """LoRA ranks of the official trainer's formulas (spec section 6), for training from scratch."""
-    r32 = lambda x: max(32, round(x / 32) * 32)  # noqa: E731
-    if version == "7":
-        C = n_embd
-        return {
-            "lora_w": r32(1.8 * math.sqrt(C)),
-            "lora_a": r32(1.8 * math.sqrt(C)),
-            "lora_v": r32(1.3 * math.sqrt(C)),
-            "lora_g": r32(0.6 * C**0.8),
-        }
-    if version == "6":
-        return {"lora_mix": 32, "lora_decay": 64}
-    return {}
+    """LoRA ranks of the official trainer's formulas, for training from scratch (the version spec's)."""
+    return SPECS[version].default_lora_ranks(n_embd)
 
 
 def parse_lora_ranks(version: str, text: str, n_embd: int) -> dict[str, int]:
     if not text:
         return default_lora_ranks(version, n_embd)
-    names = {"7": ("lora_w", "lora_a", "lora_v", "lora_g"), "6": ("lora_mix", "lora_decay")}.get(version, ())
+    names = SPECS[version].lora_fields
     try:
         values = [int(x) for x in text.split(",")]
     except ValueError:

@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 
 from rwkvkit.errors import ConfigError
+from rwkvkit.models.rwkv.versions import SPECS
 
 # name -> (lr_scale, decayed): the order in which groups are listed
 _GROUPS: dict[str, tuple[float, bool]] = {
@@ -48,20 +49,10 @@ _GROUPS: dict[str, tuple[float, bool]] = {
 
 
 def lr_scale_of(name: str, version: str | None, layerwise_lr: bool = True) -> float:
-    """The official learning-rate multiplier of parameter ``name`` in an RWKV model of ``version``."""
-    leaf = name.rpartition(".")[2]
-    if version == "7":
-        return 2.0 if name.endswith("att.w0") else 1.0
-    if not layerwise_lr or version is None:
-        return 1.0
-    if version == "4" or version.startswith("5") or version == "6":
-        if leaf.endswith(("_w1", "_w2")):  # the v6 LoRA factors, before the time_decay test
-            return 1.0
-        if leaf.startswith("time_decay"):
-            return 2.0
-        if leaf.startswith("time_first"):
-            return 3.0
-    return 1.0
+    """The official learning-rate multiplier of parameter ``name`` in an RWKV model of ``version``
+    (the version spec's ``lr_scale``; 1 for models without a version, e.g. GPT)."""
+    spec = SPECS.get(version) if version is not None else None
+    return 1.0 if spec is None else spec.lr_scale(name, layerwise_lr)
 
 
 def is_decayed(name: str, p: torch.Tensor) -> bool:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from rwkvkit.models.rwkv.versions import spec_of
+
 
 def run_official(
     ckpt: Path, tokens: list[int], cut: int, version: str = "7", strategy: str = "cpu fp32"
@@ -30,8 +32,7 @@ def run_official(
         torch.save({"tokens": tokens, "cut": cut, "strategy": strategy}, req)
         env = dict(os.environ, RWKV_JIT_ON="1", RWKV_CUDA_ON="0")
         env.pop("RWKV_V7_ON", None)
-        if version == "7":
-            env["RWKV_V7_ON"] = "1"
+        env.update(spec_of(version).official_env)
         proc = subprocess.run(
             [sys.executable, "-m", "rwkvkit.utils.official", str(ckpt), str(req), str(out)],
             env=env,

@@ -87,7 +87,7 @@ def train_flops_per_token(model: nn.Module, ctx_len: int) -> float:
     cfg = getattr(model, "config", None)
     if cfg is not None and hasattr(cfg, "n_layer") and hasattr(cfg, "n_embd"):
         if getattr(cfg, "version", None) is not None:  # RWKV
-            N = cfg.head_size if cfg.version != "4" else 1
+            N = cfg.head_size if cfg.n_head else 1  # RWKV-4 has no heads: one channel
             flops += 12.0 * cfg.n_layer * cfg.n_embd * N
         else:  # GPT
             flops += 6.0 * cfg.n_layer * ctx_len * cfg.n_embd

@@ -7,6 +7,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from rwkvkit.errors import ConfigError
+from rwkvkit.models.rwkv.config import RWKVConfig
+from rwkvkit.models.rwkv.versions import spec_of
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,10 +49,7 @@ class ARWKVConfig:
 
     def rwkv_config(self):
         """The RWKV-7 config of the time mixes and of the recurrent state (``rwkvkit.State``)."""
-        from rwkvkit.models.rwkv.config import RWKVConfig
-        from rwkvkit.training.config import default_lora_ranks
-
-        ranks = default_lora_ranks("7", self.n_embd)
+        ranks = spec_of("7").default_lora_ranks(self.n_embd)
         for name in ("lora_w", "lora_a", "lora_v", "lora_g"):
             if getattr(self, name):
                 ranks[name] = getattr(self, name)

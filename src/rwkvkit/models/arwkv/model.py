@@ -24,7 +24,8 @@ from rwkvkit.errors import ConfigError
 from rwkvkit.layers.mlp import SwiGLU
 from rwkvkit.layers.rwkv7 import RWKV7TimeMix
 from rwkvkit.models.arwkv.config import ARWKVConfig
-from rwkvkit.models.rwkv.model import check_tokens
+from rwkvkit.models.recurrent import RecurrentLM
+from rwkvkit.models.rwkv.init import official_init_time_mixes_
 from rwkvkit.state import State
 
 
@@ -62,10 +63,9 @@ class ARWKVBlock(nn.Module):
         return x + self.mlp(self.ln2(x)), att_shift, wkv, v_first
 
 
-class ARWKV(nn.Module):
-    """The hybrid language model. ``logits, state = model(tokens, state)``."""
-
-    accepts_full_output = True  # generation may ask for the last position's logits only
+class ARWKV(RecurrentLM):
+    """The hybrid language model. ``logits, state = model(tokens, state)``; its state is an RWKV-7
+    :class:`rwkvkit.State` of its time mixes (the MLPs carry none: ``ffn_shift`` passes through)."""
 
     def __init__(self, config: ARWKVConfig, device=None, dtype=None) -> None:
         super().__init__()
@@ -82,32 +82,13 @@ class ARWKV(nn.Module):
             self.head.weight = self.emb.weight
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.emb.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.emb.weight.device
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def initial_state(self, batch_size: int = 1) -> State:
-        return State.initial(self.rwkv_config, batch_size, device=self.device)
+    def state_config(self):
+        return self.rwkv_config
 
     @torch.no_grad()
     def init_time_mixes_(self, seed: int = 0) -> ARWKV:
         """Give every time mix RWKV-7's official training initialisation (the rest is untouched)."""
-        from rwkvkit.models.rwkv.model import Block
-        from rwkvkit.training.init import official_init_blocks_
-
-        cfg = self.rwkv_config
-        blocks = official_init_blocks_(
-            nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer)), cfg, seed=seed
-        )
-        for mine, ref in zip(self.blocks, blocks, strict=True):
-            keep = mine.att.state_dict().keys()  # without the gate / group norm where switched off
-            mine.att.load_state_dict({k: v for k, v in ref.att.state_dict().items() if k in keep})
+        official_init_time_mixes_([b.att for b in self.blocks], self.rwkv_config, seed=seed)
         return self
 
     def forward(
@@ -120,12 +101,7 @@ class ARWKV(nn.Module):
     ) -> tuple[torch.Tensor, State]:
         """``tokens [B, T]`` -> ``(float32 logits [B, T, V] (or [B, 1, V] with full_output=False),
         the state after the last token)``; the input state is not modified."""
-        tokens = check_tokens(tokens, self.config.vocab_size, self.device)
-        B = tokens.shape[0]
-        if state is None:
-            state = self.initial_state(B)
-        else:
-            state.check_fits(self.rwkv_config, B)
+        tokens, state = self._begin(tokens, state)
         x = self.emb(tokens)
         v_first, att_shift, wkv = None, [], []
         for i, block in enumerate(self.blocks):
@@ -135,13 +111,8 @@ class ARWKV(nn.Module):
         if not full_output:
             x = x[:, -1:]
         logits = self.head(self.ln_out(x)).float()
-        new_state = State(
-            {"att_shift": torch.stack(att_shift).float(), "wkv": torch.stack(wkv).float(),
-             "ffn_shift": state["ffn_shift"].clone()},
-            "7",
-            logits=logits[:, -1].detach().clone(),
-        )  # fmt: skip
-        return logits, new_state
+        ffn_shift = state["ffn_shift"].clone()  # the MLPs carry no state
+        return logits, self._end({"att_shift": att_shift, "wkv": wkv, "ffn_shift": ffn_shift}, logits)
 
     def save(self, path, dtype: torch.dtype | None = None) -> None:
         """Write an rwkvkit ``.safetensors`` file (config in its metadata) that ``rwkvkit.load`` reads.

@@ -10,8 +10,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from rwkvkit.errors import ConfigError
+from rwkvkit.models.rwkv.versions import VERSIONS, VersionSpec, spec_of
 
-VERSIONS = ("4", "5.0", "5.1", "5.2", "6", "7")
+__all__ = ["PRESETS", "VERSIONS", "RWKVConfig"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,8 +41,7 @@ class RWKVConfig:
     lora_g: int = 0
 
     def __post_init__(self) -> None:
-        if self.version not in VERSIONS:
-            raise ConfigError(f"unknown RWKV version {self.version!r}; known: {', '.join(VERSIONS)}")
+        spec = spec_of(self.version)
         for name in ("n_layer", "n_embd", "vocab_size", "head_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"RWKVConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -49,28 +49,33 @@ class RWKVConfig:
         if self.dim_att == 0:
             object.__setattr__(self, "dim_att", self.n_embd)
         if self.dim_ffn == 0:
-            default = 4 * self.n_embd if self.version in ("4", "7") else int(3.5 * self.n_embd) // 32 * 32
-            object.__setattr__(self, "dim_ffn", default)
-        if self.version == "7" and self.dim_att != self.n_embd:
+            object.__setattr__(self, "dim_ffn", spec.default_dim_ffn(self.n_embd))
+        if spec.dim_att_is_n_embd and self.dim_att != self.n_embd:
             raise ConfigError(
-                f"RWKV-7 has dim_att == n_embd, got dim_att {self.dim_att}, n_embd {self.n_embd}"
+                f"RWKV-{self.version} has dim_att == n_embd, got dim_att {self.dim_att}, n_embd {self.n_embd}"
             )
-        if self.version != "4" and self.dim_att % self.head_size:
+        if spec.has_heads and self.dim_att % self.head_size:
             raise ConfigError(
                 f"dim_att {self.dim_att} is not a multiple of head_size {self.head_size}; "
                 "RWKV splits the channels into heads of head_size"
             )
-        needs = {"6": ("lora_mix", "lora_decay"), "7": ("lora_w", "lora_a", "lora_v", "lora_g")}
-        for name in needs.get(self.version, ()):
+        if self.v5_log_bonus and not spec.log_bonus:
+            raise ConfigError(f"v5_log_bonus is an RWKV-5 setting; RWKV-{self.version} has no log bonus")
+        for name in spec.lora_fields:
             if getattr(self, name) < 1:
                 raise ConfigError(
                     f"RWKV-{self.version} needs RWKVConfig.{name} >= 1, got {getattr(self, name)}"
                 )
 
     @property
+    def spec(self) -> VersionSpec:
+        """What this version is (:mod:`rwkvkit.models.rwkv.versions`)."""
+        return spec_of(self.version)
+
+    @property
     def n_head(self) -> int:
         """H = A / N (v5-v7; 0 for v4, which has no heads)."""
-        return 0 if self.version == "4" else self.dim_att // self.head_size
+        return self.dim_att // self.head_size if self.spec.has_heads else 0
 
     def replace(self, **changes) -> RWKVConfig:
         return dataclasses.replace(self, **changes)

@@ -19,45 +19,15 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from rwkvkit.errors import InputError
-from rwkvkit.layers.rwkv4 import RWKV4ChannelMix, RWKV4TimeMix
-from rwkvkit.layers.rwkv5 import RWKV5TimeMix
-from rwkvkit.layers.rwkv6 import RWKV6ChannelMix, RWKV6TimeMix
-from rwkvkit.layers.rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
+from rwkvkit.models.recurrent import RecurrentLM, check_tokens
 from rwkvkit.models.rwkv.config import RWKVConfig
+from rwkvkit.models.rwkv.versions import SPECS
 from rwkvkit.state import State
 
-# version -> (time mix class, channel mix class); RWKV-5 keeps RWKV-4's channel mix
-BLOCK_CLASSES = {
-    "4": (RWKV4TimeMix, RWKV4ChannelMix),
-    "5.0": (RWKV5TimeMix, RWKV4ChannelMix),
-    "5.1": (RWKV5TimeMix, RWKV4ChannelMix),
-    "5.2": (RWKV5TimeMix, RWKV4ChannelMix),
-    "6": (RWKV6TimeMix, RWKV6ChannelMix),
-    "7": (RWKV7TimeMix, RWKV7ChannelMix),
-}
+__all__ = ["BLOCK_CLASSES", "Block", "RWKV", "check_tokens"]
 
-
-def check_tokens(tokens, vocab_size: int, device: torch.device) -> torch.Tensor:
-    """Token ids as a ``[B, T]`` LongTensor on ``device`` (a 1-D ``[T]`` is ``B = 1``), or one clear
-    InputError: wrong shape or dtype, empty, or an id outside ``[0, vocab_size)``."""
-    if not isinstance(tokens, torch.Tensor):
-        tokens = torch.as_tensor(tokens, dtype=torch.long)
-    if tokens.dim() == 1:
-        tokens = tokens.unsqueeze(0)
-    if tokens.dim() != 2:
-        raise InputError(f"tokens must be a [B, T] LongTensor, got shape {tuple(tokens.shape)}")
-    if tokens.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8, torch.int8):
-        raise InputError(f"tokens must be integer ids, got dtype {tokens.dtype}")
-    if tokens.shape[1] == 0:
-        raise InputError("tokens is empty (T = 0); pass at least one token")
-    lo, hi = int(tokens.min()), int(tokens.max())
-    if lo < 0 or hi >= vocab_size:
-        raise InputError(
-            f"token id {hi if hi >= vocab_size else lo} is outside the model's "
-            f"vocabulary [0, {vocab_size}); is the tokenizer the right one for this model?"
-        )
-    return tokens.to(device=device, dtype=torch.long)
+# version -> (time mix class, channel mix class), from the version specs (kept for callers of 1.x)
+BLOCK_CLASSES = {v: (s.time_mix, s.channel_mix) for v, s in SPECS.items()}
 
 
 class Block(nn.Module):
@@ -72,9 +42,9 @@ class Block(nn.Module):
             self.ln0 = nn.LayerNorm(C, eps=1e-5, **dd)
         self.ln1 = nn.LayerNorm(C, eps=1e-5, **dd)
         self.ln2 = nn.LayerNorm(C, eps=1e-5, **dd)
-        TimeMix, ChannelMix = BLOCK_CLASSES[config.version]
-        self.att = TimeMix(config, layer_id, **dd)
-        self.ffn = ChannelMix(config, layer_id, **dd)
+        spec = config.spec
+        self.att = spec.time_mix(config, layer_id, **dd, **spec.time_mix_options)
+        self.ffn = spec.channel_mix(config, layer_id, **dd)
 
     def forward(
         self,
@@ -98,41 +68,17 @@ class Block(nn.Module):
         return x + xx, att_shift, wkv, ffn_shift, v_first
 
 
-class RWKV(nn.Module):
+class RWKV(RecurrentLM):
     """RWKV language model. ``logits, state = model(tokens, state)``."""
-
-    accepts_full_output = True  # forward(..., full_output=False): generation asks for the last logits only
 
     def __init__(self, config: RWKVConfig, device=None, dtype=None) -> None:
         super().__init__()
-        if config.version not in BLOCK_CLASSES:
-            from rwkvkit.errors import UnsupportedVersionError
-
-            raise UnsupportedVersionError(
-                f"RWKV-{config.version} models are not implemented yet (available: "
-                f"{', '.join('RWKV-' + v for v in BLOCK_CLASSES)})"
-            )
         dd = {"device": device, "dtype": dtype}
         self.config = config
         self.emb = nn.Embedding(config.vocab_size, config.n_embd, **dd)
         self.blocks = nn.ModuleList(Block(config, i, **dd) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.n_embd, eps=1e-5, **dd)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False, **dd)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.emb.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.emb.weight.device
-
-    def initial_state(self, batch_size: int = 1) -> State:
-        """The state before any token (what ``state=None`` means)."""
-        return State.initial(self.config, batch_size, device=self.device)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def forward(
         self,
@@ -160,13 +106,7 @@ class RWKV(nn.Module):
             ``full_output=False``); the state after the last token
             (``new_state.logits`` holds the last position's logits). The input state is not modified.
         """
-        tokens = self._check_tokens(tokens)
-        B, T = tokens.shape
-        if state is None:
-            state = self.initial_state(B)
-        else:
-            state.check_fits(self.config, B)
-        cfg = self.config
+        tokens, state = self._begin(tokens, state)
         att_shift, wkv, ffn_shift = [], [], []
 
         x = self.emb(tokens)
@@ -182,16 +122,4 @@ class RWKV(nn.Module):
         if not full_output:
             x = x[:, -1:]
         logits = self.head(self.ln_out(x)).float()
-        new_state = State(
-            {
-                "att_shift": torch.stack(att_shift).float(),
-                "wkv": torch.stack(wkv).float(),
-                "ffn_shift": torch.stack(ffn_shift).float(),
-            },
-            cfg.version,
-            logits=logits[:, -1].detach().clone(),  # lets generation continue from a saved state
-        )
-        return logits, new_state
-
-    def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        return check_tokens(tokens, self.config.vocab_size, self.device)
+        return logits, self._end({"att_shift": att_shift, "wkv": wkv, "ffn_shift": ffn_shift}, logits)

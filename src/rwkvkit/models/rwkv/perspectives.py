@@ -38,8 +38,9 @@ import torch
 import torch.nn as nn
 
 from rwkvkit.errors import ConfigError, StateError
-from rwkvkit.layers.rwkv4 import lerp_mix
+from rwkvkit.layers.rwkv4 import RWKV4TimeMix, lerp_mix
 from rwkvkit.layers.token_shift import acc_dtype, token_shift
+from rwkvkit.models.recurrent import RecurrentLM
 from rwkvkit.models.rwkv.model import RWKV, Block
 from rwkvkit.ops import wkv4
 from rwkvkit.state import State, state_shapes
@@ -69,7 +70,7 @@ class PerspectiveMixes(nn.Module):
             setattr(self, name, nn.Parameter(mix))
 
 
-class MultiPerspectiveRWKV(nn.Module):
+class MultiPerspectiveRWKV(RecurrentLM):
     """``P`` temporal perspectives of a trained RWKV-4. ``logits, state = model(tokens, state)``.
 
     Args:
@@ -96,13 +97,11 @@ class MultiPerspectiveRWKV(nn.Module):
         >>> logits, state, alpha = mp(tokens, return_alpha=True)   # alpha [B, T, P]
     """
 
-    accepts_full_output = True  # generation may ask for the last position's logits only
-
     def __init__(self, base: RWKV, n_perspectives: int = 4, noise: float = 1e-2, seed: int = 0) -> None:
         super().__init__()
         if not isinstance(base, RWKV):
             raise ConfigError(f"MultiPerspectiveRWKV wraps an rwkvkit RWKV model, got {type(base).__name__}")
-        if base.config.version != "4":
+        if base.config.spec.time_mix is not RWKV4TimeMix:
             raise ConfigError(
                 f"multiple temporal perspectives are defined for RWKV-4 (token-shift lerps "
                 f"time_mix_k/v/r), got an RWKV-{base.config.version} model"
@@ -139,12 +138,8 @@ class MultiPerspectiveRWKV(nn.Module):
         return self.base.config
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.base.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.base.device
+    def embedding(self) -> nn.Embedding:
+        return self.base.emb
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters fine-tuning updates: every perspective's mixes and ``W_c``."""
@@ -221,13 +216,9 @@ class MultiPerspectiveRWKV(nn.Module):
         Returns:
             ``(logits [B, T, V] float32, new_state)``, and ``alpha`` with ``return_alpha=True``.
         """
-        tokens = self.base._check_tokens(tokens)
+        tokens, state = self._begin(tokens, state)
         B, T = tokens.shape
         P = self.n_perspectives
-        if state is None:
-            state = self.initial_state(B)
-        else:
-            self.check_state(state, B)
         att_shift, wkv, ffn_shift = (self._merge(state[n]) for n in STATE_NAMES)  # [L, P * B, ...]
 
         blocks = self.base.blocks
