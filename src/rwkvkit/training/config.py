@@ -286,7 +286,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
 
 
 def default_lora_ranks(version: str, n_embd: int) -> dict[str, int]:
-    """LoRA ranks of the official trainer's formulas (spec section 6), for training from scratch."""
+    """LoRA ranks of the official formulas (docs/checkpoints.md#lora-ranks), for training from scratch."""
     r32 = lambda x: max(32, round(x / 32) * 32)  # noqa: E731
     if version == "7":
         C = n_embd

@@ -1,4 +1,4 @@
-"""The official training initialisation of RWKV-4 to RWKV-7 (spec section 7), applied in place.
+"""The official training initialisation of RWKV-4 to RWKV-7 (docs/init.md), applied in place.
 
 Every parameter gets the value the official trainer (BlinkDL/RWKV-LM) gives it when training from
 scratch. The trainer does this in two places, and both are reproduced here:
@@ -8,7 +8,7 @@ scratch. The trainer does this in two places, and both are reproduced here:
 * ``generate_init_weight`` then overwrites every matrix: ``emb`` uniform, ``head`` and most linears
   orthogonal, the output projections zero, ``ln_x`` set to ``((1 + l) / L) ** 0.7``.
 
-Per version (sources; line numbers are those of the spec's pinned commit ``524481d``):
+Per version (sources; line numbers are those of the pinned commit ``524481d``, docs/README.md#sources):
 
 * v4: ``RWKV-v4neo/src/model.py`` (time parameters :460-510; ``generate_init_weight`` :913-975).
   Orthogonal gains carry an extra ``sqrt(out / in)`` when ``out > in``; ``att.key``,
@@ -17,7 +17,7 @@ Per version (sources; line numbers are those of the spec's pinned commit ``52448
 * v5.2 and v6: ``RWKV-v5/src/model.py`` (``RWKV_Tmix_x052``, ``RWKV_Tmix_x060``, the channel mixes,
   ``generate_init_weight``). Gains: 1, with ``att.key`` and ``att.gate`` 0.1 and ``att.output``,
   ``ffn.value``, ``ffn.receptance`` 0; no ``sqrt(out / in)`` factor. The v6 channel-mix exponent is
-  ``r1a0 ** 3`` (the spec's commit; an older commit used ``r1a0``).
+  ``r1a0 ** 3`` (commit ``524481d``; an older commit used ``r1a0``).
 * v5.0 / v5.1 (the "preview" models): only a preview trainer existed (``RWKV_TimeMix_RWKV5_Preview``
   in ``RWKV-v4neo/src/model.py``). Its per-head formulas are used: ``time_decay_h = -6 + 5 (h / (H -
   1)) ** (0.7 + 1.3 r01)``; the bonus ``time_first = -3`` (u = e^-3) in files that store its log,
