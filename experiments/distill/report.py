@@ -171,7 +171,7 @@ def verdict(a: float, b: float, seeds_a: list[float], seeds_b: list[float]) -> s
 
 
 def findings() -> list[str]:
-    """The seed paper's expectations (seed-systems.md section 1 (e)) checked against the results."""
+    """The seed paper's expectations (docs/seed-systems.md#arwkv-experiment) checked against the results."""
     final = {name: load(name)[-1]["val_loss"] for name in ORDER + SMALL if load(name)}
     if not {"teacher", "stage12", "stage2", "scratch"} <= set(final):
         return []

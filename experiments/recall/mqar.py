@@ -3,7 +3,7 @@
     python experiments/recall/mqar.py [--epochs 8] [--train 10000] [--models all]
     python experiments/recall/mqar.py --report
 
-The CPU version of BASED's figure 2 (``seed-systems.md`` section 5 (e)): multi-query associative
+The CPU version of BASED's figure 2 (docs/seed-systems.md#based-experiment): multi-query associative
 recall (``rwkvkit.data.synthetic.mqar``, zoology's generator) with V = 512 and L = 128, trained on a
 mix of 8, 16 and 32 key-value pairs and tested on each; every model has two layers, a gated short
 convolution (BaseConv) then the sequence mixer under test, d_model 64 (``rwkvkit.models.mixers``).

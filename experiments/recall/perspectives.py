@@ -3,7 +3,7 @@
     python experiments/recall/perspectives.py [--pretrain-steps 400] [--steps 60] [--seeds 0 1 2]
     python experiments/recall/perspectives.py --report
 
-The CPU version of ``seed-systems.md`` section 8 (e) (Dumitru et al., arXiv 2402.02625). A byte-level
+The CPU version of docs/seed-systems.md#perspectives-experiment (Dumitru et al., arXiv 2402.02625). A byte-level
 RWKV-4 (L4, d128, official init) is pretrained on the first half of ``pydoc_data.topics`` (English
 prose about Python), then frozen, and fine-tuned on a shifted domain, the Python standard library's
 own top-level ``*.py`` files (sorted by name; every 10th file held out for validation). Three arms:

@@ -3,7 +3,7 @@
     python experiments/recall/rrwkv.py [--models all] [--lrs 1e-2 3e-3] [--train 8000] [--epochs 3]
     python experiments/recall/rrwkv.py --report
 
-The CPU experiment of ``seed-systems.md`` section 2 (e). Task: ``rwkvkit.data.synthetic.kv_recall``
+The CPU experiment of docs/seed-systems.md#rrwkv-experiment. Task: ``rwkvkit.data.synthetic.kv_recall``
 with V = 64 and ``--pairs`` key-value pairs at the start, ``distance`` filler tokens, then one of the
 keys; only the last position is scored (accuracy: the value predicted exactly; chance 1 / (V / 4)
 for one pair). Models: ``rwkvkit.models.mixers.MixerLM``, two layers, d_model 64, an MLP after each

@@ -16,7 +16,7 @@ sequences of ``--train-len`` tokens (no example is seen twice) and is scored on 
 elements, so one test set gives accuracy against length, inside (t < train-len) and beyond the
 training length.
 
-The claim under test (``seed-systems.md`` sections 1 and 7): RWKV-7's generalised delta rule (a
+The claim under test (docs/seed-systems.md#arwkv, docs/rwkv7.md#claims): RWKV-7's generalised delta rule (a
 non-diagonal state transition) can track such states, which diagonal-decay RNNs (RWKV-4/6) and
 fixed-depth transformers cannot in general (A5 and S5 need depth growing with length for those).
 

@@ -150,7 +150,7 @@ def test_fla_rwkv6_maps_compute_the_official_ddlerp_and_decay():
     d = prev - x  # BlinkDL's (previous - current); fla's ``delta``
     a, f = "blocks.1.att.", "model.layers.1.attn."
 
-    # official (spec section 4; order w, k, v, r, g)
+    # official (docs/rwkv6.md#data-dependent-token-shift; order w, k, v, r, g)
     m = torch.tanh((x + d * sd[a + "time_maa_x"]) @ sd[a + "time_maa_w1"]).view(-1, 5, D).transpose(0, 1)
     mw, mk, mv, mr, mg = torch.bmm(m, sd[a + "time_maa_w2"]).view(5, 2, 5, C).unbind(0)
     official = {n: x + d * (sd[a + f"time_maa_{n}"] + mm) for n, mm in zip("wkvrg", (mw, mk, mv, mr, mg))}

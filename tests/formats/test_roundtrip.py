@@ -53,7 +53,8 @@ def _needs_model(version: str) -> None:
 
 
 def _official_sd(version: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random official state dict with every key and shape of spec section 6 (no model needed)."""
+    """A random official state dict with every key and shape of docs/checkpoints.md#official-keys
+    (no model needed)."""
     g = torch.Generator().manual_seed(seed)
     return {k: torch.randn(s, generator=g) for k, s in blinkdl.expected_shapes(CONFIGS[version]).items()}
 

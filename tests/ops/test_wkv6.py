@@ -161,7 +161,7 @@ def test_wkv5_matches_naive(per, dtype):
 
 
 def test_wkv5_per_head_matches_the_spec_matrix_form():
-    """The v5.0 chunk form of the spec (section 3), an independent oracle for a per-head decay:
+    """The v5.0 chunk form of docs/rwkv5.md#the-50-chunk-form, an independent oracle for a per-head decay:
     ``Y = ((R K^T) * W) V + (R S0) * wb`` with ``W[t, s] = w^(t-1-s)`` (s < t), ``u`` (s = t)."""
     B, T, H, K = 2, 40, 3, 16
     r, _, k, v, _, S0 = make_inputs(B, T, H, K, K, torch.float64, "moderate")

@@ -1,4 +1,4 @@
-"""The World tokenizer against the spec's vectors and the official TRIE_TOKENIZER (the oracle).
+"""The World tokenizer against docs/tokenizer.md#test-vectors and the official TRIE_TOKENIZER (the oracle).
 
 Every encode path is checked: the Python walk for short inputs, and the numpy path (trie matcher,
 vectorized greedy walk, piece deduplication) forced on short inputs with tiny blocks and chunks, so
@@ -26,7 +26,7 @@ from rwkvkit.tokenizer import Tokenizer, WorldTokenizer, load_tokenizer, world_v
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-SPEC_VECTORS = [  # rwkv-spec.md section 8
+SPEC_VECTORS = [  # docs/tokenizer.md#test-vectors
     ("Hello world", [33155, 40213]),
     ("The Eiffel tower is in the city of", [6699, 304, 25740, 109, 39990, 4600, 4596, 22590, 30449, 4706]),
     ("\n\nUser: hi", [261, 24281, 59, 4571]),

@@ -1,4 +1,4 @@
-"""official_init_: the spec section 7 formulas, zeros, orthogonal gains, determinism, step-0 loss."""
+"""official_init_: the docs/init.md formulas, zeros, orthogonal gains, determinism, step-0 loss."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def check(p: dict[str, torch.Tensor], name: str, index: int, expected: float) ->
     assert abs(got - expected) <= ATOL * max(1.0, abs(expected)), f"{name}[{index}] = {got}, spec {expected}"
 
 
-# ---- time parameters: the spec formulas, element by element ---------------------------------
+# ---- time parameters: the docs/init.md formulas, element by element ---------------------------------
 
 
 def test_v4_time_parameters():

@@ -1,4 +1,4 @@
-"""The losses of ARWKV's three distillation stages (``seed-systems.md`` section 1).
+"""The losses of ARWKV's three distillation stages (docs/seed-systems.md#arwkv).
 
 Stage 1, attention alignment (teacher-forced): the teacher runs once; for every layer ``l`` its
 attention input ``x_l = input_layernorm(h_l)`` and output ``o_l`` are recorded, and the student's

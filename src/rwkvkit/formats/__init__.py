@@ -11,7 +11,7 @@ hf         a Hugging Face model directory: transformers RWKV-4, the RWKV hub's R
 
 Every reader ends in the same place: a :class:`Checkpoint` whose state dict has rwkvkit's names
 (the official ones), whose config is read from the tensor shapes alone, and which has been checked
-key by key and shape by shape against the official layout (spec section 6). A plain
+key by key and shape by shape against the official layout (docs/checkpoints.md#official-keys). A plain
 ``.safetensors`` with official names is read as well. Writers are atomic (temporary file or folder,
 then rename) and lossless: every key map is a pure reshaping (:mod:`.keymap`), so a round trip
 through any format gives back the same bits, except RWKV-7's layer-0 value-residual LoRA, which

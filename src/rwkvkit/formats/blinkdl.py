@@ -217,8 +217,8 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], version: str) -> RWKVCon
 
 
 def expected_shapes(config: RWKVConfig) -> dict[str, tuple[int, ...]]:
-    """Every key of an official checkpoint of ``config`` and its shape (docs/checkpoints.md): the
-    parameters of the rwkvkit model, whose names are the official ones, built on the meta device.
+    """Every key of an official checkpoint of ``config`` and its shape (docs/checkpoints.md#official-keys):
+    the parameters of the rwkvkit model (their names are the official ones), built on the meta device.
 
     RWKV-5 files name the bonus ``time_first`` (its log, ``config.v5_log_bonus``) or ``time_faaaa``.
     """

@@ -5,7 +5,7 @@ lossless round trips and identical logits after loading; where each fact comes f
 
 RWKV-7 (``model_type`` "rwkv7"; "rwkv7_fla" in older fla releases):
 
-* key names and shapes: ``peers.md`` section 2.2, dumped from a tiny ``RWKV7ForCausalLM`` of fla
+* key names and shapes: docs/checkpoints.md#fla-rwkv-7, dumped from a tiny ``RWKV7ForCausalLM`` of fla
   0.6.0 [run], and ``fla/layers/rwkv7.py`` / ``fla/models/rwkv7/modeling_rwkv7.py`` (read through
   the code search): ``x_r..x_g`` are (1, 1, C); ``k_k``, ``k_a`` and ``ffn.x_k`` are (C,); ``r_k`` is
   (H, N); the LoRAs are ``LoRA.lora = Sequential(Linear(C, D, bias=False), act, Linear(D, C))``
@@ -14,7 +14,7 @@ RWKV-7 (``model_type`` "rwkv7"; "rwkv7_fla" in older fla releases):
 * the BlinkDL -> fla map: fla's ``utils/convert_from_rwkv7.py`` (``{w,a,v}0 -> *_lora.lora.2.bias``,
   ``*1 -> lora.0.weight`` and ``*2 -> lora.2.weight``, both transposed; (1, 1, C) vectors squeezed
   except ``attn.x_*``; ``blocks.0.att.v0/v1/v2`` dropped);
-* the config fields: ``fla/models/rwkv7/configuration_rwkv7.py`` and ``peers.md`` section 2.2;
+* the config fields: ``fla/models/rwkv7/configuration_rwkv7.py`` and docs/checkpoints.md#fla-rwkv-7;
   ``x_x`` (6, C), the older single tensor for the six lerps: ``RWKV7Model.load_state_dict``'s migration.
 
 RWKV-6 (``model_type`` "rwkv6", told apart from the RWKV hub layout by its ``model.layers`` keys):

@@ -3,7 +3,7 @@
 RRWKV ("Capturing Long-range Dependencies in RWKV", Wang, arXiv 2306.05176) inserts *mediums*,
 summaries of the tokens before them, at regular intervals so that a token can reach a distant one in
 O(1) steps instead of only through the decaying WKV state. The paper publishes neither code nor
-exact equations; this module is the reconstruction of ``seed-systems.md`` section 2, **not** the
+exact equations; this module is the reconstruction of docs/seed-systems.md#rrwkv, **not** the
 paper's model. With segment length ``s`` (``medium_every``), segment ``j`` (0-indexed) covering tokens
 ``[j s, (j + 1) s)`` of the layer input ``x [B, T, C]``::
 

@@ -1,6 +1,6 @@
 """RWKV-4 blocks: time mix (per-channel WKV with the stable max-tracking recurrence) and channel mix.
 
-Parameter names and shapes are those of the official checkpoints. Math (spec section 2), with
+Parameter names and shapes are those of the official checkpoints. Math (docs/rwkv4.md#time-mix), with
 ``x'`` the previous token's LN output and lerps ``x * mix + x' * (1 - mix)``::
 
     r = sigmoid(W_r x_r);  k = W_k x_k;  v = W_v x_v        (k, v in fp32)

@@ -1,6 +1,6 @@
 """RWKV-5 "Eagle" time mix (sub-versions 5.0, 5.1, 5.2): matrix-valued state per head.
 
-Math (spec section 3), lerps as in RWKV-4::
+Math (docs/rwkv5.md#time-mix), lerps as in RWKV-4::
 
     r, k, v = W_r x_r, W_k x_k, W_v x_v                        (per head, fp32)
     decay = exp(-exp(time_decay))   per head (5.0, 5.1) or per channel (5.2)
@@ -55,7 +55,7 @@ class RWKV5TimeMix(nn.Module):
         if self.has_gate:
             self.gate = nn.Linear(C, A, bias=False, **dd)
         self.output = nn.Linear(A, C, bias=False, **dd)
-        # eps 64e-5 = 1e-5 * 8^2: training normalises y / 8 with eps 1e-5 (spec section 3)
+        # eps 64e-5 = 1e-5 * 8^2: training normalises y / 8 with eps 1e-5 (docs/rwkv5.md#groupnorm-eps)
         self.ln_x = nn.GroupNorm(H, A, eps=64e-5, **dd)
 
     def official_init(self, name: str, shape: tuple[int, ...], ctx: InitContext) -> torch.Tensor | None:

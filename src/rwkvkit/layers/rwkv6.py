@@ -1,6 +1,6 @@
 """RWKV-6 "Finch" blocks: data-dependent token shift (ddlerp) and data-dependent decay.
 
-Math (spec section 4), with ``d = x' - x`` (previous minus current LN output)::
+Math (docs/rwkv6.md#time-mix), with ``d = x' - x`` (previous minus current LN output)::
 
     m = tanh((x + d * maa_x) @ maa_w1) viewed (5, D_mix);  [mw, mk, mv, mr, mg] = m_i @ maa_w2[i]
     x_* = x + d * (maa_* + m*)                                   (* in w k v r g)

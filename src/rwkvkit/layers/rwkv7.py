@@ -1,7 +1,7 @@
 """RWKV-7 "Goose" blocks: time mix (the generalized delta rule) and channel mix.
 
 Parameter names and shapes are those of the official checkpoints (``att.x_r``, ``att.w1``, ...),
-so an official ``.pth`` loads with an identity key map. Math: spec section 5::
+so an official ``.pth`` loads with an identity key map. Math: docs/rwkv7.md#time-mix::
 
     d = x_prev - x;  x_* = x + d * x_*                       (token-shift lerps, * in r w k v a g)
     r, k, v = W_r x_r, W_k x_k, W_v x_v
@@ -66,7 +66,7 @@ class RWKV7TimeMix(nn.Module):
         self.key = nn.Linear(C, C, bias=False, **dd)
         self.value = nn.Linear(C, C, bias=False, **dd)
         self.output = nn.Linear(C, C, bias=False, **dd)
-        # GroupNorm eps 64e-5 = 1e-5 * 8^2: training normalises y / 8 with eps 1e-5 (spec section 3)
+        # eps 64e-5 = 1e-5 * 8^2: training normalises y / 8 with eps 1e-5 (docs/rwkv5.md#groupnorm-eps)
         self.ln_x = nn.GroupNorm(H, C, eps=64e-5, **dd) if group_norm else None
 
     def official_init(self, name: str, shape: tuple[int, ...], ctx: InitContext) -> torch.Tensor | None:

@@ -2,7 +2,7 @@
 
 BASED (Arora et al., arXiv 2402.18668) mixes a few linear-attention and sliding-window layers with
 many gated short convolutions. The language-model repository's form (HazyResearch/based,
-``based/models/mixers/convolution.py``), as described in ``seed-systems.md`` section 5::
+``based/models/mixers/convolution.py``), as described in docs/seed-systems.md#based::
 
     u1, u2 = split(W_in u)                      # d -> 2 * expand * d / 2 each half
     y = W_out( SiLU(conv_k(u1)) * u2 )          # conv_k: causal depthwise, kernel k (3)

@@ -1,5 +1,5 @@
 """A small language model built from named sequence mixers: the test bed of the recall and
-state-tracking experiments (zoology's setup: ``seed-systems.md`` section 5)::
+state-tracking experiments (zoology's setup: docs/seed-systems.md#based)::
 
     x = emb[tokens]
     for each layer, a mixer name from MIXERS:

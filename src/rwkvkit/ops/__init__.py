@@ -1,7 +1,7 @@
 """Pure tensor operators (no nn.Module, nothing imported but torch).
 
 Layout everywhere: inputs ``[B, T, H, K]``, state ``[B, H, K, V]``. Each operator comes in tiers:
-``naive`` (the spec as a readable fp32 loop: the reference), ``chunk`` (parallel form in pure
+``naive`` (the recurrence as a readable fp32 loop: the reference), ``chunk`` (parallel form in pure
 PyTorch: training and prefill) and ``step`` (one token: decoding). :func:`wkv7` picks one.
 
 ``impl="kernel"`` (every dispatcher here: :func:`wkv4`, :func:`wkv5`, :func:`wkv6`, :func:`wkv7`)

@@ -29,7 +29,7 @@ serves every horizon.
   last ``N`` tokens (the look-back's length, as Timer does) and re-runs the stack for every
   generated patch.
 
-The seed repository differs from this (``seed-systems.md`` section 9): it uses one RWKV-7 block
+The seed repository differs from this (docs/seed-systems.md#rimer): it uses one RWKV-7 block
 whatever ``e_layers`` says, a single linear layer in place of the channel mix, and one token per
 variable. Here ``n_layers`` blocks are stacked and the patch length is a free parameter.
 """

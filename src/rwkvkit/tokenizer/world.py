@@ -1,4 +1,4 @@
-"""The RWKV World tokenizer (``rwkv_vocab_v20230424.txt``, spec section 8).
+"""The RWKV World tokenizer (``rwkv_vocab_v20230424.txt``, docs/tokenizer.md#world-tokenizer).
 
 Vocabulary file: one token per line, ``<id> <python literal: 'str' or b'bytes'> <byte length>``;
 a str literal stands for its UTF-8 bytes. The World file has ids 1..65529; id 0 is not in the file

@@ -1,6 +1,6 @@
 """The language-model loss: mean next-token cross-entropy, with the official RWKV L2Wrap term.
 
-L2Wrap (``RWKV-v5/src/model.py:1119-1133``, ``RWKV-v4neo/src/model.py``; spec section 7) leaves the
+L2Wrap (``RWKV-v5/src/model.py:1119-1133``, ``RWKV-v4neo/src/model.py``; docs/training.md#l2wrap) leaves the
 loss value alone and adds, in the backward pass, a small gradient on the largest logit of every
 position::
 

@@ -1,6 +1,6 @@
 """Optimiser parameter groups, AdamW, and the learning-rate schedule of the official RWKV trainers.
 
-Parameter groups (spec section 7, read from the trainers' ``configure_optimizers``):
+Parameter groups (docs/training.md#parameter-groups, read from the trainers' ``configure_optimizers``):
 
 * **Weight decay** only on parameters named ``*.weight`` that are at least 2-D after squeezing
   (``len(p.squeeze().shape) >= 2 and ".weight" in n``, the RWKV-7 rule): every linear, ``emb`` and

@@ -1,6 +1,6 @@
 """Offline image data: IDX files, Fashion-MNIST, a classification set and a composed segmentation set.
 
-Nothing here downloads anything (DESIGN "Data (offline)"):
+Nothing here downloads anything (docs/data.md#offline-data):
 
 - Fashion-MNIST (60000 train + 10000 test, 28x28 uint8, 10 classes, MIT) is read from the Debian
   package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist/*-ubyte.gz``), from the

@@ -1,6 +1,6 @@
 """Residual Attention Network (Wang et al., CVPR 2017): stacked attention modules over a ResNet trunk.
 
-Seed-systems section 10. Every unit is a pre-activation bottleneck (BN-ReLU-1x1(c/4)-BN-ReLU-3x3-
+docs/seed-systems.md#ran. Every unit is a pre-activation bottleneck (BN-ReLU-1x1(c/4)-BN-ReLU-3x3-
 BN-ReLU-1x1(c)). An attention module with p=1, t=2, r=1 is::
 
     x1 = RU^p(x)                                    shared pre-units

@@ -92,7 +92,7 @@ class VRWKVConfig:
         return dataclasses.replace(PRESETS[key], **overrides)
 
 
-# The paper's table (section 6(c) of the reference notes; configs vrwkv_{tiny,small,base}_*.py).
+# The paper's table (docs/seed-systems.md#vision-rwkv-configs; configs vrwkv_{tiny,small,base}_*.py).
 PRESETS: dict[str, VRWKVConfig] = {
     "T": VRWKVConfig(embed_dim=192),
     "S": VRWKVConfig(embed_dim=384, post_norm=True, layer_scale_init=1.0, drop_path=0.3),
@@ -157,7 +157,7 @@ class SpatialMix(nn.Module):
     ):
         super().__init__()
         self.qshift, self.bidirectional = qshift, bidirectional
-        # "fancy" init (section 6(b)): ratios over the depth
+        # "fancy" init (docs/seed-systems.md#vision-rwkv): ratios over the depth
         r01 = layer_id / max(n_layer - 1, 1)  # 0 -> 1
         r10 = 1.0 - layer_id / n_layer  # 1 -> ~0
         h = torch.arange(dim, dtype=torch.float64) / max(dim - 1, 1)

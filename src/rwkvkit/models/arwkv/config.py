@@ -1,5 +1,5 @@
 """Configuration of the ARWKV hybrid: a transformer's embeddings, RMSNorms, SwiGLU MLPs and head with
-every attention replaced by an RWKV-7 time mix (``seed-systems.md`` section 1)."""
+every attention replaced by an RWKV-7 time mix (docs/seed-systems.md#arwkv)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """ARWKV: a transformer decoder whose attention layers are replaced by RWKV-7 time mixing (Yang et
-al., "ARWKV: Pretrain is not what we need", ``seed-systems.md`` section 1), read top to bottom::
+al., "ARWKV: Pretrain is not what we need", docs/seed-systems.md#arwkv), read top to bottom::
 
     x = emb[tokens]                               # the teacher's embeddings
     for each block l:

@@ -84,7 +84,7 @@ def hybrid_pattern(n_layer: int) -> tuple[str, ...]:
 
 
 PRESETS = {
-    # HazyResearch/based train/configs/experiment/reference/based-360m.yaml (seed-systems.md section 5)
+    # HazyResearch/based train/configs/experiment/reference/based-360m.yaml (docs/seed-systems.md#based)
     "based-360m": BasedConfig(n_layer=27, d_model=1024, n_heads=16, vocab_size=50277, window=256),
     "based-tiny": BasedConfig(n_layer=5, d_model=64, n_heads=4, vocab_size=256, feature_dim=8, window=16),
 }

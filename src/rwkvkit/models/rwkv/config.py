@@ -1,7 +1,7 @@
 """Configuration of the RWKV language models (v4 to v7): one frozen dataclass, named presets.
 
 Sizes are read from checkpoint shapes (``rwkvkit.formats``), never from formulas: the official
-LoRA ranks do not always follow the published formula (spec section 6).
+LoRA ranks do not always follow the published formula (docs/checkpoints.md#lora-ranks).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def _v7(n_layer: int, n_embd: int, lw: int, la: int, lv: int, lg: int, vocab: in
     )  # fmt: skip
 
 
-# Official RWKV-7 World sizes (spec section 6 table of LoRA ranks; vocab 65536, F = 4C).
+# Official RWKV-7 World sizes (docs/checkpoints.md#lora-ranks; vocab 65536, F = 4C).
 PRESETS: dict[str, RWKVConfig] = {
     "rwkv7-0.1b": _v7(12, 768, 64, 64, 32, 128),
     "rwkv7-0.4b": _v7(24, 1024, 64, 64, 32, 128),

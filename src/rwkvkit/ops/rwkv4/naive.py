@@ -1,4 +1,4 @@
-"""WKV-4 reference: the numerically stable (max-tracking) recurrence of the spec, a loop over T.
+"""WKV-4 reference: the stable recurrence of docs/rwkv4.md#stable-recurrence, a loop over T.
 
 Per channel, with decay ``w < 0`` (``w = -exp(time_decay)``) and bonus ``u`` (``time_first``)::
 

@@ -1,4 +1,4 @@
-"""WKV-6 (and WKV-5) reference: the RWKV-5/6 recurrence of the spec, a readable loop over T.
+"""WKV-6 (and WKV-5) reference: the RWKV-5/6 recurrence of docs/rwkv6.md#recurrence, a readable loop over T.
 
 Per head, key-major state ``S`` ``[K, V]`` (the official v5/v6 package layout ``S[key, value]``)::
 

@@ -1,4 +1,4 @@
-"""WKV-7 reference: the RWKV-7 recurrence of the spec, a readable loop over T.
+"""WKV-7 reference: the RWKV-7 recurrence of docs/rwkv7.md#recurrence, a readable loop over T.
 
 This is the reference every other WKV-7 implementation is tested against (trust chain
 naive -> chunk -> step / kernels). It computes in fp32 (fp64 if given fp64 inputs).
