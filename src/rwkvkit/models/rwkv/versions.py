@@ -7,8 +7,8 @@ from a checkpoint, and the parameter packing of the fused CPU decoding path. The
 initial values live beside the parameters (``official_init`` of each mix in ``rwkvkit.layers``).
 
 Adding a version means adding its layers and one :class:`VersionSpec` to :data:`SPECS`; nothing
-else in the library branches on the version string. The math of each version: ``docs/rwkv4.md`` to ``docs/rwkv7.md``; the state layout:
-``docs/skeleton.md``.
+else in the library branches on the version string. The math of each version: ``docs/rwkv4.md``
+to ``docs/rwkv7.md``; the state layout: ``docs/skeleton.md``.
 """
 
 from __future__ import annotations
