@@ -1,4 +1,4 @@
-"""The direction of imports inside rwkvkit (docs/architecture.md#layers): parsed, not imported.
+"""The direction of imports inside rwkvkit (docs/architecture.md): parsed, not imported.
 
 Every ``import`` statement of every module counts, deferred ones (inside functions) included, so a
 dependency cannot hide in a function body.

@@ -2,8 +2,8 @@
 
 Reading never executes code from the file (``torch.load(weights_only=True)``). Key names are
 rwkvkit's own module names, so the map is the identity except for renamed keys of older releases
-(RWKV-7 before November 2024, spec section 6) and the version detection, done from keys and shapes
-alone (no environment variable). :func:`expected_shapes` is the spec's section 6 table: every
+(docs/checkpoints.md#old-rwkv-7-names) and the version detection, done from keys and shapes
+alone (no environment variable). :func:`expected_shapes` is docs/checkpoints.md#official-keys: every
 reader checks a state dict against it, so a conversion refuses a broken file without building a model.
 """
 

@@ -286,7 +286,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
 
 
 def default_lora_ranks(version: str, n_embd: int) -> dict[str, int]:
-    """LoRA ranks of the official trainer's formulas, for training from scratch (the version spec's)."""
+    """LoRA ranks of the official formulas (docs/checkpoints.md#lora-ranks) for training from scratch."""
     return SPECS[version].default_lora_ranks(n_embd)
 
 
