@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rwkvkit.inference.kernels._build import ENV_DISABLE, compile_extension, warn_build_failed
-from rwkvkit.inference.kernels._build import disabled as _disabled
-from rwkvkit.inference.kernels._build import ninja_on_path as _ninja_on_path  # noqa: F401  (tests use it)
+from rwkvkit.ops.cpu.build import ENV_DISABLE, compile_extension, warn_build_failed
+from rwkvkit.ops.cpu.build import disabled as _disabled
+from rwkvkit.ops.cpu.build import ninja_on_path as _ninja_on_path  # noqa: F401  (tests use it)
 
 __all__ = ["ENV_DISABLE", "WEIGHT_DTYPES", "available", "gemv", "gemv_reference", "kernel_isa"]
 
