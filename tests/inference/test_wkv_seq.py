@@ -1,4 +1,5 @@
-"""The sequential C++ WKV kernels (``rwkvkit.inference.kernels.wkv_seq``) against the naive references.
+"""The sequential C++ WKV kernels (``rwkvkit.ops.cpu.wkv_seq``, the ``kernel`` tier) against the naive
+references.
 
 Error measures (fp32 kernel vs fp32 naive loop, same inputs):
 
@@ -21,8 +22,12 @@ import pytest
 import torch
 
 from rwkvkit import ops
-from rwkvkit.inference.kernels import wkv_seq as ks
 from rwkvkit.ops import wkv4_naive, wkv6_naive, wkv7_chunk, wkv7_naive
+from rwkvkit.ops.cpu import wkv_seq as ks
+from rwkvkit.ops.cpu.build import ninja_on_path
+from rwkvkit.ops.rwkv4 import wkv4_kernel
+from rwkvkit.ops.rwkv6 import wkv6_kernel
+from rwkvkit.ops.rwkv7 import wkv7_kernel
 
 REL_RMS = 1e-5  # ||x - ref|| / ||ref|| (fp32 vs fp32 naive; observed <= 3e-7)
 MAX_REL = 1e-5  # max |x - ref| / max |ref| (observed <= 7e-7; large case vs chunk 1.5e-6)
@@ -39,7 +44,7 @@ def _why_no_build() -> str | None:
         return f"the kernels target x86-64 Linux, this is {sys.platform}/{platform.machine()}"
     if shutil.which("c++") is None:
         return "no C++ compiler (c++) on PATH"
-    with ks._ninja_on_path():
+    with ninja_on_path():
         if shutil.which("ninja") is None:
             return "no ninja (pip install ninja)"
     return None
@@ -131,11 +136,11 @@ def test_wkv7_vs_naive(kernel, shape):
     B, T, H, K, V = shape
     *xs, state = make7(B, T, H, K, V)
     o_ref, S_ref = wkv7_naive(*xs, state)
-    o, S = ks.wkv7_kernel(*xs, state)
+    o, S = wkv7_kernel(*xs, state)
     assert o.dtype == torch.float32 and S.dtype == torch.float32
     assert_close("o", o, o_ref)
     assert_close("state", S, S_ref)
-    o0, S0 = ks.wkv7_kernel(*xs)  # zero initial state
+    o0, S0 = wkv7_kernel(*xs)  # zero initial state
     o0_ref, S0_ref = wkv7_naive(*xs)
     assert_close("o (zero state)", o0, o0_ref)
     assert_close("state (zero state)", S0, S0_ref)
@@ -148,17 +153,17 @@ def test_isas(kernel, isa):
     for B, T, H, K, V in [(3, 65, 3, 24, 24), (1, 7, 1, 64, 80)]:
         *xs, state = make7(B, T, H, K, V, seed=1)
         o_ref, S_ref = wkv7_naive(*xs, state)
-        o, S = ks.wkv7_kernel(*xs, state, isa=isa)
+        o, S = wkv7_kernel(*xs, state, isa=isa)
         assert_close(f"wkv7 o [{isa}]", o, o_ref)
         assert_close(f"wkv7 state [{isa}]", S, S_ref)
         *xs, state = make6(B, T, H, K, V, seed=1)
         y_ref, S_ref = wkv6_naive(*xs, state)
-        y, S = ks.wkv6_kernel(*xs, state, isa=isa)
+        y, S = wkv6_kernel(*xs, state, isa=isa)
         assert_close(f"wkv6 y [{isa}]", y, y_ref)
         assert_close(f"wkv6 state [{isa}]", S, S_ref)
         w, u, k, v = make4(B, T, H * K, seed=1)
         y_ref, S_ref = wkv4_naive(w, u, k, v)
-        y, S = ks.wkv4_kernel(w, u, k, v, isa=isa)
+        y, S = wkv4_kernel(w, u, k, v, isa=isa)
         assert_close(f"wkv4 y [{isa}]", y, y_ref)
         assert_close(f"wkv4 state [{isa}]", S, S_ref)
 
@@ -172,10 +177,10 @@ def test_wkv6_vs_naive(kernel, shape):
     B, T, H, K, V = shape
     *xs, state = make6(B, T, H, K, V)
     y_ref, S_ref = wkv6_naive(*xs, state)
-    y, S = ks.wkv6_kernel(*xs, state)
+    y, S = wkv6_kernel(*xs, state)
     assert_close("y", y, y_ref)
     assert_close("state", S, S_ref)
-    y0, S0 = ks.wkv6_kernel(*xs)
+    y0, S0 = wkv6_kernel(*xs)
     y0_ref, S0_ref = wkv6_naive(*xs)
     assert_close("y (zero state)", y0, y0_ref)
     assert_close("state (zero state)", S0, S0_ref)
@@ -198,13 +203,13 @@ def test_wkv4_vs_naive(kernel, shape):
     B, T, C = shape
     w, u, k, v = make4(B, T, C)
     y_ref, S_ref = wkv4_naive(w, u, k, v)
-    y, S = ks.wkv4_kernel(w, u, k, v)
+    y, S = wkv4_kernel(w, u, k, v)
     assert_close("y", y, y_ref)
     assert_close("state", S, S_ref)
     # continue from that (non-trivial) state: the pp normalisation must match the reference's
     w2, u2, k2, v2 = make4(B, T, C, seed=3)
     y_ref, S2_ref = wkv4_naive(w, u, k2, v2, S_ref)
-    y, S2 = ks.wkv4_kernel(w, u, k2, v2, S)
+    y, S2 = wkv4_kernel(w, u, k2, v2, S)
     assert_close("y (continued)", y, y_ref)
     assert_close("state (continued)", S2, S2_ref)
 
@@ -212,9 +217,9 @@ def test_wkv4_vs_naive(kernel, shape):
 def test_split_sequence_matches_whole(kernel):
     """Two kernel calls chained through the state equal one call (what prefill in pieces relies on)."""
     *xs, state = make7(2, 40, 3, 32, 32, seed=4)
-    o, S = ks.wkv7_kernel(*xs, state)
-    o1, S1 = ks.wkv7_kernel(*(x[:, :17] for x in xs), state)
-    o2, S2 = ks.wkv7_kernel(*(x[:, 17:] for x in xs), S1)
+    o, S = wkv7_kernel(*xs, state)
+    o1, S1 = wkv7_kernel(*(x[:, :17] for x in xs), state)
+    o2, S2 = wkv7_kernel(*(x[:, 17:] for x in xs), S1)
     assert torch.equal(torch.cat([o1, o2], 1), o) and torch.equal(S2, S)
 
 
@@ -223,26 +228,26 @@ def test_large_wkv7_vs_chunk(kernel):
     here; the chunked form is tested against it in tests/ops). Chunk vs naive is itself ~1e-6."""
     *xs, state = make7(1, 1024, 12, 64, 64, seed=5)
     o_ref, S_ref = wkv7_chunk(*xs, state)
-    o, S = ks.wkv7_kernel(*xs, state)
+    o, S = wkv7_kernel(*xs, state)
     assert_close("o", o, o_ref)
     assert_close("state", S, S_ref)
 
 
 def test_dtypes_and_empty(kernel):
     *xs, state = make7(2, 9, 2, 16, 16, seed=6)
-    o, S = ks.wkv7_kernel(*(x.bfloat16() for x in xs), state)
+    o, S = wkv7_kernel(*(x.bfloat16() for x in xs), state)
     assert o.dtype == torch.bfloat16 and S.dtype == torch.float32
     o_ref, S_ref = wkv7_naive(*(x.bfloat16() for x in xs), state)
     assert_close("state (bf16 inputs)", S, S_ref)
     # T = 0: no output, the state passes through unchanged
-    o, S = ks.wkv7_kernel(*(x[:, :0] for x in xs), state)
+    o, S = wkv7_kernel(*(x[:, :0] for x in xs), state)
     assert o.shape == (2, 0, 2, 16) and torch.equal(S, state)
     w, u, k, v = make4(2, 0, 8)
-    y, S4 = ks.wkv4_kernel(w, u, k, v)
+    y, S4 = wkv4_kernel(w, u, k, v)
     assert y.shape == (2, 0, 8) and torch.equal(S4, ops.wkv4_initial_state(2, 8))
     # the caller's state is never written
     before = state.clone()
-    ks.wkv7_kernel(*xs, state)
+    wkv7_kernel(*xs, state)
     assert torch.equal(state, before)
 
 
@@ -250,18 +255,18 @@ def test_dispatch_kernel_impl(kernel):
     assert "kernel" in ops.IMPLS
     *xs, state = make7(2, 9, 2, 16, 16, seed=7)
     o_k, S_k = ops.wkv7(*xs, state, impl="kernel")
-    o, S = ks.wkv7_kernel(*xs, state)
+    o, S = wkv7_kernel(*xs, state)
     assert torch.equal(o_k, o) and torch.equal(S_k, S)
     o_a, S_a = ops.wkv7(*xs, state, impl="auto")  # "auto" is unchanged: the chunked form
     o_c, S_c = ops.wkv7(*xs, state, impl="chunk")
     assert torch.equal(o_a, o_c) and torch.equal(S_a, S_c)
     *xs, state = make6(2, 9, 2, 16, 16, seed=7)
     y_k, S_k = ops.wkv6(*xs, state, impl="kernel")
-    y, S = ks.wkv6_kernel(*xs, state)
+    y, S = wkv6_kernel(*xs, state)
     assert torch.equal(y_k, y) and torch.equal(S_k, S)
     w, u, k, v = make4(2, 9, 16, seed=7)
     y_k, S_k = ops.wkv4(w, u, k, v, impl="kernel")
-    y, S = ks.wkv4_kernel(w, u, k, v)
+    y, S = wkv4_kernel(w, u, k, v)
     assert torch.equal(y_k, y) and torch.equal(S_k, S)
     y_ref, _ = ops.wkv4(w, u, k, v, impl="naive")
     assert_close("wkv4 via dispatcher", y_k, y_ref)
@@ -282,7 +287,7 @@ def test_fallback_env(monkeypatch):
     o, S = ops.wkv7(*xs, state, impl="kernel")
     o_ref, S_ref = wkv7_naive(*xs, state)
     assert_close("o (fallback)", o, o_ref)
-    o1, _ = ks.wkv7_kernel(*(x[:, :1] for x in xs), state)  # T = 1: the step form
+    o1, _ = wkv7_kernel(*(x[:, :1] for x in xs), state)  # T = 1: the step form
     assert_close("o (fallback, T=1)", o1, o_ref[:, :1])
     *xs, state = make6(2, 9, 2, 16, 16, seed=8)
     y, _ = ops.wkv6(*xs, state, impl="kernel")
@@ -296,11 +301,11 @@ def test_fallback_grad_and_fp64(monkeypatch):
     _forbid_kernel(monkeypatch)
     *xs, state = make7(1, 5, 1, 16, 16, seed=9)
     xs = [x.clone().requires_grad_(True) for x in xs]
-    o, S = ks.wkv7_kernel(*xs, state)
+    o, S = wkv7_kernel(*xs, state)
     o.sum().backward()
     assert xs[0].grad is not None
     x64 = [x.detach().double() for x in xs]
-    o, S = ks.wkv7_kernel(*x64, state.double())
+    o, S = wkv7_kernel(*x64, state.double())
     assert o.dtype == torch.float64 and S.dtype == torch.float64
     o_ref, _ = wkv7_naive(*x64, state.double())
     assert (o - o_ref).abs().max() < 1e-10
@@ -316,8 +321,8 @@ def test_fallback_build_failure(monkeypatch, caplog):
     monkeypatch.setattr(ks, "_build", fail)
     *xs, state = make7(1, 5, 1, 16, 16, seed=10)
     with caplog.at_level(logging.WARNING, logger=ks.__name__):
-        o, _ = ks.wkv7_kernel(*xs, state)
-        ks.wkv7_kernel(*xs, state)
+        o, _ = wkv7_kernel(*xs, state)
+        wkv7_kernel(*xs, state)
     assert_close("o (build failed)", o, wkv7_naive(*xs, state)[0])
     warnings = [r for r in caplog.records if "could not be built" in r.getMessage()]
     assert len(warnings) == 1
@@ -326,22 +331,22 @@ def test_fallback_build_failure(monkeypatch, caplog):
 def test_bad_input():
     *xs, state = make7(2, 5, 2, 16, 16)
     with pytest.raises(ValueError, match="state"):
-        ks.wkv7_kernel(*xs, state[:, :, :8])
+        wkv7_kernel(*xs, state[:, :, :8])
     with pytest.raises(ValueError, match="log_w"):
-        ks.wkv7_kernel(xs[0], xs[1][..., :8], *xs[2:], state)
+        wkv7_kernel(xs[0], xs[1][..., :8], *xs[2:], state)
     with pytest.raises(ValueError, match="4 dims"):
-        ks.wkv7_kernel(xs[0][:, 0], *xs[1:])
+        wkv7_kernel(xs[0][:, 0], *xs[1:])
     with pytest.raises(ValueError, match="`v`"):
-        ks.wkv7_kernel(*xs[:3], xs[3][:, :4], *xs[4:])
+        wkv7_kernel(*xs[:3], xs[3][:, :4], *xs[4:])
     with pytest.raises(ValueError, match="isa"):
-        ks.wkv7_kernel(*xs, isa="avx9000")
+        wkv7_kernel(*xs, isa="avx9000")
     *xs, state = make6(2, 5, 2, 16, 16)
     with pytest.raises(ValueError, match="`u`"):
-        ks.wkv6_kernel(*xs[:4], xs[4][:, :8], state)
+        wkv6_kernel(*xs[:4], xs[4][:, :8], state)
     with pytest.raises(ValueError, match="`u`"):
         ops.wkv5(xs[0], xs[1][0, 0], xs[2], xs[3], xs[4][:1], impl="kernel")
     w, u, k, v = make4(2, 5, 8)
     with pytest.raises(ValueError, match="C = 8"):
-        ks.wkv4_kernel(w[:4], u, k, v)
+        wkv4_kernel(w[:4], u, k, v)
     with pytest.raises(ValueError, match="state"):
-        ks.wkv4_kernel(w, u, k, v, torch.zeros(2, 2, 8))
+        wkv4_kernel(w, u, k, v, torch.zeros(2, 2, 8))

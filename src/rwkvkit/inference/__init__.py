@@ -27,14 +27,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rwkvkit.errors import ConfigError
-from rwkvkit.inference import kernels as _kernels
+from rwkvkit.inference import fused
+from rwkvkit.inference.kernels.gemv import MAX_GEMV_ROWS, DecodeLinear
 from rwkvkit.inference.quant import WEIGHTS, Int8Linear, quantize_
 from rwkvkit.models.rwkv.model import RWKV
 from rwkvkit.state import State
 
 log = logging.getLogger("rwkvkit.inference")
-
-MAX_GEMV_ROWS = 16  # up to this many rows (tokens x batch) a product is a matrix-vector kernel call
 
 
 @torch.no_grad()
@@ -48,30 +47,6 @@ def fold_ln0_(model: nn.Module) -> nn.Module:
         w.copy_(folded.to(w.dtype))
         block0.ln0 = nn.Identity()
     return model
-
-
-class DecodeLinear(nn.Module):
-    """A linear layer whose small-batch products go to the matrix-vector kernel.
-
-    Wraps an ``nn.Linear`` (fp32/bf16 weight) or an ``Int8Linear``; above ``MAX_GEMV_ROWS`` rows
-    (prefill) it calls the wrapped module unchanged.
-    """
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        if isinstance(inner, Int8Linear):
-            self.weight_for_gemv, self.scale = inner.weight_int8, inner.scale.float()
-        else:
-            self.weight_for_gemv, self.scale = inner.weight, None
-        self.in_features = self.weight_for_gemv.shape[1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // self.in_features
-        if rows > MAX_GEMV_ROWS or x.requires_grad:
-            return self.inner(x)
-        y = _kernels.gemv(x.reshape(rows, self.in_features).float(), self.weight_for_gemv, self.scale)
-        return y.to(x.dtype).view(*x.shape[:-1], -1)
 
 
 def _wrap_linears(module: nn.Module) -> None:
@@ -159,20 +134,14 @@ class OptimizedRWKV(RWKV):
             return False
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             return False
-        from rwkvkit.inference import fused
-
         return fused.available()
 
     def _packed_blocks(self) -> list:
         if self._packed is None:
-            from rwkvkit.inference import fused
-
             self._packed = [fused.pack_block(b) for b in self.blocks]
         return self._packed
 
     def _decode_fused(self, tokens: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
-        from rwkvkit.inference import fused
-
         B = tokens.shape[0]
         if state is None:
             state = self.initial_state(B)

@@ -37,7 +37,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rwkvkit.inference.kernels.gemv import DecodeLinear
+from rwkvkit.inference.quant import Int8Linear
+from rwkvkit.layers.rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
 from rwkvkit.models.rwkv.versions import spec_of
+from rwkvkit.ops.rwkv7.step import wkv7_step as _torch_wkv7_step
 
 log = logging.getLogger("rwkvkit.inference")
 _kmod = importlib.import_module("rwkvkit.inference.kernels.gemv")  # the module (kernels.gemv is a function)
@@ -122,9 +126,7 @@ def wkv7_step(
             raise ValueError("wkv7_step: S_out must be S_in itself or not overlap it")
     ops = _kernels()
     if ops is None:
-        from rwkvkit.ops.rwkv7.step import wkv7_step as step
-
-        o, S = step(r, log_w, k, v, a, b, S_in)
+        o, S = _torch_wkv7_step(r, log_w, k, v, a, b, S_in)
         S_out.copy_(S)
         return o, S_out
     return ops.wkv7_step(r, log_w, k, v, a, b, S_in, S_out, 0), S_out
@@ -153,9 +155,6 @@ class PackedBlock:
 def _proj(module: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(weight [out, in], scale or None)`` of a projection: DecodeLinear, nn.Linear (fp32/bf16) or
     Int8Linear, as the gemv kernel takes them."""
-    from rwkvkit.inference import DecodeLinear
-    from rwkvkit.inference.quant import Int8Linear
-
     if isinstance(module, DecodeLinear):
         w, s = module.weight_for_gemv, module.scale
     elif isinstance(module, Int8Linear):
@@ -186,8 +185,6 @@ def pack_block(block: nn.Module) -> PackedBlock:
     parameters become ``[C]`` views. A block 0 whose ``ln0`` was not folded (no ``optimize``) gets it
     applied in Python before the operator.
     """
-    from rwkvkit.layers.rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
-
     att, ffn = getattr(block, "att", None), getattr(block, "ffn", None)
     if not isinstance(att, RWKV7TimeMix) or not isinstance(ffn, RWKV7ChannelMix):
         raise ValueError(f"pack_block: expected an RWKV-7 Block, got {type(block).__name__} with att "

@@ -27,6 +27,10 @@ from rwkvkit.layers.token_shift import acc_dtype, token_shift
 from rwkvkit.ops import wkv7
 
 _NEG_EXP_HALF = -math.exp(-0.5)  # the official code writes 0.606531
+# |log_w| <= exp(-0.5) by construction (sigmoid <= 1; up to fp32 rounding, far inside the chunk-size
+# rule's margin): stated to wkv7, which then picks its chunk size without reading log_w on the host
+# (no device sync; torch.compile(fullgraph=True) works)
+MAX_LOG_DECAY = -_NEG_EXP_HALF
 
 
 class RWKV7TimeMix(nn.Module):
@@ -143,7 +147,7 @@ class RWKV7TimeMix(nn.Module):
         heads = lambda t: t.view(B, T, H, N)  # noqa: E731
         a_h = heads(a)
         y, wkv_state = wkv7(heads(r), log_w.view(B, T, H, N), heads(k), heads(v), -kk, kk * a_h,
-                            wkv_state, impl=impl)  # fmt: skip
+                            wkv_state, impl=impl, max_decay=MAX_LOG_DECAY)  # fmt: skip
         y = y.reshape(B * T, C).to(x.dtype)
         y = (self.ln_x(y) if self.ln_x is not None else y).view(B, T, C)
         bonus = (heads(r) * heads(k) * self.r_k).sum(dim=-1, keepdim=True) * heads(v)  # [B, T, H, N]

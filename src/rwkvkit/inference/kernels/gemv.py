@@ -22,17 +22,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
-from rwkvkit.inference.kernels._build import ENV_DISABLE, compile_extension, warn_build_failed
-from rwkvkit.inference.kernels._build import disabled as _disabled
-from rwkvkit.inference.kernels._build import ninja_on_path as _ninja_on_path  # noqa: F401  (tests use it)
+from rwkvkit.inference.quant import Int8Linear
+from rwkvkit.ops.cpu.build import ENV_DISABLE, compile_extension, warn_build_failed
+from rwkvkit.ops.cpu.build import disabled as _disabled
+from rwkvkit.ops.cpu.build import ninja_on_path as _ninja_on_path  # noqa: F401  (tests use it)
 
-__all__ = ["ENV_DISABLE", "WEIGHT_DTYPES", "available", "gemv", "gemv_reference", "kernel_isa"]
+__all__ = [
+    "ENV_DISABLE", "WEIGHT_DTYPES", "MAX_GEMV_ROWS", "available", "gemv", "gemv_reference", "kernel_isa",
+    "DecodeLinear",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
+MAX_GEMV_ROWS = 16  # up to this many rows (tokens x batch) a DecodeLinear product is a gemv call
 ISAS = {"auto": 0, "c++": 1, "avx2": 2, "avx512": 3}  # the kernel's ``isa`` argument
 
 _SOURCE = Path(__file__).with_name("gemv.cpp")
@@ -152,3 +158,27 @@ def _gemv_isa(x: torch.Tensor, W: torch.Tensor, scale: torch.Tensor | None, isa:
     if op is None:
         raise RuntimeError("gemv: the kernel is not available")
     return op(x.contiguous(), W, None if scale is None else scale.contiguous(), ISAS[isa])
+
+
+class DecodeLinear(nn.Module):
+    """A linear layer whose small-batch products go to the matrix-vector kernel.
+
+    Wraps an ``nn.Linear`` (fp32/bf16 weight) or an ``Int8Linear``; above ``MAX_GEMV_ROWS`` rows
+    (prefill) it calls the wrapped module unchanged.
+    """
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        if isinstance(inner, Int8Linear):
+            self.weight_for_gemv, self.scale = inner.weight_int8, inner.scale.float()
+        else:
+            self.weight_for_gemv, self.scale = inner.weight, None
+        self.in_features = self.weight_for_gemv.shape[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        if rows > MAX_GEMV_ROWS or x.requires_grad:
+            return self.inner(x)
+        y = gemv(x.reshape(rows, self.in_features).float(), self.weight_for_gemv, self.scale)
+        return y.to(x.dtype).view(*x.shape[:-1], -1)

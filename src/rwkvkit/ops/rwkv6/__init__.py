@@ -1,16 +1,28 @@
-"""WKV-6 / WKV-5 (RWKV-5 Eagle, RWKV-6 Finch) in three tiers: ``naive`` (reference loop), ``chunk``
-(parallel), ``step`` (one token). WKV-5 is WKV-6 with a decay constant over time (:func:`wkv5`)."""
+"""WKV-6 / WKV-5 (RWKV-5 Eagle, RWKV-6 Finch) in four tiers: ``naive`` (reference loop), ``chunk``
+(parallel), ``step`` (one token), ``kernel`` (sequential C++, CPU inference). WKV-5 is WKV-6 with a
+decay constant over time (:func:`wkv5`)."""
 
 from __future__ import annotations
 
 import torch
 
 from rwkvkit.ops._layout import check_bthk
+from rwkvkit.ops._tiers import IMPLS, Tiers, require_one_token
 from rwkvkit.ops.rwkv6.chunk import DEFAULT_CHUNK_SIZE, DEFAULT_SUB_CHUNK_SIZE, wkv6_chunk
+from rwkvkit.ops.rwkv6.kernel import wkv5_kernel, wkv6_kernel
 from rwkvkit.ops.rwkv6.naive import wkv6_naive
 from rwkvkit.ops.rwkv6.step import wkv6_step
 
-IMPLS = ("auto", "naive", "chunk", "step", "kernel")
+
+def _wkv6_one_token(r, log_w, k, v, u, state):
+    for name, x in zip("r log_w k v".split(), (r, log_w, k, v)):
+        check_bthk("wkv6", name, x)  # before x[:, 0], so a 3-dim input is named, not mis-sliced
+    require_one_token("wkv6", r.shape[1], f"input of shape {tuple(r.shape)}")
+    y, S = wkv6_step(*(x[:, 0] for x in (r, log_w, k, v)), u, state)
+    return y.unsqueeze(1), S
+
+
+_TIERS = Tiers("wkv6", naive=wkv6_naive, chunk=wkv6_chunk, step=_wkv6_one_token, kernel=wkv6_kernel)
 
 
 def wkv6(
@@ -28,28 +40,11 @@ def wkv6(
 
     ``impl``: ``"naive"``, ``"chunk"``, ``"step"`` (needs ``T == 1``) or ``"auto"``: the one-token
     form when ``T == 1`` (decoding: no chunk set-up to pay), the chunked form otherwise. ``"kernel"``: the
-    sequential C++ recurrence of :mod:`rwkvkit.inference.kernels.wkv_seq` (CPU, forward only, fp32;
-    imported on first use; where it cannot run it falls back to ``step`` / ``chunk``).
+    sequential C++ recurrence of :mod:`rwkvkit.ops.cpu` (CPU, forward only, fp32; where it cannot run
+    it falls back to ``step`` / ``chunk``).
     """
-    if impl not in IMPLS:
-        raise ValueError(f"wkv6: unknown impl {impl!r}; choose one of {IMPLS}")
-    if impl == "kernel":
-        from rwkvkit.inference.kernels import wkv_seq  # imports rwkvkit.ops: only on first use
-
-        return wkv_seq.wkv6_kernel(r, log_w, k, v, u, state)
     T = r.shape[1] if r.dim() == 4 else -1
-    if impl == "auto":
-        impl = "step" if T == 1 else "chunk"
-    if impl == "naive":
-        return wkv6_naive(r, log_w, k, v, u, state)
-    if impl == "chunk":
-        return wkv6_chunk(r, log_w, k, v, u, state, chunk_size=chunk_size)
-    for name, x in zip("r log_w k v".split(), (r, log_w, k, v)):
-        check_bthk("wkv6", name, x)  # before x[:, 0], so a 3-dim input is named, not mis-sliced
-    if T != 1:
-        raise ValueError(f"wkv6: impl='step' takes one token (T == 1), got input of shape {tuple(r.shape)}")
-    y, S = wkv6_step(*(x[:, 0] for x in (r, log_w, k, v)), u, state)
-    return y.unsqueeze(1), S
+    return _TIERS(impl, T, r, log_w, k, v, u, state, chunk_size=chunk_size)
 
 
 def wkv5(
@@ -78,6 +73,6 @@ def wkv5(
 
 
 __all__ = [
-    "wkv5", "wkv6", "wkv6_naive", "wkv6_chunk", "wkv6_step",
+    "wkv5", "wkv6", "wkv6_naive", "wkv6_chunk", "wkv6_step", "wkv6_kernel", "wkv5_kernel",
     "DEFAULT_CHUNK_SIZE", "DEFAULT_SUB_CHUNK_SIZE", "IMPLS",
 ]  # fmt: skip

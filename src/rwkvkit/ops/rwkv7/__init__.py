@@ -1,7 +1,49 @@
-"""WKV-7 (RWKV-7 "Goose") in three tiers: ``naive`` (reference loop), ``chunk`` (parallel), ``step``."""
+"""WKV-7 (RWKV-7 "Goose") in four tiers: ``naive`` (reference loop), ``chunk`` (parallel), ``step``
+(one token) and ``kernel`` (sequential C++, CPU inference); :func:`wkv7` picks one."""
 
+from __future__ import annotations
+
+import torch
+
+from rwkvkit.ops._tiers import IMPLS, Tiers, require_one_token
 from rwkvkit.ops.rwkv7.chunk import DEFAULT_CHUNK_SIZE, wkv7_chunk
+from rwkvkit.ops.rwkv7.kernel import wkv7_kernel
 from rwkvkit.ops.rwkv7.naive import wkv7_naive
 from rwkvkit.ops.rwkv7.step import wkv7_step
 
-__all__ = ["wkv7_naive", "wkv7_chunk", "wkv7_step", "DEFAULT_CHUNK_SIZE"]
+
+def _wkv7_one_token(r, log_w, k, v, a, b, state):
+    require_one_token("wkv7", r.shape[1] if r.dim() == 4 else -1, f"input of shape {tuple(r.shape)}")
+    o, S = wkv7_step(*(x[:, 0] for x in (r, log_w, k, v, a, b)), state)
+    return o.unsqueeze(1), S
+
+
+_TIERS = Tiers("wkv7", naive=wkv7_naive, chunk=wkv7_chunk, step=_wkv7_one_token, kernel=wkv7_kernel)
+
+
+def wkv7(
+    r: torch.Tensor,
+    log_w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    state: torch.Tensor | None = None,
+    *,
+    impl: str = "auto",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    max_decay: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """WKV-7 over a sequence: ``(o [B, T, H, V], state [B, H, K, V])``.
+
+    ``impl``: ``"naive"``, ``"chunk"``, ``"step"`` (needs ``T == 1``), ``"kernel"`` (the C++
+    sequential recurrence, forward only; see :mod:`rwkvkit.ops.cpu`) or ``"auto"``: the one-token
+    form when ``T == 1`` (decoding: no chunk set-up to pay), the chunked form otherwise.
+    ``chunk_size`` and ``max_decay`` (a stated bound on ``|log_w|``, so that the chunk size needs no
+    read of the tensor: see :func:`~rwkvkit.ops.rwkv7.chunk.wkv7_chunk`) apply to ``"chunk"`` only.
+    """
+    T = r.shape[1] if r.dim() == 4 else -1
+    return _TIERS(impl, T, r, log_w, k, v, a, b, state, chunk_size=chunk_size, max_decay=max_decay)
+
+
+__all__ = ["wkv7", "wkv7_naive", "wkv7_chunk", "wkv7_step", "wkv7_kernel", "DEFAULT_CHUNK_SIZE", "IMPLS"]

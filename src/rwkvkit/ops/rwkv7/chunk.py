@@ -26,6 +26,12 @@ the log-decay at the middle of the chunk, so no factor exceeds ``exp(max|log_w| 
 decay is at least ``exp(-exp(-0.5)) ~ 0.545`` (``|log_w| < 0.61``): with ``C = 64`` that is ``e^19``,
 far from fp32 overflow. For stronger decays the chunk length is reduced automatically so that the
 bound (``_EXP_LIMIT``) always holds; the result is exact either way (``C = 1`` is the recurrence).
+
+That reduction needs the largest ``|log_w|``. A caller that knows a bound states it (``max_decay``:
+the RWKV-7 layer passes ``exp(-0.5)``) and the chunk length follows from Python floats alone;
+otherwise it is measured, ``log_w.min()`` read on the host: a device sync on a GPU, and a graph
+break under ``torch.compile``. The two agree whenever the bound holds and does not force a halving
+the data would not (for RWKV-7, ``C = 32``: ``0.61 * 32 = 19.4 < 60``, no halving either way).
 """
 
 from __future__ import annotations
@@ -50,16 +56,27 @@ DEFAULT_CHUNK_SIZE = 32
 _EXP_LIMIT = {torch.float32: 60.0, torch.float64: 600.0}
 
 
-def _safe_chunk_size(log_w: torch.Tensor, chunk_size: int, dt: torch.dtype) -> int:
-    """The largest power-of-two-halving of ``chunk_size`` whose worst pairwise exponent is bounded."""
-    if log_w.numel() == 0:
+def _safe_chunk_size(log_w: torch.Tensor, chunk_size: int, dt: torch.dtype, max_decay: float | None) -> int:
+    """The largest power-of-two-halving of ``chunk_size`` whose worst pairwise exponent is bounded.
+
+    ``max_decay``: a stated bound on ``|log_w|`` (no tensor read); None measures it (a host sync).
+    """
+    if max_decay is not None:
+        worst = max_decay
+    elif log_w.numel() == 0:
         return chunk_size
-    worst = float(log_w.detach().min().neg().clamp_min(0.0))  # largest |log decay| per step
+    else:
+        worst = float(log_w.detach().min().neg().clamp_min(0.0))  # largest |log decay| per step
     limit = _EXP_LIMIT.get(dt, 60.0)
     C = chunk_size
     while C > 1 and worst * C > limit:  # the span t - s < C, so |g_t - g_s| <= worst * C
         C //= 2
     return C
+
+
+def _is_bound(x: object) -> bool:
+    """A finite Python number ``>= 0`` (not a bool, not a tensor: the chunk size needs no tensor read)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < math.inf
 
 
 @no_autocast
@@ -72,6 +89,8 @@ def wkv7_chunk(
     b: torch.Tensor,
     state: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    *,
+    max_decay: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked-parallel WKV-7; same contract as :func:`rwkvkit.ops.rwkv7.naive.wkv7_naive`.
 
@@ -80,7 +99,12 @@ def wkv7_chunk(
         v: ``[B, T, H, V]``.
         state: optional initial state ``[B, H, K, V]``.
         chunk_size: tokens per chunk (``T`` need not be a multiple; the tail is padded with
-            identity steps, which leave the state unchanged).
+            identity steps, which leave the state unchanged). Halved while ``max|log_w| * C`` could
+            overflow the compute dtype (see the module docstring).
+        max_decay: a bound the caller guarantees, ``|log_w| <= max_decay`` everywhere (a Python
+            float ``>= 0``); the chunk size is then computed without reading ``log_w`` (no host
+            sync, ``torch.compile(fullgraph=True)`` works). None (default): measure ``log_w.min()``.
+            A bound that does not hold can overflow the exponent factors.
 
     Returns:
         ``(o [B, T, H, V] in r.dtype, final state [B, H, K, V] in fp32 / fp64)``.
@@ -100,6 +124,9 @@ def wkv7_chunk(
     check_same_shape(op, ("r", "log_w", "k", "a", "b"), (r, log_w, k, a, b))
     if chunk_size < 1:
         raise ValueError(f"{op}: chunk_size must be >= 1, got {chunk_size}")
+    if max_decay is not None and not _is_bound(max_decay):
+        msg = f"max_decay must be a finite number >= 0 (a bound on |log_w|), got {max_decay!r}"
+        raise ValueError(f"{op}: {msg}")
     B, T, H, K = r.shape
     V = v.shape[-1]
     check_state(op, state, B, H, K, V)
@@ -109,7 +136,7 @@ def wkv7_chunk(
     if T == 0:
         return r.new_zeros(B, 0, H, V), S0
 
-    C = _safe_chunk_size(log_w, min(chunk_size, T), dt)
+    C = _safe_chunk_size(log_w, min(chunk_size, T), dt, max_decay)
     N = math.ceil(T / C)
 
     def chunked(x: torch.Tensor) -> torch.Tensor:

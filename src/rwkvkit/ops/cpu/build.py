@@ -1,4 +1,5 @@
-"""Building the CPU kernel extensions on first use: shared by :mod:`.gemv` and :mod:`.wkv_seq`.
+"""Building the CPU kernel extensions on first use: shared by :mod:`rwkvkit.ops.cpu.wkv_seq` and
+:mod:`rwkvkit.inference.kernels.gemv` (imports nothing of rwkvkit).
 
 Each extension module keeps its own load-once state (lock, loaded operators, failed flag); this
 module holds what they share: the disable switch, finding ``ninja``, the compile call (with the

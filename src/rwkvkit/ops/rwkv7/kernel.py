@@ -1,0 +1,48 @@
+"""WKV-7 through the sequential C++ recurrence (:mod:`rwkvkit.ops.cpu.wkv_seq`): CPU, forward only."""
+
+from __future__ import annotations
+
+import torch
+
+from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, no_autocast
+from rwkvkit.ops.cpu import wkv_seq
+from rwkvkit.ops.rwkv7.chunk import wkv7_chunk
+from rwkvkit.ops.rwkv7.step import wkv7_step
+
+
+@no_autocast
+def wkv7_kernel(
+    r: torch.Tensor,
+    log_w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    state: torch.Tensor | None = None,
+    *,
+    isa: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequential WKV-7 in C++; the contract of :func:`rwkvkit.ops.wkv7_naive`.
+
+    ``(o [B, T, H, V] in r.dtype, state [B, H, K, V] fp32)``. ``isa`` forces an instruction set
+    (tests; RuntimeError if the CPU lacks it). Falls back to ``wkv7_step`` / ``wkv7_chunk`` (see
+    :mod:`rwkvkit.ops.cpu.wkv_seq`).
+    """
+    op = "wkv7_kernel"
+    for name, x in zip("r log_w k v a b".split(), (r, log_w, k, v, a, b)):
+        check_bthk(op, name, x)
+    check_same_shape(op, ("r", "log_w", "k", "a", "b"), (r, log_w, k, a, b))
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    wkv_seq.check_v(op, r, v)
+    check_state(op, state, B, H, K, V)
+    code = wkv_seq.isa_code(isa)
+    ops = wkv_seq.ops_for(r, log_w, k, v, a, b, state)
+    if ops is None:
+        if T == 1:
+            o, S = wkv7_step(*(x[:, 0] for x in (r, log_w, k, v, a, b)), state)
+            return o.unsqueeze(1), S
+        return wkv7_chunk(r, log_w, k, v, a, b, state)
+    f32 = wkv_seq.f32
+    o, S = ops.wkv7(*(f32(x) for x in (r, log_w, k, v, a, b)), None if state is None else f32(state), code)
+    return o.to(r.dtype), S
