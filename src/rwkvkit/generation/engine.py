@@ -24,6 +24,10 @@ Each :meth:`BatchEngine.step`:
    sequence ever sees a padding token: padding a recurrent model's input would change its state;
 4. samples one token per sequence from its own logits, with its own options and ``torch.Generator``.
 
+Per request, the decoding step is the one :func:`generate` runs: a
+:class:`~rwkvkit.generation.TokenSampler` (bans, penalties, generator, stop tokens) and a
+:class:`~rwkvkit.generation.TextTracker` (text and stop strings); only the batching is the engine's.
+
 A request's result equals :func:`rwkvkit.generate` run alone with the same arguments: same tokens,
 text, stop reason, final state and logits. Every row of a batched forward is computed independently,
 so the only difference is floating-point rounding: batched matrix products can differ from batch-1
@@ -40,8 +44,8 @@ Speed notes (the decode path runs once per token for every sequence):
 * sampled rows (``temperature > 0``) call :func:`~rwkvkit.generation.sampling.sample` one row at a
   time: a batched softmax/top-p/``pow``/``sum`` is not bitwise equal to the per-row one (SIMD lanes and
   reduction splits differ), and each row needs its own generator anyway;
-* the batch State is re-indexed (``State.select`` / ``State.cat``) only on the steps where a sequence
-  joins or leaves.
+* the batch state is re-indexed (``state.select`` / ``type(state).cat``) only on the steps where a
+  sequence joins or leaves.
 
 The engine is not thread-safe: call ``add``, ``cancel`` and ``step`` from one thread.
 """
@@ -252,15 +256,8 @@ class BatchEngine:
         if self._vocab is not None:
             params.check_vocab(self._vocab, self._vocab_limit)
         prompt_tokens, row = start_point(prompt_tokens, state, logits, params.max_new_tokens, self._vocab)
-        r = _Request(
-            self._next_id,
-            params,
-            prompt_tokens,
-            state,
-            row,
-            return_state,
-            TextTracker(tokenizer, params.stop),
-        )
+        text = TextTracker(tokenizer, params.stop)
+        r = _Request(self._next_id, params, prompt_tokens, state, row, return_state, text)
         self._next_id += 1
         self._queue.append(r)
         return r.id
