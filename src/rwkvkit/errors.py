@@ -36,6 +36,10 @@ class InputError(RWKVKitError, ValueError):
     """Tensors passed to a model have the wrong shape, dtype or range."""
 
 
+class VocabularyError(TokenizerError, InputError):
+    """Token ids outside the model's vocabulary: usually a tokenizer that does not fit the model."""
+
+
 class Interrupted(RWKVKitError):
     """A run stopped on a signal after saving its checkpoint; ``exit_code`` is 128 + the signal."""
 

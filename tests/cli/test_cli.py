@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from rwkvkit.cli.main import main
+from rwkvkit.cli.generate import sampling_params
+from rwkvkit.cli.main import build_parser, main
+from rwkvkit.generation import SamplingParams
 from rwkvkit.models.rwkv.config import RWKVConfig
 from rwkvkit.models.rwkv.init import random_checkpoint
 
@@ -110,3 +113,12 @@ def test_bad_option_value(ckpt):
         "generate", "--model", str(ckpt), "--tokenizer", "bytes", "--prompt", "hi", "--top-p", "1.5"
     )
     _one_line_error(result, "top_p")
+
+
+def test_generate_sampling_options_come_from_sampling_params(tmp_path, capsys):
+    args = build_parser().parse_args(["generate"])
+    assert sampling_params(args) == dataclasses.replace(SamplingParams(), max_new_tokens=100)
+    # A bad option is refused before the model is loaded (the missing checkpoint is never read).
+    assert main(["generate", "--model", str(tmp_path / "missing.pth"), "--top-p", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "top_p" in err and "missing" not in err

@@ -261,8 +261,8 @@ def test_token_weight_uses_the_tokenizer_and_the_substring_rule() -> None:
         model, TOK, "x", 60, temperature=0.0, presence_penalty=0.1, frequency_penalty=0.8, stream=True
     )
     list(gen)
-    occurrence = gen._stream._occurrence  # white-box: the dense occurrence after the run
-    seen = gen._stream._seen
+    occurrence = gen._stream._sampler.occurrence  # white-box: the dense occurrence after the run
+    seen = gen._stream._sampler.seen
     for token in set(gen.tokens):
         assert bool(seen[token])
         if TOK.decode([token]) in " \t0123456789":

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+import rwkvkit
 from rwkvkit.errors import TokenizerError
+from rwkvkit.generation import SamplingParams
+from rwkvkit.inference import optimize
+from rwkvkit.tokenizer import load_tokenizer
+
+DEFAULTS = SamplingParams()  # the sampling defaults, declared once in SamplingParams
 
 
 def add_parser(sub) -> None:
@@ -22,21 +29,39 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--prompt", default="", help="text to continue (may be empty with --state-in)")
     p.add_argument("--max-tokens", type=int, default=100, help="most new tokens to generate (default 100)")
+    d = DEFAULTS
     p.add_argument(
-        "--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (default 1)"
+        "--temperature",
+        type=float,
+        default=d.temperature,
+        help=f"sampling temperature; 0 = greedy (default {d.temperature:g})",
     )
     p.add_argument(
-        "--top-p", type=float, default=0.85, help="nucleus mass in (0, 1]; 1 = no cut (default 0.85)"
+        "--top-p",
+        type=float,
+        default=d.top_p,
+        help=f"nucleus mass in (0, 1]; 1 = no cut (default {d.top_p:g})",
     )
     p.add_argument(
-        "--top-k", type=int, default=0, help="keep only the k most likely tokens; 0 = off (default)"
-    )
-    p.add_argument("--presence-penalty", type=float, default=0.0, help="official alpha_presence (default 0)")
-    p.add_argument(
-        "--frequency-penalty", type=float, default=0.0, help="official alpha_frequency (default 0)"
+        "--top-k", type=int, default=d.top_k, help="keep only the k most likely tokens; 0 = off (default)"
     )
     p.add_argument(
-        "--penalty-decay", type=float, default=0.996, help="penalty decay per token (default 0.996)"
+        "--presence-penalty",
+        type=float,
+        default=d.presence_penalty,
+        help=f"official alpha_presence (default {d.presence_penalty:g})",
+    )
+    p.add_argument(
+        "--frequency-penalty",
+        type=float,
+        default=d.frequency_penalty,
+        help=f"official alpha_frequency (default {d.frequency_penalty:g})",
+    )
+    p.add_argument(
+        "--penalty-decay",
+        type=float,
+        default=d.penalty_decay,
+        help=f"penalty decay per token (default {d.penalty_decay:g})",
     )
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not printed")
     p.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text")
@@ -70,8 +95,6 @@ def add_parser(sub) -> None:
 
 def tokenizer_beside(model_path: str) -> str | None:
     """The tokenizer a model was saved with: ``tokenizer.json`` or ``tokenizer.spec`` in its folder."""
-    from pathlib import Path
-
     if model_path == "default" and not Path(model_path).exists():
         return "default"
     folder = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
@@ -85,8 +108,6 @@ def tokenizer_beside(model_path: str) -> str | None:
 def pick_tokenizer(spec: str | None, vocab_size: int, model_path: str | None = None):
     """The tokenizer named by ``spec``, else the one saved beside the model, else the one implied by
     the model's vocabulary size; checks that it fits the model."""
-    from rwkvkit.tokenizer import load_tokenizer
-
     if spec is None and model_path is not None:
         spec = tokenizer_beside(model_path)
     if spec is None:
@@ -107,22 +128,9 @@ def pick_tokenizer(spec: str | None, vocab_size: int, model_path: str | None = N
     return tok
 
 
-def run(args: argparse.Namespace) -> int:
-    import rwkvkit
-
-    model = rwkvkit.load(args.model, dtype=args.dtype)
-    tok = pick_tokenizer(args.tokenizer, model.config.vocab_size, args.model)
-    if args.fast:
-        from rwkvkit.inference import optimize
-
-        model = optimize(model, weights=args.fast)
-    state = rwkvkit.State.load(args.state_in) if args.state_in else None
-    if state is not None:
-        state.check_fits(model.config)
-    gen = rwkvkit.generate(
-        model,
-        tok,
-        args.prompt,
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    """The sampling options of the command line as one (validated) :class:`SamplingParams`."""
+    return SamplingParams(
         max_new_tokens=args.max_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
@@ -132,6 +140,24 @@ def run(args: argparse.Namespace) -> int:
         penalty_decay=args.penalty_decay,
         stop=tuple(args.stop),
         seed=args.seed,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    params = sampling_params(args)  # a bad option fails here, before the model is loaded
+    model = rwkvkit.load(args.model, dtype=args.dtype)
+    tok = pick_tokenizer(args.tokenizer, model.config.vocab_size, args.model)
+    if args.fast:
+        model = optimize(model, weights=args.fast)
+    state = rwkvkit.State.load(args.state_in) if args.state_in else None
+    if state is not None:
+        state.check_fits(model.config)
+    # generate() checks the prompt ids against the model's vocabulary before running the model.
+    gen = rwkvkit.generate(
+        model,
+        tok,
+        args.prompt,
+        params=params,
         state=state,
         logits=state.logits if state is not None and not args.prompt else None,
         stream=True,

@@ -24,6 +24,10 @@ Each :meth:`BatchEngine.step`:
    sequence ever sees a padding token: padding a recurrent model's input would change its state;
 4. samples one token per sequence from its own logits, with its own options and ``torch.Generator``.
 
+Per request, the decoding step is the one :func:`generate` runs: a
+:class:`~rwkvkit.generation.TokenSampler` (bans, penalties, generator, stop tokens) and a
+:class:`~rwkvkit.generation.TextTracker` (text and stop strings); only the batching is the engine's.
+
 A request's result equals :func:`rwkvkit.generate` run alone with the same arguments: same tokens,
 text, stop reason, final state and logits. Every row of a batched forward is computed independently,
 so the only difference is floating-point rounding: batched matrix products can differ from batch-1
@@ -40,8 +44,8 @@ Speed notes (the decode path runs once per token for every sequence):
 * sampled rows (``temperature > 0``) call :func:`~rwkvkit.generation.sampling.sample` one row at a
   time: a batched softmax/top-p/``pow``/``sum`` is not bitwise equal to the per-row one (SIMD lanes and
   reduction splits differ), and each row needs its own generator anyway;
-* the batch State is re-indexed (``State.select`` / ``State.cat``) only on the steps where a sequence
-  joins or leaves.
+* the batch state is re-indexed (``state.select`` / ``type(state).cat``) only on the steps where a
+  sequence joins or leaves.
 
 The engine is not thread-safe: call ``add``, ``cancel`` and ``step`` from one thread.
 """
@@ -49,29 +53,17 @@ The engine is not thread-safe: call ``add``, ``cancel`` and ``step`` from one th
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from numbers import Integral
 from typing import Any, Literal
 
 import torch
 
 from rwkvkit.errors import ConfigError
-from rwkvkit.generation.generate import (
-    TokenStream,
-    _check_int,
-    _DecodeStreamDecoder,
-    _held_suffix,
-    _model_device,
-    _token_ids,
-    _vocab_size,
-    default_stop_tokens,
-    forward_last,
-    prompt_ids,
-    stop_strings,
-)
-from rwkvkit.generation.sampling import apply_penalties, penalty_weight, sample
-from rwkvkit.state import State
+from rwkvkit.generation.generate import TokenSampler, start_point
+from rwkvkit.generation.model import forward_last, model_device, model_vocab_size
+from rwkvkit.generation.params import SamplingParams, check_int
+from rwkvkit.generation.text import TextTracker, prompt_ids, token_weights, vocab_limit_of
 
 __all__ = ["BatchEngine", "RequestResult", "StepEvent"]
 
@@ -130,94 +122,46 @@ class StepEvent:
     result: RequestResult | None = None
 
 
-class _TextTracker:
-    """Streaming detokenisation with stop strings, exactly as :class:`rwkvkit.generation.Generation`.
-
-    ``push`` takes one generated id, ``close`` ends the stream; both return the text released now.
-    Text that could be the start of a stop string is held back until it is known not to be one.
-    """
-
-    def __init__(self, tokenizer: Any, stops: tuple[str, ...]) -> None:
-        make = getattr(tokenizer, "stream_decoder", None)
-        self._decoder = make() if callable(make) else _DecodeStreamDecoder(tokenizer)
-        self._stops = stops
-        self._buffer = ""
-        self.text = ""
-        self.stop_hit = False
-
-    def push(self, token: int) -> str:
-        return self._advance(self._decoder.push(token), last=False)
-
-    def close(self) -> str:
-        return self._advance(self._decoder.flush(), last=True)
-
-    def _release(self, piece: str) -> str:
-        self.text += piece
-        return piece
-
-    def _advance(self, piece: str, last: bool) -> str:
-        # Same order as Generation._advance: a stop string (also one completed by the final flush)
-        # wins over the end of the stream.
-        self._buffer += piece
-        if self._stops:
-            hits = [i for i in (self._buffer.find(s) for s in self._stops) if i >= 0]
-            if hits:
-                out, self._buffer = self._buffer[: min(hits)], ""
-                self.stop_hit = True
-                return self._release(out)
-        if last:
-            out, self._buffer = self._buffer, ""
-            return self._release(out)
-        cut = len(self._buffer) - (_held_suffix(self._buffer, self._stops) if self._stops else 0)
-        out, self._buffer = self._buffer[:cut], self._buffer[cut:]
-        return self._release(out)
-
-
 class _Request:
     """One sequence's options and progress (internal)."""
 
     __slots__ = (
-        "ban_ids",
-        "ban_index",
         "cursor",
         "finish_reason",
-        "frequency",
-        "generator",
-        "greedy",
         "id",
         "logits",
-        "max_new_tokens",
-        "occurrence",
-        "penalize",
-        "penalty_decay",
+        "params",
         "pending",
-        "presence",
         "prompt",
-        "ready",
         "return_state",
-        "seen",
-        "skipped_draws",
+        "sampler",
         "state",
-        "stop_tokens",
-        "temperature",
         "text",
         "tokens",
-        "top_k",
-        "top_p",
     )
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        request_id: int,
+        params: SamplingParams,
+        prompt: list[int],
+        state: Any,
+        logits: torch.Tensor | None,
+        return_state: bool,
+        text: TextTracker,
+    ) -> None:
+        self.id = request_id
+        self.params = params
+        self.prompt = prompt
+        self.cursor = 0  # prompt ids prefilled so far
+        self.state = state  # batch-1 state while prefilling (None: fresh)
+        self.logits = logits  # [V] after ``state`` while not in the batch
+        self.return_state = return_state
+        self.text = text
+        self.sampler: TokenSampler | None = None  # built on the first sampling step (V known then)
         self.tokens: list[int] = []
         self.pending: int | None = None  # sampled, not yet fed to the model
-        self.cursor = 0  # prompt ids prefilled so far
-        self.state: Any = None  # batch-1 state while prefilling (None: fresh)
-        self.logits: torch.Tensor | None = None  # [V] after ``state`` while not in the batch
         self.finish_reason: EngineStopReason | None = None  # set when done, pending maybe still to feed
-        self.ready = False  # per-vocabulary setup done
-        self.ban_index: torch.Tensor | None = None
-        self.occurrence: torch.Tensor | None = None
-        self.seen: torch.Tensor | None = None
-        self.skipped_draws = 0  # greedy draws generate() made from the generator and we skipped
 
 
 class BatchEngine:
@@ -225,9 +169,10 @@ class BatchEngine:
 
     Args:
         model: ``logits, state = model(LongTensor[B, T], state=state)`` returning float logits
-            ``[B, T, V]`` and an :class:`rwkvkit.state.State` (any object with ``select(indices)`` and
-            ``State.cat`` semantics), e.g. an rwkvkit RWKV model. Every batch row must be computed
-            independently of the others (true of the RWKV models). Call ``model.eval()`` yourself.
+            ``[B, T, V]`` and a state with ``select(indices)`` and ``type(state).cat(states)``, e.g. an
+            rwkvkit RWKV model and its :class:`rwkvkit.state.State` (the contract:
+            :mod:`rwkvkit.generation.model`). Every batch row must be computed independently of the
+            others (true of the RWKV models). Call ``model.eval()`` yourself.
         tokenizer: needed for text prompts, text output, stop strings and the official penalty weights
             (whitespace/digit tokens weigh 0); None works with token ids only (weights 1, text '').
         max_batch: the most sequences decoded together; further requests wait in a queue (FIFO).
@@ -242,18 +187,14 @@ class BatchEngine:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.max_batch = _check_int(
-            "max_batch", max_batch, 1, "the most sequences decoded together (e.g. 64)"
-        )
-        self.prefill_chunk = _check_int(
+        self.max_batch = check_int("max_batch", max_batch, 1, "the most sequences decoded together (e.g. 64)")
+        self.prefill_chunk = check_int(
             "prefill_chunk", prefill_chunk, 1, "the prefill chunk length in tokens (e.g. 256)"
         )
-        self._device = _model_device(model)
-        self._vocab = _vocab_size(model)  # None: learned from the first logits
-        limit = getattr(tokenizer, "vocab_size", None) if tokenizer is not None else None
-        ok = isinstance(limit, Integral) and not isinstance(limit, bool) and limit >= 1
-        self._vocab_limit: int | None = int(limit) if ok else None
-        self._weights: dict[int, float] = {}  # official penalty weight per token id (decode is pure)
+        self._device = model_device(model)
+        self._vocab = model_vocab_size(model)  # None: learned from the first logits
+        self._vocab_limit = vocab_limit_of(tokenizer)
+        self._weight = token_weights(tokenizer)  # official penalty weight per token id, cached
         self._next_id = 0
         self._queue: deque[_Request] = deque()
         self._rows: list[_Request] = []  # the sequences of the batch, in the row order of _state
@@ -283,84 +224,41 @@ class BatchEngine:
     def add(
         self,
         prompt: str | Sequence[int],
-        max_new_tokens: int = 64,
+        max_new_tokens: int | None = None,
         *,
-        temperature: float = 1.0,
-        top_p: float = 0.85,
-        top_k: int = 0,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
-        penalty_decay: float = 0.996,
-        banned_tokens: int | Iterable[int] = (),
-        stop: str | Iterable[str] = (),
-        stop_tokens: int | Iterable[int] | None = None,
-        seed: int | None = None,
+        params: SamplingParams | None = None,
         state: Any = None,
         logits: torch.Tensor | None = None,
         return_state: bool = True,
+        **sampling: Any,
     ) -> int:
         """Queue a request; returns its id. It joins the batch at the next :meth:`step` with a free row.
 
-        The options mean what they mean for :func:`rwkvkit.generate` (same defaults, same checks,
-        raised here as :class:`~rwkvkit.errors.ConfigError` / ``TokenizerError``). ``prompt`` may be
-        token ids; text needs a tokenizer. ``state`` (batch 1) continues a sequence; with an empty
-        prompt it also needs ``logits``, which default to ``state.logits`` when the state carries them.
-        ``return_state=False`` skips the final model step that feeds the last token (the result then
-        has no state), so the request leaves the batch one step earlier.
+        The options mean what they mean for :func:`rwkvkit.generate` (a :class:`SamplingParams` as
+        ``params=`` and/or its fields as keyword arguments; same defaults, same checks, raised here as
+        :class:`~rwkvkit.errors.ConfigError` / ``VocabularyError``, before any model call). ``prompt``
+        may be token ids; text needs a tokenizer. ``state`` (batch 1) continues a sequence; with an
+        empty prompt it also needs ``logits``, which default to ``state.logits`` when the state
+        carries them. ``return_state=False`` skips the final model step that feeds the last token (the
+        result then has no state), so the request leaves the batch one step earlier.
         """
         tokenizer = self.tokenizer
-        stops = stop_strings(stop)
-        if stops and tokenizer is None:
+        params = SamplingParams.build(params, max_new_tokens=max_new_tokens, **sampling).for_tokenizer(
+            tokenizer
+        )
+        if params.stop and tokenizer is None:
             raise ConfigError("stop strings need a tokenizer: pass BatchEngine(model, tokenizer)")
         prompt_tokens = prompt_ids(prompt, tokenizer, hint=": pass BatchEngine(model, tokenizer)")
-        if stop_tokens is None:
-            stop_tokens = default_stop_tokens(tokenizer)
         if not prompt_tokens and logits is None and state is not None:
             logits = getattr(state, "logits", None)
         if not isinstance(return_state, bool):
             raise ConfigError(f"return_state must be True or False, got {return_state!r}")
-
-        # TokenStream runs every check generate() runs (ranges, vocabulary, empty prompt, seed) without
-        # touching the model, and normalises the options; the engine reads them back.
-        ts = TokenStream(
-            self.model,
-            prompt_tokens,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            presence_penalty=presence_penalty,
-            frequency_penalty=frequency_penalty,
-            penalty_decay=penalty_decay,
-            banned_tokens=banned_tokens,
-            stop_tokens=stop_tokens,
-            vocab_limit=self._vocab_limit,
-            state=state,
-            logits=logits,
-            chunk_len=self.prefill_chunk,
-            seed=seed,
-        )
-        r = _Request()
-        r.id = self._next_id
+        if self._vocab is not None:
+            params.check_vocab(self._vocab, self._vocab_limit)
+        prompt_tokens, row = start_point(prompt_tokens, state, logits, params.max_new_tokens, self._vocab)
+        text = TextTracker(tokenizer, params.stop)
+        r = _Request(self._next_id, params, prompt_tokens, state, row, return_state, text)
         self._next_id += 1
-        r.prompt = [int(t) for t in prompt_tokens]
-        r.max_new_tokens = ts.max_new_tokens
-        r.temperature, r.top_p, r.top_k = ts.temperature, ts.top_p, ts.top_k
-        r.greedy = ts.temperature == 0
-        r.presence, r.frequency, r.penalty_decay = ts.presence_penalty, ts.frequency_penalty, ts.penalty_decay
-        r.penalize = r.presence != 0.0 or r.frequency != 0.0
-        r.ban_ids = ts.banned_tokens
-        r.stop_tokens = ts.stop_tokens
-        r.return_state = return_state
-        r.state = state
-        if logits is not None and not r.prompt:
-            r.logits = logits.detach().reshape(-1, logits.shape[-1])[-1].float()
-        r.generator = None
-        if seed is not None:
-            # generate() seeds a generator on the logits' device, i.e. the model's.
-            r.generator = torch.Generator(device=self._device)
-            r.generator.manual_seed(int(seed))
-        r.text = _TextTracker(tokenizer, stops) if tokenizer is not None else None
         self._queue.append(r)
         return r.id
 
@@ -400,7 +298,7 @@ class BatchEngine:
         return results
 
     def generate_many(
-        self, prompts: Sequence[str | Sequence[int]], max_new_tokens: int = 64, **options: Any
+        self, prompts: Sequence[str | Sequence[int]], max_new_tokens: int | None = None, **options: Any
     ) -> list[str]:
         """Generate for every prompt (queued beyond ``max_batch``); returns the texts in prompt order.
 
@@ -439,13 +337,13 @@ class BatchEngine:
             request_id=r.id,
             prompt_tokens=r.prompt,
             tokens=r.tokens,
-            text=r.text.text if r.text is not None else "",
+            text=r.text.text,
             stop_reason=reason,
             state=state,
             logits=None if logits is None else logits.clone(),
         )
         # Release the per-request tensors now; a long-running engine keeps only the results.
-        r.state = r.logits = r.occurrence = r.seen = None
+        r.state = r.logits = r.sampler = None
         self._results[r.id] = result
         return StepEvent(r.id, token, text, finished=True, result=result)
 
@@ -527,8 +425,8 @@ class BatchEngine:
 
         joined: list[_Request] = []
         for r in admitted:
-            if r.max_new_tokens == 0:  # generate() then only prefills
-                text = r.text.close() if r.text is not None else ""
+            if r.params.max_new_tokens == 0:  # generate() then only prefills
+                text = r.text.close()
                 state = r.state if r.return_state else None
                 logits = r.logits if r.return_state else None
                 events.append(self._finish(r, "length", state, logits, token=None, text=text))
@@ -538,7 +436,7 @@ class BatchEngine:
             return
         states = ([self._state] if self._rows else []) + [r.state for r in joined]
         logits = ([self._logits] if self._rows else []) + [r.logits.view(1, -1) for r in joined]
-        self._state = State.cat(states) if len(states) > 1 else states[0]
+        self._state = type(states[0]).cat(states) if len(states) > 1 else states[0]
         self._logits = torch.cat(logits) if len(logits) > 1 else logits[0]
         self._rows.extend(joined)
         for r in joined:
@@ -554,99 +452,68 @@ class BatchEngine:
         elif len(group) == 1:
             state = group[0].state
         else:
-            state = State.cat([r.state if r.state is not None else self._initial_state() for r in group])
+            states = [r.state if r.state is not None else self._initial_state() for r in group]
+            state = type(states[0]).cat(states)
         out, new_state = forward_last(self.model, tokens, state)
         for j, r in enumerate(group):
             r.state = new_state if len(group) == 1 else new_state.select([j])
             r.logits = out[j, -1].float()
             r.cursor += n
 
-    def _setup(self, r: _Request, vocab: int) -> None:
-        """Per-request tensors, built once the vocabulary size is known (as TokenStream._setup)."""
+    def _setup(self, r: _Request, logits: torch.Tensor) -> None:
+        """The request's sampler, built once the vocabulary size is known (as in TokenStream)."""
+        vocab = logits.shape[-1]
         if self._vocab is None:
             self._vocab = vocab
-        # Checked again here for models without config.vocab_size (add() could not check then).
-        banned = set(_token_ids("banned_tokens", r.ban_ids, vocab))
-        _token_ids("stop_tokens", r.stop_tokens, vocab)
-        allowed = vocab if self._vocab_limit is None else min(vocab, self._vocab_limit)
-        if len({t for t in banned if t < allowed}) >= allowed:
-            raise ConfigError("banned_tokens bans the whole vocabulary: leave at least one token allowed")
-        # Ids >= the tokenizer's vocab_size are banned for the whole batch in _sample.
-        if banned:
-            r.ban_index = torch.tensor(sorted(banned), dtype=torch.long, device=self._device)
-        if r.penalize:
-            wide = torch.float64 if self._device.type != "mps" else torch.float32
-            r.occurrence = torch.zeros(vocab, dtype=wide, device=self._device)
-            r.seen = torch.zeros(vocab, dtype=torch.bool, device=self._device)
-        r.ready = True
-
-    def _weight(self, token: int) -> float:
-        """Official occurrence weight of a generated token (1 without a tokenizer, like generate_tokens)."""
-        if self.tokenizer is None:
-            return 1.0
-        w = self._weights.get(token)
-        if w is None:
-            w = self._weights[token] = penalty_weight(self.tokenizer.decode([token]))
-        return w
+        # Checked again here for requests added before the size was known (no config.vocab_size).
+        r.params.check_vocab(vocab, self._vocab_limit)
+        # Ids >= the tokenizer's vocab_size are banned for the whole batch in _sample, not per request.
+        r.sampler = TokenSampler(r.params, vocab, logits.device, token_weight=self._weight)
 
     def _sample(self, events: list[StepEvent]) -> None:
         """Sample one token per row, then update each request (text, stops, finish)."""
         rows, logits = self._rows, self._logits
-        vocab = logits.shape[-1]
         for r in rows:
-            if not r.ready:
-                self._setup(r, vocab)
+            if r.sampler is None:
+                self._setup(r, logits)
 
         # Ban, then penalise (official order), on a copy: self._logits stays the model's output.
+        vocab = logits.shape[-1]
         limit = self._vocab_limit if self._vocab_limit is not None and self._vocab_limit < vocab else None
-        special = [i for i, r in enumerate(rows) if r.ban_index is not None or r.penalize]
+        special = [i for i, r in enumerate(rows) if r.sampler.adjusts]
         work = logits
         if limit is not None or special:
             work = logits.clone()
             if limit is not None:
                 work[:, limit:] = float("-inf")
             for i in special:
-                r = rows[i]
-                if r.ban_index is not None:
-                    work[i].index_fill_(0, r.ban_index, float("-inf"))
-                if r.penalize:
-                    work[i] = apply_penalties(work[i], r.occurrence, r.presence, r.frequency, seen=r.seen)
+                work[i] = rows[i].sampler.adjust(work[i])
 
         tokens: list[int] = [0] * len(rows)
-        greedy = [i for i, r in enumerate(rows) if r.greedy]
+        greedy = [i for i, r in enumerate(rows) if r.params.temperature == 0]
         if greedy:
             self._sample_greedy(work, greedy, tokens)
         for i, r in enumerate(rows):
-            if not r.greedy:
-                tokens[i] = int(sample(work[i], r.temperature, r.top_p, r.top_k, generator=r.generator))
+            if r.params.temperature != 0:
+                tokens[i] = r.sampler.draw(work[i])
 
         keep = []
         for i, (r, token) in enumerate(zip(rows, tokens, strict=True)):
-            if token in r.stop_tokens:
+            if token in r.sampler.stop_tokens:
                 # A stop token is neither returned nor fed: the state is already final.
-                text = r.text.close() if r.text is not None else ""
-                reason: EngineStopReason = (
-                    "stop_string" if r.text is not None and r.text.stop_hit else "stop_token"
-                )
-                state = self._state.select([i]) if r.return_state else None
-                events.append(
-                    self._finish(
-                        r, reason, state, logits[i] if r.return_state else None, token=None, text=text
-                    )
-                )
+                text = r.text.close()
+                reason: EngineStopReason = "stop_string" if r.text.stop_hit else "stop_token"
+                state, last = (self._state.select([i]), logits[i]) if r.return_state else (None, None)
+                events.append(self._finish(r, reason, state, last, token=None, text=text))
                 continue
-            if r.occurrence is not None:
-                # Decay the old counts first, then add this token's weight (official order).
-                r.occurrence.mul_(r.penalty_decay)
-                r.occurrence[token] += self._weight(token)
-                r.seen[token] = True
+            r.sampler.record(token)
             r.tokens.append(token)
-            text = r.text.push(token) if r.text is not None else ""
-            if r.text is not None and r.text.stop_hit:
+            text = r.text.push(token)
+            if not r.text.stop_hit and len(r.tokens) >= r.params.max_new_tokens:
+                text += r.text.close()
+                r.finish_reason = "length"
+            if r.text.stop_hit:  # also a stop string completed by the final flush
                 r.finish_reason = "stop_string"
-            elif len(r.tokens) >= r.max_new_tokens:
-                text += r.text.close() if r.text is not None else ""
-                r.finish_reason = "stop_string" if r.text is not None and r.text.stop_hit else "length"
             if r.finish_reason is not None and not r.return_state:
                 events.append(self._finish(r, r.finish_reason, None, None, token=token, text=text))
                 continue
@@ -667,18 +534,10 @@ class BatchEngine:
         else:
             best, clear_list = [0] * len(greedy), [False] * len(greedy)
         for j, i in enumerate(greedy):
-            r = rows[i]
             if clear_list[j]:
                 tokens[i] = best[j]
-                # generate() draws once from the generator even when greedy; remember to catch up.
-                r.skipped_draws += r.generator is not None
-                continue
-            # A possible tie (or a non-finite row, where sample() raises the usual error): replay the
-            # generator draws generate() made on the clear steps, then draw exactly like it. A draw's
-            # consumption depends only on the vocabulary size, not on the probabilities.
-            if r.generator is not None and r.skipped_draws:
-                dummy = torch.ones(work.shape[-1], dtype=torch.float32, device=work.device)
-                for _ in range(r.skipped_draws):
-                    torch.multinomial(dummy, 1, generator=r.generator)
-                r.skipped_draws = 0
-            tokens[i] = int(sample(work[i], 0.0, r.top_p, r.top_k, generator=r.generator))
+                rows[i].sampler.skip_draw()  # generate() draws once even when greedy: catch up later
+            else:
+                # A possible tie (or a non-finite row, where sample() raises the usual error): draw
+                # exactly like generate(), after replaying the draws skipped on the clear steps.
+                tokens[i] = rows[i].sampler.draw(work[i])

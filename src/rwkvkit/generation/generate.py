@@ -7,7 +7,7 @@ Two layers:
   the official presence/frequency penalties with decay, and stop tokens. The CLI and a batched
   engine can reuse it.
 * :func:`generate` / :class:`Generation`: the text-level API on top, with a tokenizer, stop strings
-  and streaming.
+  and streaming (:class:`rwkvkit.generation.text.TextTracker`).
 
 The decoding loop follows the official ``PIPELINE.generate`` (``rwkv/utils.py``) step by step:
 
@@ -37,155 +37,171 @@ Differences from the official ``PIPELINE.generate``, all deliberate:
 
 Model interface: ``logits, state = model(tokens, state=state)`` with ``tokens`` a LongTensor [1, T]
 and ``logits`` float [1, T, V]; ``state=None`` starts a fresh sequence. The state is opaque and is
-passed back as returned. The model is not switched to eval mode; call ``model.eval()`` yourself.
+passed back as returned (the contract: :mod:`rwkvkit.generation.model`). The model is not switched
+to eval mode; call ``model.eval()`` yourself. The options are one :class:`SamplingParams`
+(:mod:`rwkvkit.generation.params`), given as keyword arguments or as ``params=``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from numbers import Integral, Real
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
 
-from rwkvkit.errors import ConfigError, TokenizerError
-from rwkvkit.generation.sampling import (
-    apply_penalties,
-    penalty_weight,
-    sample,
-    validate_sampling_options,
-)
+from rwkvkit.errors import ConfigError
+from rwkvkit.generation.model import check_prompt_tokens, forward_last, model_device, model_vocab_size
+from rwkvkit.generation.params import SamplingParams, check_int, token_ids
+from rwkvkit.generation.sampling import apply_penalties, sample
+from rwkvkit.generation.text import TextTracker, prompt_ids, token_weights, vocab_limit_of
 
-__all__ = ["Generation", "TokenStream", "generate", "generate_tokens"]
+__all__ = ["Generation", "TokenSampler", "TokenStream", "generate", "generate_tokens", "start_point"]
 
 StopReason = Literal["length", "stop_token", "stop_string"]
 
 
-# ----------------------------------------------------------------------------------------------
-# option checks
+def start_point(
+    prompt_tokens: Sequence[int] | torch.Tensor,
+    state: Any,
+    logits: torch.Tensor | None,
+    max_new_tokens: int,
+    vocab_size: int | None,
+) -> tuple[list[int], torch.Tensor | None]:
+    """Check where a sequence starts; returns the prompt ids and the float32 ``[V]`` logits row to
+    sample from when the prompt is empty (None when ``logits`` is None).
 
-
-def _check_int(name: str, value: Any, minimum: int, hint: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}: {hint}")
-    return int(value)
-
-
-def _check_real(
-    name: str, value: Any, hint: str, low: float | None = None, high: float | None = None
-) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, Real) and value == value  # rejects NaN
-    if ok:
-        value = float(value)
-        ok = value not in (float("inf"), float("-inf"))
-        ok = ok and (low is None or value >= low) and (high is None or value <= high)
-    if not ok:
-        raise ConfigError(f"{name} must be a finite number{_range_text(low, high)}, got {value!r}: {hint}")
-    return float(value)
-
-
-def _range_text(low: float | None, high: float | None) -> str:
-    if low is not None and high is not None:
-        return f" in [{low}, {high}]"
-    if low is not None:
-        return f" >= {low}"
-    return ""
-
-
-def _token_ids(name: str, ids: int | Iterable[int], vocab_size: int | None) -> tuple[int, ...]:
-    """Normalize a token id or an iterable of ids; range-check when the vocabulary size is known."""
-    if isinstance(ids, (str, bytes)):
-        raise ConfigError(f"{name} must be token ids (integers), got the string {ids!r}")
-    items = (ids,) if isinstance(ids, Integral) else tuple(ids)
-    out = []
-    for t in items:
-        if isinstance(t, bool) or not isinstance(t, Integral):
-            raise ConfigError(f"{name} must contain integer token ids, got {t!r}")
-        out.append(int(t))
-    if vocab_size is not None:
-        bad = [t for t in out if not 0 <= t < vocab_size]
-        if bad:
-            raise ConfigError(
-                f"{name} has ids {bad[:5]} outside the model vocabulary [0, {vocab_size}): "
-                "pass ids in range (see tokenizer.encode)"
-            )
-    return tuple(out)
-
-
-def _vocab_size(model: Any) -> int | None:
-    size = getattr(getattr(model, "config", None), "vocab_size", None)
-    return int(size) if isinstance(size, Integral) and not isinstance(size, bool) else None
-
-
-def stop_strings(stop: str | Iterable[str]) -> tuple[str, ...]:
-    """``stop`` as a tuple of non-empty strings (one string is one stop string)."""
-    stops = (stop,) if isinstance(stop, str) else tuple(stop)
-    for s in stops:
-        if not isinstance(s, str) or not s:
-            raise ConfigError(f"stop must be non-empty strings, got {s!r}: pass e.g. stop=['\\n\\n']")
-    return stops
-
-
-def prompt_ids(prompt: str | Sequence[int] | torch.Tensor, tokenizer: Any, hint: str = "") -> list[int]:
-    """A prompt (text, ids or a tensor of ids) as a list of ids; text needs ``tokenizer``."""
-    if isinstance(prompt, str):
-        if tokenizer is None:
-            raise ConfigError(f"a text prompt needs a tokenizer{hint}")
-        return list(tokenizer.encode(prompt)) if prompt else []
-    if isinstance(prompt, bytes):
-        raise ConfigError("prompt must be a str or a sequence of token ids, not bytes: decode it first")
-    if isinstance(prompt, torch.Tensor):
-        return prompt.reshape(-1).tolist()
-    return list(prompt)
-
-
-def default_stop_tokens(tokenizer: Any) -> tuple[int, ...]:
-    """The tokenizer's end-of-text id, if it has one: generation stops there unless told otherwise."""
-    eos = getattr(tokenizer, "eos_id", None) if tokenizer is not None else None
-    return () if eos is None else (eos,)
-
-
-def forward_last(model: Any, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-    """``model(tokens [B, T], state)`` -> ``(logits [B, T or 1, V], state)``; only the last position is used.
-
-    Models with a true ``accepts_full_output`` attribute (rwkvkit's RWKV) are asked for the last
-    position's logits only (``full_output=False``: the output head then costs one row per sequence,
-    not ``T``); any other model is called plainly.
+    The prompt ids are checked against the model's vocabulary here (when its size is known), before
+    any model call. An empty prompt needs a ``state``, and ``logits`` unless nothing is sampled.
     """
-    if getattr(model, "accepts_full_output", False):
-        out, state = model(tokens, state=state, full_output=False)
-    else:
-        out, state = model(tokens, state=state)
-    B, T = tokens.shape
-    if out.ndim != 3 or out.shape[0] != B or out.shape[1] not in (1, T):
-        raise RuntimeError(
-            f"the model returned logits of shape {tuple(out.shape)}, expected [{B}, {T}, V] "
-            f"for tokens [{B}, {T}]"
+    if isinstance(prompt_tokens, (str, bytes)):
+        raise ConfigError("prompt_tokens must be token ids; encode text with the tokenizer first")
+    if isinstance(prompt_tokens, torch.Tensor):
+        prompt_tokens = prompt_tokens.reshape(-1).tolist()
+    prompt = list(token_ids("prompt_tokens", prompt_tokens))
+    if vocab_size is not None:
+        check_prompt_tokens(prompt, vocab_size)
+    if not prompt and state is None:
+        raise ConfigError(
+            "the prompt is empty and no state was given: pass some prompt text, or a state "
+            "(with its logits) to continue from"
         )
-    return out, state
-
-
-def _model_device(model: Any) -> torch.device:
-    device = getattr(model, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    if isinstance(model, torch.nn.Module):
-        for p in model.parameters():
-            return p.device
-        for b in model.buffers():
-            return b.device
-    return torch.device("cpu")
+    if not prompt and logits is None and max_new_tokens > 0:
+        raise ConfigError(
+            "an empty prompt with a state needs the logits of the last token the state consumed: "
+            "pass logits=... (e.g. Generation.logits), or put at least one token in the prompt"
+        )
+    if logits is None:
+        return prompt, None
+    if not isinstance(logits, torch.Tensor) or logits.ndim == 0:
+        raise ConfigError("logits must be a tensor whose last dimension is the vocabulary")
+    # Accept [V], [1, V] or [1, T, V]: the last row is the one after the state's last token.
+    return prompt, logits.detach().reshape(-1, logits.shape[-1])[-1].float()
 
 
 # ----------------------------------------------------------------------------------------------
 # token level
 
 
+class TokenSampler:
+    """One sequence's sampling state: bans, penalty counts, generator and stop tokens.
+
+    Built once the vocabulary size is known (from the first logits); shared by :class:`TokenStream`
+    and :class:`~rwkvkit.generation.BatchEngine`. One decoding step, in the official order::
+
+        token = sampler.draw(sampler.adjust(logits))  # banned ids -inf, then penalties; then sample
+        if token in sampler.stop_tokens: ...          # ends the sequence; not recorded, not fed
+        sampler.record(token)                         # decay the counts, then count this token
+
+    Args:
+        params: the request's options (``stop_tokens`` resolved; see :meth:`SamplingParams.for_tokenizer`).
+        vocab_size: the number of logits ``V``.
+        device: the logits' device (penalty counts, ban index and a seeded generator live there).
+        token_weight: ``id -> occurrence weight`` (:func:`rwkvkit.generation.text.token_weights`);
+            default 1 for every id.
+        vocab_limit: ids ``>= vocab_limit`` are banned too (None: no limit).
+        generator: draw with this generator instead of one seeded with ``params.seed``.
+    """
+
+    def __init__(
+        self,
+        params: SamplingParams,
+        vocab_size: int,
+        device: torch.device,
+        *,
+        token_weight: Callable[[int], float] | None = None,
+        vocab_limit: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.params = params
+        self.stop_tokens = frozenset(params.stop_tokens or ())
+        banned = set(params.banned_tokens)
+        if vocab_limit is not None:
+            # Ids the tokenizer cannot decode (e.g. the 6 padding rows of a World model's 65536).
+            banned.update(range(vocab_limit, vocab_size))
+        self.ban_index = torch.tensor(sorted(banned), dtype=torch.long, device=device) if banned else None
+        self.occurrence: torch.Tensor | None = None  # dense [V] float64 (official: a dict of floats)
+        self.seen: torch.Tensor | None = None  # dense [V] bool: the keys of the official dict
+        if params.penalize:
+            wide = torch.float64 if device.type != "mps" else torch.float32
+            self.occurrence = torch.zeros(vocab_size, dtype=wide, device=device)
+            self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+        if generator is None and params.seed is not None:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(params.seed)
+        self.generator = generator
+        self._weight = token_weight if token_weight is not None else (lambda _t: 1.0)
+        self._vocab_size = vocab_size
+        self._skipped_draws = 0
+
+    @property
+    def adjusts(self) -> bool:
+        """True when :meth:`adjust` changes logits (there are bans or penalties)."""
+        return self.ban_index is not None or self.occurrence is not None
+
+    def adjust(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` [V] with the banned ids at -inf, then the penalties applied (a new tensor)."""
+        if self.ban_index is not None:
+            logits = logits.index_fill(-1, self.ban_index, float("-inf"))
+        if self.occurrence is not None:
+            p = self.params
+            logits = apply_penalties(
+                logits, self.occurrence, p.presence_penalty, p.frequency_penalty, seen=self.seen
+            )
+        return logits
+
+    def draw(self, logits: torch.Tensor) -> int:
+        """Sample one id from adjusted ``logits`` [V] with the request's temperature, top-p and top-k."""
+        if self._skipped_draws:
+            # Replay the draws skipped by skip_draw(): a draw's use of the generator depends only on
+            # the vocabulary size, not on the probabilities.
+            dummy = torch.ones(self._vocab_size, dtype=torch.float32, device=logits.device)
+            for _ in range(self._skipped_draws):
+                torch.multinomial(dummy, 1, generator=self.generator)
+            self._skipped_draws = 0
+        p = self.params
+        return int(sample(logits, p.temperature, p.top_p, p.top_k, generator=self.generator))
+
+    def skip_draw(self) -> None:
+        """Note a greedy step decided without :meth:`draw` (a clear argmax): ``draw`` would have used
+        the generator once; the next ``draw`` catches up, so the generator stays in step."""
+        self._skipped_draws += self.generator is not None
+
+    def record(self, token: int) -> None:
+        """Count a generated (non-stop) token for the penalties: decay the old counts first, then add
+        this token's weight (official order)."""
+        if self.occurrence is not None:
+            self.occurrence.mul_(self.params.penalty_decay)
+            self.occurrence[token] += self._weight(token)
+            self.seen[token] = True
+
+
 class TokenStream(Iterator[int]):
     """Iterator of sampled token ids for one sequence; build it with :func:`generate_tokens`.
 
     Attributes (readable at any time):
+        params: the :class:`SamplingParams` in use.
         tokens: the ids yielded so far (a stop token is never included).
         stop_reason: None while running, then ``"length"`` (``max_new_tokens`` reached) or
             ``"stop_token"``.
@@ -202,104 +218,43 @@ class TokenStream(Iterator[int]):
     def __init__(
         self,
         model: Any,
-        prompt_tokens: Sequence[int],
+        prompt_tokens: Sequence[int] | torch.Tensor,
         *,
-        max_new_tokens: int = 64,
-        temperature: float = 1.0,
-        top_p: float = 0.85,
-        top_k: int = 0,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
-        penalty_decay: float = 0.996,
-        banned_tokens: int | Iterable[int] = (),
-        stop_tokens: int | Iterable[int] = (),
+        params: SamplingParams | None = None,
         token_weight: Callable[[int], float] | None = None,
         vocab_limit: int | None = None,
         state: Any = None,
         logits: torch.Tensor | None = None,
         chunk_len: int = 256,
-        seed: int | None = None,
         generator: torch.Generator | None = None,
+        **sampling: Any,
     ) -> None:
-        vocab = _vocab_size(model)
-        self.max_new_tokens = _check_int(
-            "max_new_tokens", max_new_tokens, 0, "the number of tokens to generate (0 only prefills)"
-        )
-        validate_sampling_options(temperature, top_p, top_k)
-        self.temperature, self.top_p, self.top_k = float(temperature), float(top_p), int(top_k)
-        self.presence_penalty = _check_real(
-            "presence_penalty", presence_penalty, "0 disables it; the official chat demo uses 0.5"
-        )
-        self.frequency_penalty = _check_real(
-            "frequency_penalty", frequency_penalty, "0 disables it; the official chat demo uses 0.5"
-        )
-        self.penalty_decay = _check_real(
-            "penalty_decay",
-            penalty_decay,
-            "the per-step decay of occurrence counts (official: 0.996)",
-            0.0,
-            1.0,
-        )
-        self.chunk_len = _check_int(
-            "chunk_len", chunk_len, 1, "the prefill chunk length in tokens (e.g. 256)"
-        )
-        self.banned_tokens = _token_ids("banned_tokens", banned_tokens, vocab)
-        self.stop_tokens = frozenset(_token_ids("stop_tokens", stop_tokens, vocab))
+        self.params = SamplingParams.build(params, **sampling)
+        if self.params.stop:
+            raise ConfigError("stop strings need text: use rwkvkit.generate (a TokenStream yields ids)")
+        self.chunk_len = check_int("chunk_len", chunk_len, 1, "the prefill chunk length in tokens (e.g. 256)")
         self.vocab_limit = (
             None
             if vocab_limit is None
-            else _check_int("vocab_limit", vocab_limit, 1, "the tokenizer's vocab_size, or None")
+            else check_int("vocab_limit", vocab_limit, 1, "the tokenizer's vocab_size, or None")
         )
+        vocab = model_vocab_size(model)
         if vocab is not None:
-            self._check_not_all_banned(vocab)
-
-        if isinstance(prompt_tokens, (str, bytes)):
-            raise ConfigError("prompt_tokens must be token ids; encode text with the tokenizer first")
-        if isinstance(prompt_tokens, torch.Tensor):
-            prompt_tokens = prompt_tokens.reshape(-1).tolist()
-        prompt = [int(t) for t in _token_ids("prompt_tokens", prompt_tokens, None)]
-        if vocab is not None:
-            bad = [t for t in prompt if not 0 <= t < vocab]
-            if bad:
-                raise TokenizerError(
-                    f"the prompt has token ids {bad[:5]} outside the model vocabulary [0, {vocab}): "
-                    "the tokenizer does not fit this model; load the tokenizer the model was trained with"
-                )
-        if not prompt and state is None:
-            raise ConfigError(
-                "the prompt is empty and no state was given: pass some prompt text, or a state "
-                "(with its logits) to continue from"
-            )
-        if not prompt and logits is None and self.max_new_tokens > 0:
-            raise ConfigError(
-                "an empty prompt with a state needs the logits of the last token the state consumed: "
-                "pass logits=... (e.g. Generation.logits), or put at least one token in the prompt"
-            )
-        if seed is not None and generator is not None:
+            self.params.check_vocab(vocab, self.vocab_limit)
+        self._prompt, self._logits = start_point(
+            prompt_tokens, state, logits, self.params.max_new_tokens, vocab
+        )
+        if self.params.seed is not None and generator is not None:
             raise ConfigError("pass either seed or generator, not both")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral)):
-            raise ConfigError(f"seed must be an integer or None, got {seed!r}")
 
         self._model = model
         self._vocab = vocab
-        self._device = _model_device(model)
-        self._prompt = prompt
+        self._device = model_device(model)
         self._state = state
-        self._logits: torch.Tensor | None = None
-        if logits is not None:
-            if not isinstance(logits, torch.Tensor) or logits.ndim == 0:
-                raise ConfigError("logits must be a tensor whose last dimension is the vocabulary")
-            # Accept [V], [1, V] or [1, T, V]: the last row is the one after the state's last token.
-            self._logits = logits.detach().reshape(-1, logits.shape[-1])[-1].float()
-        self._seed = None if seed is None else int(seed)
         self._generator = generator
-        self._token_weight = token_weight if token_weight is not None else (lambda _t: 1.0)
-        self._penalize = self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
-        self._occurrence: torch.Tensor | None = None  # dense [V] float64 (official: dict of floats)
-        self._seen: torch.Tensor | None = None  # dense [V] bool: keys of the official dict
-        self._ban_index: torch.Tensor | None = None
+        self._token_weight = token_weight
+        self._sampler: TokenSampler | None = None  # built on the first sampling step
         self._prefilled = False
-        self._ready = False  # _setup done
         self._pending: int | None = None  # yielded but not yet fed to the model
         self.tokens: list[int] = []
         self.stop_reason: StopReason | None = None
@@ -342,39 +297,19 @@ class TokenStream(Iterator[int]):
 
     # -- decoding ------------------------------------------------------------------------------
 
-    def _setup(self, logits: torch.Tensor) -> None:
-        """Lazy per-device setup on the first sampling step (the vocabulary size is now known)."""
+    def _make_sampler(self, logits: torch.Tensor) -> TokenSampler:
         vocab = logits.shape[-1]
-        if self._vocab is None:
-            # The model has no config.vocab_size: check the ids now that the logits tell the size.
-            _token_ids("banned_tokens", self.banned_tokens, vocab)
-            _token_ids("stop_tokens", self.stop_tokens, vocab)
-            self._check_not_all_banned(vocab)
+        if self._vocab is None:  # the model has no config.vocab_size: check the ids now
+            self.params.check_vocab(vocab, self.vocab_limit)
             self._vocab = vocab
-        banned = set(self.banned_tokens)
-        if self.vocab_limit is not None:
-            # Ids the tokenizer cannot decode (e.g. the 6 padding rows of a World model's 65536).
-            banned.update(range(self.vocab_limit, vocab))
-        if banned:
-            self._ban_index = torch.tensor(sorted(banned), dtype=torch.long, device=logits.device)
-        if self._penalize:
-            wide = torch.float64 if logits.device.type != "mps" else torch.float32
-            self._occurrence = torch.zeros(vocab, dtype=wide, device=logits.device)
-            self._seen = torch.zeros(vocab, dtype=torch.bool, device=logits.device)
-        if self._generator is None and self._seed is not None:
-            self._generator = torch.Generator(device=logits.device)
-            self._generator.manual_seed(self._seed)
-
-    def _check_not_all_banned(self, vocab: int) -> None:
-        allowed = vocab if self.vocab_limit is None else min(vocab, self.vocab_limit)
-        if len({t for t in self.banned_tokens if t < allowed}) >= allowed:
-            raise ConfigError(
-                "banned_tokens bans the whole vocabulary (of the ids the tokenizer can decode): "
-                "leave at least one token allowed"
-            )
-
-    def _finish(self, reason: StopReason) -> None:
-        self.stop_reason = reason
+        return TokenSampler(
+            self.params,
+            vocab,
+            logits.device,
+            token_weight=self._token_weight,
+            vocab_limit=self.vocab_limit,
+            generator=self._generator,
+        )
 
     def __iter__(self) -> TokenStream:
         return self
@@ -384,32 +319,19 @@ class TokenStream(Iterator[int]):
             raise StopIteration
         with torch.inference_mode():
             self._ensure_prefilled()
-            if len(self.tokens) >= self.max_new_tokens:
-                self._finish("length")
+            if len(self.tokens) >= self.params.max_new_tokens:
+                self.stop_reason = "length"
                 raise StopIteration
             self._feed_pending()
             if self._logits is None:  # excluded by the constructor checks; kept as a clear failure
                 raise ConfigError("no logits to sample from: pass a prompt or the state's logits")
-            if not self._ready:
-                self._setup(self._logits)
-                self._ready = True
-            logits = self._logits
-            # Official order: ban, then penalties (a banned -inf stays -inf), then sample.
-            if self._ban_index is not None:
-                logits = logits.index_fill(-1, self._ban_index, float("-inf"))
-            if self._occurrence is not None:
-                logits = apply_penalties(
-                    logits, self._occurrence, self.presence_penalty, self.frequency_penalty, seen=self._seen
-                )
-            token = int(sample(logits, self.temperature, self.top_p, self.top_k, generator=self._generator))
-            if token in self.stop_tokens:
-                self._finish("stop_token")
+            if self._sampler is None:
+                self._sampler = self._make_sampler(self._logits)
+            token = self._sampler.draw(self._sampler.adjust(self._logits))
+            if token in self._sampler.stop_tokens:
+                self.stop_reason = "stop_token"
                 raise StopIteration
-            if self._occurrence is not None:
-                # Decay the old counts first, then add this token's weight (official order).
-                self._occurrence.mul_(self.penalty_decay)
-                self._occurrence[token] += self._token_weight(token)
-                self._seen[token] = True
+            self._sampler.record(token)
             self.tokens.append(token)
             self._pending = token
             return token
@@ -419,16 +341,15 @@ def generate_tokens(model: Any, prompt_tokens: Sequence[int], **options: Any) ->
     """Token-level generation for one sequence: returns a :class:`TokenStream` of sampled ids.
 
     Args:
-        model: ``logits, state = model(LongTensor[1, T], state=state)``, logits float [1, T, V].
+        model: ``logits, state = model(LongTensor[1, T], state=state)``, logits float [1, T, V]
+            (the contract: :class:`rwkvkit.generation.model.RecurrentLM`).
         prompt_tokens: the prompt ids, prefilled in chunks of ``chunk_len``. May be empty when
             continuing from ``state`` with its ``logits``.
-        max_new_tokens: the most ids to sample (a sampled stop token counts, as officially).
-        temperature, top_p, top_k: see :func:`rwkvkit.generation.sampling.sample`.
-        presence_penalty, frequency_penalty, penalty_decay: the official ``alpha_presence``,
-            ``alpha_frequency`` and ``alpha_decay`` (defaults here 0, 0, 0.996; officially 0.2, 0.2,
-            0.996).
-        banned_tokens: ids that are never sampled.
-        stop_tokens: ids that end generation; they are neither yielded nor fed to the model.
+        params: a :class:`SamplingParams`; the sampling keyword arguments (``max_new_tokens``,
+            ``temperature``, ``top_p``, ``top_k``, ``presence_penalty``, ``frequency_penalty``,
+            ``penalty_decay``, ``banned_tokens``, ``stop_tokens``, ``seed``) override its fields.
+            ``stop_tokens`` default to none here (no tokenizer); stop strings need
+            :func:`generate`. A sampled stop token counts towards ``max_new_tokens``, as officially.
         token_weight: ``id -> occurrence weight`` (the official rule is
             ``penalty_weight(tokenizer.decode([id]))``); default 1 for every token.
         vocab_limit: ids ``>= vocab_limit`` are never sampled; pass the tokenizer's ``vocab_size`` when
@@ -438,13 +359,13 @@ def generate_tokens(model: Any, prompt_tokens: Sequence[int], **options: Any) ->
         logits: the logits the model returned for the last token ``state`` consumed ([V], [1, V] or
             [1, T, V]); needed only with an empty prompt.
         chunk_len: prefill chunk length.
-        seed: seeds a new ``torch.Generator`` on the logits' device (reproducible runs).
-        generator: use this generator instead (mutually exclusive with ``seed``); with neither, torch's
-            global RNG is used.
+        generator: draw with this ``torch.Generator`` instead of one seeded with ``seed`` (mutually
+            exclusive); with neither, torch's global RNG is used.
 
     Raises:
         ConfigError: on invalid options (checked here, before any model call).
-        TokenizerError: when a prompt id is outside the model vocabulary.
+        VocabularyError: when a prompt id is outside the model vocabulary (an ``InputError`` and a
+            ``TokenizerError``).
     """
     return TokenStream(model, prompt_tokens, **options)
 
@@ -453,48 +374,12 @@ def generate_tokens(model: Any, prompt_tokens: Sequence[int], **options: Any) ->
 # text level
 
 
-class _DecodeStreamDecoder:
-    """Stream decoder for tokenizers without ``stream_decoder()``: the official strategy.
-
-    Pending tokens are decoded together and released once the text has no U+FFFD (so a character
-    split across tokens is never emitted half-way); ``flush`` releases whatever is left.
-    """
-
-    def __init__(self, tokenizer: Any) -> None:
-        self._tokenizer = tokenizer
-        self._pending: list[int] = []
-
-    def push(self, token_id: int) -> str:
-        self._pending.append(token_id)
-        text = self._tokenizer.decode(self._pending)
-        if "\ufffd" in text:
-            return ""
-        self._pending = []
-        return text
-
-    def flush(self) -> str:
-        text = self._tokenizer.decode(self._pending) if self._pending else ""
-        self._pending = []
-        return text
-
-
-def _held_suffix(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of some stop string."""
-    best = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:n]):
-                best = n
-                break
-    return best
-
-
 class Generation(Iterator[str]):
     """Streaming text generation: an iterator of text pieces, returned by ``generate(stream=True)``.
 
     Each piece is complete text (never half a UTF-8 character); the pieces concatenate to exactly
     the text ``generate(stream=False)`` returns with the same arguments. Text that could be the start
-    of a stop string is held back until it is known not to be one.
+    of a stop string is held back until it is known not to be one (:class:`TextTracker`).
 
     Attributes:
         text: the text yielded so far.
@@ -510,14 +395,13 @@ class Generation(Iterator[str]):
 
     def __init__(self, tokens: TokenStream, tokenizer: Any, stop: tuple[str, ...] = ()) -> None:
         self._stream = tokens
-        make = getattr(tokenizer, "stream_decoder", None)
-        self._decoder = make() if callable(make) else _DecodeStreamDecoder(tokenizer)
-        self._stop = stop
-        self._buffer = ""  # decoded text not yet yielded (a possible stop-string prefix)
+        self._tracker = TextTracker(tokenizer, stop)
         self._queue: deque[str] = deque()
-        self._stop_string_hit = False
         self.finished = False
-        self.text = ""
+
+    @property
+    def text(self) -> str:
+        return self._tracker.text
 
     @property
     def tokens(self) -> list[int]:
@@ -525,7 +409,7 @@ class Generation(Iterator[str]):
 
     @property
     def stop_reason(self) -> StopReason | None:
-        return "stop_string" if self._stop_string_hit else self._stream.stop_reason
+        return "stop_string" if self._tracker.stop_hit else self._stream.stop_reason
 
     @property
     def state(self) -> Any:
@@ -542,41 +426,15 @@ class Generation(Iterator[str]):
         while not self._queue:
             if self.finished:
                 raise StopIteration
-            self._advance()
-        return self._queue.popleft()
-
-    def _emit(self, piece: str) -> None:
-        if piece:
-            self.text += piece
-            self._queue.append(piece)
-
-    def _advance(self) -> None:
-        try:
-            piece = self._decoder.push(next(self._stream))
-            last = False
-        except StopIteration:
-            piece = self._decoder.flush()
-            last = True
-        self._buffer += piece
-        if self._stop:
-            # The buffer never held a whole stop string before, so any match involves the new piece;
-            # cut at the earliest one.
-            hits = [i for i in (self._buffer.find(s) for s in self._stop) if i >= 0]
-            if hits:
-                self._emit(self._buffer[: min(hits)])
-                self._buffer = ""
-                self._stop_string_hit = True
+            try:
+                piece = self._tracker.push(next(self._stream))
+            except StopIteration:
+                piece = self._tracker.close()
                 self.finished = True
-                return
-        if last:
-            self._emit(self._buffer)
-            self._buffer = ""
-            self.finished = True
-            return
-        hold = _held_suffix(self._buffer, self._stop) if self._stop else 0
-        cut = len(self._buffer) - hold
-        self._emit(self._buffer[:cut])
-        self._buffer = self._buffer[cut:]
+            self.finished = self.finished or self._tracker.stop_hit
+            if piece:
+                self._queue.append(piece)
+        return self._queue.popleft()
 
 
 @torch.inference_mode()
@@ -584,23 +442,15 @@ def generate(
     model: Any,
     tokenizer: Any,
     prompt: str | Sequence[int],
-    max_new_tokens: int = 64,
+    max_new_tokens: int | None = None,
     *,
-    temperature: float = 1.0,
-    top_p: float = 0.85,
-    top_k: int = 0,
-    presence_penalty: float = 0.0,
-    frequency_penalty: float = 0.0,
-    penalty_decay: float = 0.996,
-    banned_tokens: int | Iterable[int] = (),
-    stop: str | Iterable[str] = (),
-    stop_tokens: int | Iterable[int] | None = None,
-    seed: int | None = None,
+    params: SamplingParams | None = None,
     stream: bool = False,
     state: Any = None,
     logits: torch.Tensor | None = None,
     chunk_len: int = 256,
     return_state: bool = False,
+    **sampling: Any,
 ) -> str | tuple[str, Any] | Generation:
     """Generate text after ``prompt`` with a recurrent model (chunked prefill, then one token a step).
 
@@ -613,28 +463,23 @@ def generate(
 
     Args:
         model: ``logits, state = model(LongTensor[1, T], state=state)``; logits float [1, T, V] and
-            ``model.config.vocab_size == V`` when available.
+            ``model.config.vocab_size == V`` when available (the contract:
+            :class:`rwkvkit.generation.model.RecurrentLM`).
         tokenizer: ``encode(str) -> list[int]``, ``decode(list[int]) -> str``, ``eos_id`` and
             preferably ``stream_decoder()``.
         prompt: text (or token ids) to prefill. May be empty only when ``state`` (and ``logits``) is
             given.
-        max_new_tokens: the most tokens to sample (0: only prefill, e.g. to build a state).
-        temperature: 0 is greedy; else applied after truncation (official semantics).
-        top_p: nucleus mass in (0, 1]. 1.0 disables the cut (officially top_p=1.0 silently becomes
-            greedy; see :mod:`rwkvkit.generation.sampling`).
-        top_k: 0 disables; else keep the top_k most probable tokens.
-        presence_penalty, frequency_penalty, penalty_decay: the official ``alpha_presence``,
-            ``alpha_frequency``, ``alpha_decay``. Defaults 0, 0, 0.996 (officially 0.2, 0.2, 0.996; the
-            official chat demo uses 0.5, 0.5, 0.996). Whitespace and digit tokens (decoded text a
-            substring of ``' \\t0123456789'``) only pay the presence penalty.
-        banned_tokens: token ids never sampled (the official chat demo bans 0). Ids at or above
-            ``tokenizer.vocab_size`` are always banned (the tokenizer cannot decode them; the World
-            models have 65536 logits for 65530 ids).
-        stop: a string or strings; generation ends when one appears and the returned text ends
-            right before it.
-        stop_tokens: token ids that end generation (not returned). None (default): the tokenizer's
-            ``eos_id`` if it has one, else none; ``()`` disables.
-        seed: seed of a private ``torch.Generator`` (same seed, same text); None uses torch's global RNG.
+        max_new_tokens: the most tokens to sample (0: only prefill, e.g. to build a state); None:
+            ``params.max_new_tokens`` (default 64).
+        params: a :class:`SamplingParams` holding the sampling options; the keyword arguments
+            ``temperature``, ``top_p``, ``top_k``, ``presence_penalty``, ``frequency_penalty``,
+            ``penalty_decay``, ``banned_tokens``, ``stop``, ``stop_tokens`` and ``seed`` (see
+            :class:`SamplingParams` for their meaning and defaults) override its fields. Here
+            ``stop_tokens=None`` (the default) means the tokenizer's ``eos_id`` if it has one (``()``
+            disables), and ids at or above ``tokenizer.vocab_size`` are always banned (the tokenizer
+            cannot decode them; the World models have 65536 logits for 65530 ids). Whitespace and
+            digit tokens (decoded text a substring of ``' \\t0123456789'``) only pay the presence
+            penalty.
         stream: return a :class:`Generation` (iterator of text pieces) instead of the text.
         state: continue from this state (None: fresh). rwkvkit models never modify it, so one saved
             state (e.g. a system prompt) can seed many generations.
@@ -649,45 +494,21 @@ def generate(
 
     Raises:
         ConfigError: on invalid options, raised at the call (also with ``stream=True``).
-        TokenizerError: when the prompt has ids outside the model vocabulary.
+        VocabularyError: when the prompt has ids outside the model vocabulary (an ``InputError`` and a
+            ``TokenizerError``), raised before any model call.
     """
-    stops = stop_strings(stop)
-    prompt_tokens = prompt_ids(prompt, tokenizer)
-    if stop_tokens is None:
-        stop_tokens = default_stop_tokens(tokenizer)
-
-    # Never sample an id the tokenizer cannot decode (a model's embedding may be padded past it).
-    vocab_limit = getattr(tokenizer, "vocab_size", None)
-    if isinstance(vocab_limit, bool) or not isinstance(vocab_limit, Integral) or vocab_limit < 1:
-        vocab_limit = None
-    cache: dict[int, float] = {}
-
-    def token_weight(token: int) -> float:
-        # Official rule: decode the single token and apply the substring test; cached per call.
-        if token not in cache:
-            cache[token] = penalty_weight(tokenizer.decode([token]))
-        return cache[token]
-
+    params = SamplingParams.build(params, max_new_tokens=max_new_tokens, **sampling).for_tokenizer(tokenizer)
     tokens = TokenStream(
         model,
-        prompt_tokens,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        presence_penalty=presence_penalty,
-        frequency_penalty=frequency_penalty,
-        penalty_decay=penalty_decay,
-        banned_tokens=banned_tokens,
-        stop_tokens=stop_tokens,
-        token_weight=token_weight,
-        vocab_limit=vocab_limit,
+        prompt_ids(prompt, tokenizer),
+        params=dataclasses.replace(params, stop=()),  # stop strings are text: Generation applies them
+        token_weight=token_weights(tokenizer),
+        vocab_limit=vocab_limit_of(tokenizer),
         state=state,
         logits=logits,
         chunk_len=chunk_len,
-        seed=seed,
     )
-    gen = Generation(tokens, tokenizer, stops)
+    gen = Generation(tokens, tokenizer, params.stop)
     if stream:
         return gen
     text = "".join(gen)
