@@ -15,6 +15,11 @@ from pathlib import Path
 
 import torch
 
+import rwkvkit
+from rwkvkit.cli.main import main as cli
+from rwkvkit.formats import convert
+from rwkvkit.utils.official import run_official
+
 PROMPT = 'def read_config(path):\n    """Read a configuration file and return a dict."""\n'
 
 
@@ -31,9 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default=PROMPT, help="the code to continue")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     args = parser.parse_args(argv)
-
-    import rwkvkit
-    from rwkvkit.cli.main import main as cli
 
     _section("1. rwkvkit info default")
     cli(["info", "default"])
@@ -65,8 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("the official package is not installed (pip install rwkv); skipping")
         return 0
-    from rwkvkit.formats import convert
-    from rwkvkit.utils.official import run_official
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

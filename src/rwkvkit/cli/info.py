@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from rwkvkit.formats import describe, native, verify
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -68,8 +70,6 @@ def family_info(path) -> str | None:
 
     from safetensors import safe_open
 
-    from rwkvkit.formats import native
-
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0 or not native.looks_like_safetensors(path):
         return None
@@ -102,7 +102,6 @@ def family_info(path) -> str | None:
 
 def integrity_lines(path) -> list[str]:
     """``integrity:`` lines for every file of a checkpoint (raises CheckpointError if one is corrupt)."""
-    from rwkvkit.formats import verify
 
     results = verify(path)
     prefix = ["integrity:   "] + ["             "] * (len(results) - 1)
@@ -110,7 +109,6 @@ def integrity_lines(path) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rwkvkit.formats import describe
 
     text = family_info(args.path)
     print(text if text is not None else format_info(describe(args.path, verify=False)))

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from rwkvkit import __version__
 from rwkvkit.data.binidx import BinIdxWriter, DataError, binidx_dtype
 from rwkvkit.data.corpus import (
     DEFAULT_EXTENSIONS,
@@ -420,8 +421,6 @@ def prepare(
             w.abort()
         tmp_tokenizer.unlink(missing_ok=True)
         raise
-
-    from rwkvkit import __version__
 
     meta: dict[str, Any] = {
         "format": META_FORMAT,

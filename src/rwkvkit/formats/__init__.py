@@ -26,9 +26,11 @@ from pathlib import Path
 
 import torch
 
+from rwkvkit.assets import DEFAULT_NAME, default_model_path
 from rwkvkit.errors import CheckpointError, ConfigError
 from rwkvkit.formats import blinkdl, hf, native
 from rwkvkit.formats._io import majority_dtype, parse_dtype
+from rwkvkit.models.arwkv import ARWKV, ARWKVConfig
 from rwkvkit.models.rwkv.config import RWKVConfig
 from rwkvkit.models.rwkv.model import RWKV
 from rwkvkit.utils.integrity import Verified, check_zip_crc, is_zip, verify_tensors
@@ -108,7 +110,6 @@ def _read_hf(path: Path, verify: bool = True) -> Checkpoint:
 
 def resolve(path: str | Path) -> Path:
     """``"default"`` names the model shipped with rwkvkit; anything else is a path."""
-    from rwkvkit.assets import DEFAULT_NAME, default_model_path
 
     if str(path) == DEFAULT_NAME and not Path(path).exists():
         model = default_model_path()
@@ -234,7 +235,6 @@ def _load_family(path: str | Path, dtype, device, verify: bool = True):
         return None  # an RWKV checkpoint: read() below
     sd, meta = native.read_safetensors(path, verify)
     native.family_of(meta, path)  # a family this rwkvkit knows
-    from rwkvkit.models.arwkv import ARWKV, ARWKVConfig  # only for such files
 
     try:
         config = ARWKVConfig.from_dict(native.family_config(meta, path))

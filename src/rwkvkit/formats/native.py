@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from rwkvkit import __version__
 from rwkvkit.errors import CheckpointError, ConfigError
 from rwkvkit.formats._io import atomic_file, owned
 from rwkvkit.models.rwkv.config import RWKVConfig
@@ -104,7 +105,6 @@ def write(
 ) -> None:
     """Write ``sd`` (rwkvkit names) and ``config`` (anything with ``to_dict()``: an RWKVConfig, or the
     config of ``family``, one of FAMILIES) as an rwkvkit ``.safetensors`` file, atomically."""
-    from rwkvkit import __version__
 
     if family is not None and family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; known: {FAMILIES}")

@@ -23,6 +23,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+from rwkvkit.assets import default_tokenizer_path
 from rwkvkit.errors import TokenizerError
 from rwkvkit.tokenizer.byte_level import (
     ByteLevelTokenizer,
@@ -95,8 +96,6 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Tokenizer:
         if name_or_path == "bytes":
             return _bytes_tokenizer()
         if name_or_path == "default":  # the tokenizer of the model shipped with rwkvkit
-            from rwkvkit.assets import default_tokenizer_path
-
             path = default_tokenizer_path()
             if not path.is_file():
                 raise TokenizerError(f"the default model's tokenizer is not installed ({path} is missing)")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from rwkvkit.errors import CheckpointError
+from rwkvkit.utils.integrity import check_zip_crc
 
 CHECKPOINT = "last.pt"
 FORMAT = "rwkvkit.train/1"
@@ -35,7 +36,6 @@ def save_training_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 
 
 def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    from rwkvkit.utils.integrity import check_zip_crc
 
     path = Path(path)
     if not path.is_file():

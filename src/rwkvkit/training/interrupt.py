@@ -20,6 +20,8 @@ import signal
 import sys
 import threading
 
+from rwkvkit.training import parallel
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -62,7 +64,6 @@ class StopOnSignal:
 
     def requested(self) -> bool:
         """True once a signal arrived in this process or (under torchrun) in any other one."""
-        from rwkvkit.training import parallel
 
         _, world_size = parallel.world()
         if world_size == 1:

@@ -14,12 +14,13 @@ from typing import Any
 import torch.nn as nn
 
 from rwkvkit.errors import CheckpointError
+from rwkvkit.formats._io import atomic_file, owned
+from rwkvkit.formats.native import read_safetensors
+from rwkvkit.utils.integrity import save_safetensors
 
 
 def save_model_folder(out_dir: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
     """Write ``model``'s state dict and ``meta`` (JSON-able) into ``out_dir``; returns the folder."""
-    from rwkvkit.formats._io import atomic_file, owned
-    from rwkvkit.utils.integrity import save_safetensors
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -36,7 +37,6 @@ def load_model_folder(
 
     ``path`` is the folder or a file in it; ``command`` names what writes such folders (for the
     error message, e.g. ``"rwkvkit forecast train"``)."""
-    from rwkvkit.formats.native import read_safetensors
 
     folder = Path(path)
     if folder.is_file():
