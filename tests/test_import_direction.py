@@ -101,3 +101,29 @@ def test_only_the_cli_imports_the_cli():
 def test_layers_do_not_import_models():
     bad = violations(lambda src, dst, t: src == "layers" and dst == "models")
     assert not bad, "rwkvkit.layers is below rwkvkit.models:\n" + "\n".join(bad)
+
+
+def test_deferred_imports_say_why():
+    """An import inside a function hides a dependency; outside the command line (whose subcommands
+    import their machinery on use, so that ``rwkvkit --help`` stays fast) each one says why it is
+    deferred (an optional package, an import cycle with rwkvkit.formats, ...) with ``# deferred:``."""
+    bad = []
+    for path in modules():
+        if area(module_name(path)) in PROGRAMS:
+            continue
+        text = path.read_text().splitlines()
+        tree = ast.parse("\n".join(text))
+        top = {id(n) for n in tree.body}
+        for stmt in tree.body:  # `if TYPE_CHECKING:` imports are for type checkers, never run
+            if isinstance(stmt, ast.If) and "TYPE_CHECKING" in ast.unparse(stmt.test):
+                top |= {id(n) for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or id(node) in top:
+                continue
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            internal = node.level > 0 if isinstance(node, ast.ImportFrom) else False
+            internal = internal or any(n.split(".")[0] == "rwkvkit" for n in names)
+            lines = text[node.lineno - 1 : node.end_lineno]
+            if internal and not any("# deferred:" in line for line in lines):
+                bad.append(f"{path.relative_to(PKG)}:{node.lineno}: {lines[0].strip()}")
+    assert not bad, "deferred imports without a reason (move them to module level):\n" + "\n".join(bad)

@@ -118,7 +118,7 @@ def _encoder(tok: Tokenizer) -> Callable[[list[str]], list[list[int]]]:
     "<|endoftext|>" inside a document is encoded as text, not as the separator id) and without the
     post-processor's BOS/EOS; the shared, cached tokenizer is not modified.
     """
-    from rwkvkit.tokenizer.hf import HFTokenizer
+    from rwkvkit.tokenizer.hf import HFTokenizer  # deferred: imports `tokenizers` only when needed
 
     if isinstance(tok, HFTokenizer):
         from tokenizers import Tokenizer as HFTok
@@ -332,7 +332,7 @@ def prepare(
 
             raw = train_bpe(train_texts(), bpe_size, show_progress=show)
             raw.save(str(tmp_tokenizer))
-            from rwkvkit.tokenizer.hf import HFTokenizer
+            from rwkvkit.tokenizer.hf import HFTokenizer  # deferred: imports `tokenizers` only when needed
 
             tok: Tokenizer = HFTokenizer(raw, name=f"bpe{bpe_size}")
             tk_meta: dict[str, Any] = {"spec": tokenizer, "name": tok.name, "file": "tokenizer.json"}

@@ -145,6 +145,6 @@ def _load_file(kind: str, path: str, size: int, mtime_ns: int) -> Tokenizer:
         return WorldTokenizer.from_file(path, name="world")
     if kind == "txt":
         return WorldTokenizer.from_file(path)
-    from rwkvkit.tokenizer.hf import HFTokenizer  # imports `tokenizers` only when needed
+    from rwkvkit.tokenizer.hf import HFTokenizer  # deferred: imports `tokenizers` only when needed
 
     return HFTokenizer.from_file(path)

@@ -117,7 +117,7 @@ class ARWKV(RecurrentLM):
     def save(self, path, dtype: torch.dtype | None = None) -> None:
         """Write an rwkvkit ``.safetensors`` file (config in its metadata) that ``rwkvkit.load`` reads.
         A tied head is stored once, as ``emb.weight``."""
-        from rwkvkit.formats import native
+        from rwkvkit.formats import native  # deferred: rwkvkit.formats imports the models
 
         sd = self.state_dict()
         if self.config.tie_embeddings:
