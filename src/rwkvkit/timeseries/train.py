@@ -35,6 +35,7 @@ from rwkvkit.errors import CheckpointError, ConfigError, InputError
 from rwkvkit.timeseries.baselines import DLinear, DLinearConfig, SeasonalNaive, SeasonalNaiveConfig
 from rwkvkit.timeseries.data import Series, chronological_windows, load_csv, prepare
 from rwkvkit.timeseries.models import MODEL_CLASSES, PatchForecaster
+from rwkvkit.training import optim
 from rwkvkit.utils.model_folder import load_model_folder, save_model_folder
 
 HORIZONS = (96, 192, 336, 720)
@@ -213,9 +214,11 @@ def fit(
     loss_fn=None,
     desc: str = "",
 ) -> list[dict[str, Any]]:
-    """A plain training loop: AdamW, cosine learning rate, early stopping on ``val_fn()`` (lower is
-    better), the best weights restored at the end. ``batch_fn(indices) -> (x, y)``; the loss is
-    ``model.loss(x, y)`` unless ``loss_fn(model, x, y)`` is given. Returns one row per epoch."""
+    """A plain training loop: AdamW (weight decay on matrices), a linear warm-up over the first tenth
+    of the steps (at most 100) then cosine decay to 0 (:func:`rwkvkit.training.optim.lr_schedule`),
+    early stopping on ``val_fn()`` (lower is better), the best weights restored at the end.
+    ``batch_fn(indices) -> (x, y)``; the loss is ``model.loss(x, y)`` unless ``loss_fn(model, x, y)``
+    is given. Returns one row per epoch."""
     from tqdm import tqdm
 
     if count_params(model) == 0 or epochs == 0:
@@ -225,11 +228,9 @@ def fit(
     per_epoch = min(n_items, items_per_epoch) if items_per_epoch else n_items
     steps_per_epoch = math.ceil(per_epoch / batch_size)
     total = steps_per_epoch * epochs
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
-    )
+    opt = optim.build_optimizer(
+        model, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), decayed=lambda _, p: p.dim() >= 2
+    )  # weight decay on every matrix
     warmup = min(100, total // 10)
     rng = np.random.default_rng(seed)
     best, best_state, bad, step = math.inf, None, 0, 0
@@ -248,13 +249,9 @@ def fit(
         for b in bar:
             idx = order[b * batch_size : (b + 1) * batch_size]
             x, y = batch_fn(idx)
-            scale = (
-                (step + 1) / warmup
-                if step < warmup
-                else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-            )
-            for g in opt.param_groups:
-                g["lr"] = lr * scale
+            rate = optim.lr_schedule(step, lr=lr, lr_final=0.0, warmup_steps=warmup, total_steps=total,
+                                     warmup_init=0.0, warmup_counts_step=True)  # fmt: skip
+            optim.set_lr(opt, rate)
             loss = loss_fn(model, x, y) if loss_fn is not None else model.loss(x, y)
             if not torch.isfinite(loss):
                 raise InputError(f"the training loss became {loss.item()} at step {step}; lower --lr")

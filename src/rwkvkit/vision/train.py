@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rwkvkit.errors import ConfigError
+from rwkvkit.training import optim
 from rwkvkit.utils.model_folder import load_model_folder, save_model_folder
 
 TASKS = ("classify", "segment")
@@ -183,27 +184,26 @@ def _batches(dataset, batch_size: int, shuffle: bool, seed: int):
 _NO_DECAY_NAMES = ("pos_embed", "spatial_decay", "spatial_first", "decay", "first", "mu", "gamma", "token")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on matrices and convolution kernels only (not on norms, biases,
+def decayed(name: str, p: torch.Tensor) -> bool:
+    """The vision weight-decay rule: matrices and convolution kernels only (not norms, biases,
     position embeddings, WKV decay/bonus vectors, token-shift mixes, layer scales, learned tokens)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if p.dim() < 2 or any(t in leaf for t in _NO_DECAY_NAMES):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    leaf = name.rsplit(".", 1)[-1]
+    return p.dim() >= 2 and not any(t in leaf for t in _NO_DECAY_NAMES)
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float = 1e-3) -> list[dict[str, Any]]:
+    """AdamW groups of :func:`rwkvkit.training.optim.param_groups` with the vision rule :func:`decayed`."""
+    return optim.param_groups(model, weight_decay, lr, decayed=decayed)
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
-    """Linear warm-up to ``peak``, then cosine decay to 1 % of it."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    """Linear warm-up to ``peak`` (step ``s`` takes ``peak (s + 1) / warmup``), then cosine decay to
+    1 % of it: :func:`rwkvkit.training.optim.lr_schedule` with these settings. A warm-up longer
+    than the run never reaches the peak."""
+    return optim.lr_schedule(
+        step, lr=peak, lr_final=0.01 * peak, warmup_steps=warmup, total_steps=max(total, warmup),
+        warmup_init=0.0, warmup_counts_step=True,
+    )  # fmt: skip
 
 
 # ---- steps ---------------------------------------------------------------------------------------
@@ -287,7 +287,9 @@ def train(cfg: VisionTrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, **_model_overrides(cfg, task))
     train_set, test_set = make_datasets(cfg, task)
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    opt = optim.build_optimizer(
+        model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), decayed=decayed
+    )
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
@@ -301,8 +303,7 @@ def train(cfg: VisionTrainConfig) -> dict[str, Any]:
         batches = _batches(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False)
         for batch in bar:
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, warmup, cfg.lr)
+            optim.set_lr(opt, lr_at(step, total, warmup, cfg.lr))
             loss = _loss(model, batch, task, cfg.label_smoothing)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower --lr")
