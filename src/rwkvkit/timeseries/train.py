@@ -30,16 +30,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
+from rwkvkit import registry
 from rwkvkit.errors import CheckpointError, ConfigError, InputError
-from rwkvkit.timeseries.baselines import DLinear, DLinearConfig, SeasonalNaive, SeasonalNaiveConfig
-from rwkvkit.timeseries.data import Series, chronological_windows, load_csv, prepare
-from rwkvkit.timeseries.models import MODEL_CLASSES, PatchForecaster
+from rwkvkit.timeseries.baselines import DLinear
+from rwkvkit.timeseries.data import Scaler, Series, chronological_windows, load_csv, prepare
+from rwkvkit.timeseries.models import PatchForecaster
 from rwkvkit.training import optim
 from rwkvkit.utils.model_folder import load_model_folder, save_model_folder
 
 HORIZONS = (96, 192, 336, 720)
-MODELS = ("rimer", "timer", "dlinear", "naive")
+MODELS = tuple(registry.names("timeseries"))  # rimer, timer, dlinear, naive
 _KNOWN_DATA = ("ETTh1", "ETTh2")
 
 
@@ -75,16 +77,10 @@ def load_series(data: str, date_column: str | None = "date") -> Series:
 
 
 def build_model(kind: str, lookback: int, horizon: int, seed: int = 0, **overrides: Any) -> nn.Module:
-    """A forecaster by name: ``rimer``, ``timer``, ``dlinear`` or ``naive``, with config overrides."""
-    kind = kind.lower()
-    if kind in MODEL_CLASSES:
-        cfg_cls, cls = MODEL_CLASSES[kind]
-        return cls(cfg_cls.from_dict({"lookback": lookback, **overrides}), seed=seed)
-    if kind == "dlinear":
-        return DLinear(DLinearConfig.from_dict({"lookback": lookback, "horizon": horizon, **overrides}))
-    if kind == "naive":
-        return SeasonalNaive(SeasonalNaiveConfig.from_dict(overrides))
-    raise ConfigError(f"unknown forecaster {kind!r}; choose one of {', '.join(MODELS)}")
+    """A forecaster by name (:mod:`rwkvkit.registry`: ``rimer``, ``timer``, ``dlinear`` or
+    ``naive``), with config overrides; see :mod:`rwkvkit.timeseries.families`."""
+    fields = {"lookback": lookback, "horizon": horizon, **overrides}
+    return registry.build_model(kind.lower(), domain="timeseries", seed=seed, **fields)
 
 
 def count_params(model: nn.Module) -> int:
@@ -115,8 +111,7 @@ class ForecastTrainConfig:
     date_column: str = "date"
 
     def __post_init__(self) -> None:
-        if self.model.lower() not in MODELS:
-            raise ConfigError(f"unknown forecaster {self.model!r}; choose one of {', '.join(MODELS)}")
+        registry.family(self.model.lower(), "timeseries")  # a clear error for an unknown name
         for name in ("lookback", "horizon", "batch_size", "val_stride"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -219,8 +214,6 @@ def fit(
     early stopping on ``val_fn()`` (lower is better), the best weights restored at the end.
     ``batch_fn(indices) -> (x, y)``; the loss is ``model.loss(x, y)`` unless ``loss_fn(model, x, y)``
     is given. Returns one row per epoch."""
-    from tqdm import tqdm
-
     if count_params(model) == 0 or epochs == 0:
         return []
     if n_items < 1:
@@ -349,19 +342,12 @@ def train(cfg: ForecastTrainConfig) -> dict[str, Any]:
 # ---- checkpoints ---------------------------------------------------------------------------------
 
 
-def _model_kind(model: nn.Module) -> str:
-    for kind, (_, cls) in MODEL_CLASSES.items():
-        if type(model) is cls:
-            return kind
-    return "dlinear" if isinstance(model, DLinear) else "naive"
-
-
 def save_checkpoint(
     out_dir: str | Path, model: nn.Module, cfg: ForecastTrainConfig, series: Series, scaler
 ) -> Path:
     meta = {
         "format": "rwkvkit-forecaster",
-        "model": _model_kind(model),
+        "model": cfg.model.lower(),
         "config": model.config.to_dict(),
         "lookback": cfg.lookback,
         "horizon": cfg.horizon,
@@ -377,20 +363,12 @@ def save_checkpoint(
 def _build_from_meta(meta: dict[str, Any]) -> nn.Module:
     if meta.get("format") != "rwkvkit-forecaster":
         raise CheckpointError("this model.json was not written by `rwkvkit forecast train`")
-    kind, conf = meta["model"], dict(meta["config"])
-    if kind in MODEL_CLASSES:
-        cfg_cls, cls = MODEL_CLASSES[kind]
-        return cls(cfg_cls.from_dict(conf))
-    if kind == "dlinear":
-        return DLinear(DLinearConfig.from_dict(conf))
-    return SeasonalNaive(SeasonalNaiveConfig.from_dict(conf))
+    return registry.build_model(meta["model"], domain="timeseries", **meta["config"])
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """``(model in eval mode, its model.json)`` from a folder written by :func:`train`; the meta's
     ``"scaler_obj"`` is the :class:`~rwkvkit.timeseries.data.Scaler` the model's inputs need."""
-    from rwkvkit.timeseries.data import Scaler
-
     model, meta = load_model_folder(path, _build_from_meta, "rwkvkit forecast train")
     meta["scaler_obj"] = Scaler.from_dict(meta["scaler"])
     return model, meta

@@ -20,7 +20,6 @@ Augmentation for classification: 2-pixel-padded random crops and horizontal flip
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import time
@@ -31,38 +30,26 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from rwkvkit import registry
 from rwkvkit.errors import ConfigError
 from rwkvkit.training import optim
 from rwkvkit.utils.model_folder import load_model_folder, save_model_folder
+from rwkvkit.utils.runlog import format_row, write_csv
+from rwkvkit.vision import data, metrics
+from rwkvkit.vision.data import CLASS_NAMES
+from rwkvkit.vision.sam import segmentation_loss
 
 TASKS = ("classify", "segment")
-FAMILIES = ("vrwkv", "vit", "ran", "sam")
+FAMILIES = tuple(registry.names("vision"))  # vrwkv, vit, ran, sam
 
 
 # ---- models --------------------------------------------------------------------------------------
 
 
-def _config_and_class(family: str, preset: str, overrides: dict[str, Any]):
-    if family == "vrwkv":
-        from rwkvkit.vision.vrwkv import VisionRWKV, VRWKVConfig
-
-        return VRWKVConfig.preset(preset.upper(), **overrides), VisionRWKV
-    if family == "vit":
-        from rwkvkit.vision.vit import ViT, ViTConfig
-
-        return ViTConfig.preset(preset.upper(), **overrides), ViT
-    if family == "ran":
-        from rwkvkit.vision.ran import RANConfig, ResidualAttentionNet
-
-        return RANConfig.from_name(preset, **overrides), ResidualAttentionNet
-    from rwkvkit.vision.sam import PromptableSegmenter, SegmenterConfig
-
-    return SegmenterConfig.preset(preset, **overrides), PromptableSegmenter
-
-
 def build_model(name: str, **overrides: Any) -> nn.Module:
-    """A vision model from its name ``family-preset`` and config overrides.
+    """A vision model from its name ``family-preset`` (:mod:`rwkvkit.registry`) and config overrides.
 
     Raises:
         ConfigError: unknown family or preset, or an override that is not a field of the config.
@@ -70,23 +57,23 @@ def build_model(name: str, **overrides: Any) -> nn.Module:
     family, _, preset = name.partition("-")
     if family not in FAMILIES or not preset:
         raise ConfigError(
-            f"unknown vision model {name!r}; use family-preset with family in {', '.join(FAMILIES)} "
-            "(e.g. vrwkv-t, vit-t, ran-small, ran-attention56, sam-tiny)"
+            f"unknown vision model {name!r}; use family-preset: {registry.preset_names('vision')}"
         )
     # JSON (model.json, --set) has no tuples: tuple-valued config fields arrive as lists
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    build = registry.builder(family, "vision")
     try:
-        config, cls = _config_and_class(family, preset, overrides)
+        return build(preset, **overrides)
     except TypeError as e:  # an override that is not a config field
         raise ConfigError(f"bad option for {name}: {e}") from None
     except (KeyError, ValueError) as e:
         raise ConfigError(f"bad preset or option for {name}: {e}") from None
-    return cls(config)
 
 
 def task_of(name: str) -> str:
-    """The task a model family does: ``segment`` for ``sam-*``, ``classify`` otherwise."""
-    return "segment" if name.startswith("sam-") else "classify"
+    """The task of a model ``family-preset``: ``segment`` (``sam-*``) or ``classify``."""
+    family = name.partition("-")[0]
+    return registry.family(family, "vision").task if family in FAMILIES else "classify"
 
 
 def count_params(model: nn.Module) -> int:
@@ -126,9 +113,9 @@ class VisionTrainConfig:
         task = self.task or task_of(self.model)
         if task not in TASKS:
             raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-        if task == "segment" and not self.model.startswith("sam-"):
+        if task == "segment" and task_of(self.model) != "segment":
             raise ConfigError(f"{self.model} is a classifier; segmentation needs a sam-* model")
-        if task == "classify" and self.model.startswith("sam-"):
+        if task == "classify" and task_of(self.model) != "classify":
             raise ConfigError(f"{self.model} is a segmenter; use --task segment")
         return task
 
@@ -152,8 +139,6 @@ def _model_overrides(cfg: VisionTrainConfig, task: str) -> dict[str, Any]:
 
 def make_datasets(cfg: VisionTrainConfig, task: str):
     """(train, test) datasets for the task."""
-    from rwkvkit.vision import data
-
     if task == "classify":
         train = data.ClassificationDataset("train", root=cfg.data, augment=cfg.augment, resize=cfg.img_size)
         test = data.ClassificationDataset("test", root=cfg.data, augment=False, resize=cfg.img_size)
@@ -220,8 +205,6 @@ def _loss(model: nn.Module, batch, task: str, label_smoothing: float) -> torch.T
     if task == "classify":
         images, labels = batch[0], batch[1]
         return F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
-    from rwkvkit.vision.sam import segmentation_loss
-
     image, points, labels, mask = _seg_batch(batch)
     mask_logits, iou_pred = model(image, points, labels)
     return segmentation_loss(mask_logits, mask, iou_pred)["loss"]
@@ -230,8 +213,6 @@ def _loss(model: nn.Module, batch, task: str, label_smoothing: float) -> torch.T
 @torch.no_grad()
 def evaluate_model(model: nn.Module, dataset, task: str, batch_size: int = 128) -> dict[str, float]:
     """Classification: ``accuracy`` (top-1) and ``loss``; segmentation: ``miou``, ``boundary_iou``."""
-    from rwkvkit.vision import metrics
-
     model.eval()
     n, total_loss, correct = 0, 0.0, 0
     ious, bious = [], []
@@ -279,8 +260,6 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def train(cfg: VisionTrainConfig) -> dict[str, Any]:
     """Train, evaluate after every epoch, keep the last weights; returns the final metrics and history."""
-    from tqdm import tqdm
-
     task = cfg.resolved_task()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -321,12 +300,9 @@ def train(cfg: VisionTrainConfig) -> dict[str, Any]:
         row["seconds"] = round(time.perf_counter() - t0, 1)
         history.append(row)
         if cfg.progress:
-            print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+            print(format_row(row))
         save_checkpoint(out, model, cfg, task)
-        with open(out / "metrics.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(history[0]))
-            w.writeheader()
-            w.writerows(history)
+        write_csv(out / "metrics.csv", history, fields=list(history[0]))
     return {"final": history[-1] if history else {}, "history": history, "params": count_params(model)}
 
 
@@ -358,8 +334,6 @@ def predict(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from rwkvkit.vision import metrics
 
     model, meta = load_checkpoint(path)
     tc = VisionTrainConfig(**{**meta["train_config"], "data": data or meta["train_config"].get("data")})
@@ -404,8 +378,6 @@ def predict(
             )
             ax.axis("off")
     else:
-        from rwkvkit.vision.data import CLASS_NAMES
-
         probs = model(image[None]).softmax(-1)[0]
         k = int(probs.argmax())
         result.update(
