@@ -42,11 +42,11 @@ from rwkvkit.models.gpt.model import GPT
 from rwkvkit.models.rwkv.config import RWKVConfig
 from rwkvkit.models.rwkv.model import RWKV
 from rwkvkit.training import checkpoint as ckpt
+from rwkvkit.training import loss as losses  # losses.lm_loss: looked up per call, so tests can wrap it
 from rwkvkit.training import parallel
 from rwkvkit.training.config import TrainConfig, parse_lora_ranks
 from rwkvkit.training.init import official_init_
 from rwkvkit.training.interrupt import StopOnSignal, resume_hint
-from rwkvkit.training.loss import lm_loss
 from rwkvkit.training.optim import build_optimizer, lr_schedule, set_lr
 from rwkvkit.utils.meta import on_meta
 from rwkvkit.utils.perf import matmul_peak, train_flops_per_token
@@ -289,7 +289,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, stop: StopOnSign
                 with parallel.gradient_sync(wrapped, mode, sync=last):
                     with autocast(cfg.precision, device):
                         logits, state = wrapped(xs, state) if state is not None else wrapped(xs)
-                    loss = lm_loss(logits, ys, l2wrap=cfg.l2wrap)
+                    loss = losses.lm_loss(logits, ys, l2wrap=cfg.l2wrap)
                     (loss * share).backward()
                 step_loss += float(loss.detach()) * share
                 state = state.detach() if state is not None else None
