@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -202,3 +203,60 @@ def test_schedule_errors():
         lr_schedule(0, lr=1e-3, lr_final=0.0, warmup_steps=1, total_steps=5, kind="exponential")
     with pytest.raises(ConfigError):
         lr_schedule(0, lr=1e-3, lr_final=1e-4, warmup_steps=10, total_steps=5)
+
+
+def test_schedule_warmup_counting_the_current_step():
+    # the vision / time-series warm-up: step s takes lr (s + 1) / warmup_steps, the last one lr itself
+    kw = dict(lr=1.0, lr_final=0.0, warmup_steps=4, total_steps=12, warmup_init=0.0, warmup_counts_step=True)
+    assert [lr_schedule(s, **kw) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_schedule(4, **kw) == 1.0 and lr_schedule(8, **kw) == pytest.approx(0.5)
+    assert lr_schedule(0, **{**kw, "warmup_counts_step": False}) == 0.0
+
+
+# The vision and time-series trainers' own schedules before they used lr_schedule (frozen copies).
+def _old_vision_lr(step: int, total: int, warmup: int, peak: float) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _old_timeseries_lr(step: int, total: int, warmup: int, lr: float) -> float:
+    if step < warmup:
+        return lr * ((step + 1) / warmup)
+    return lr * (0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+
+
+@pytest.mark.parametrize("total,warmup", [(100, 10), (9380, 938), (40, 0), (7, 12)])
+def test_vision_schedule_is_the_one_it_replaced(total, warmup):
+    from rwkvkit.vision.train import lr_at
+
+    for peak in (1e-3, 3e-3):
+        for s in range(total):
+            new, old = lr_at(s, total, warmup, peak), _old_vision_lr(s, total, warmup, peak)
+            # the same curve; only float64 rounding order differs (<= 1e-15 relative), and AdamW
+            # applies the rate in float32, where the two sequences are equal
+            assert new == pytest.approx(old, rel=1e-15, abs=0) and np.float32(new) == np.float32(old)
+
+
+@pytest.mark.parametrize("total", [26, 260, 2500, 10000])
+def test_timeseries_schedule_is_the_one_it_replaced(total):
+    warmup = min(100, total // 10)  # timeseries.train.fit's warm-up
+    for s in range(total):
+        new = lr_schedule(s, lr=1e-3, lr_final=0.0, warmup_steps=warmup, total_steps=total, warmup_init=0.0,
+                          warmup_counts_step=True)  # fmt: skip
+        old = _old_timeseries_lr(s, total, warmup, 1e-3)
+        # cos(pi s / n) and cos(pi (s / n)) round differently; near the end of the cosine, where the
+        # rate is a small difference 1 + cos(...), that is up to ~1e-12 relative (float32: equal)
+        assert new == pytest.approx(old, rel=1e-12, abs=0) and np.float32(new) == np.float32(old)
+
+
+def test_param_groups_with_another_weight_decay_rule():
+    model = RWKV(CONFIGS["6"])
+    rule = lambda name, p: p.dim() >= 2  # noqa: E731  (the time-series trainer's rule)
+    where = by_name(param_groups(model, 0.1, 1e-3, decayed=rule))
+    decayed = {n for n, g in where.items() if g["weight_decay"] > 0}
+    multiplied = {n for n, g in where.items() if g["lr_scale"] != 1.0}
+    expected = {n for n, p in model.named_parameters() if p.dim() >= 2} - multiplied
+    assert decayed == expected and "blocks.0.att.time_maa_w1" in decayed  # a LoRA factor: not by default
+    assert multiplied == {f"blocks.{i}.att.time_decay" for i in range(2)}  # multipliers unchanged

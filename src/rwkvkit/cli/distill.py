@@ -14,11 +14,12 @@ import argparse
 import logging
 import sys
 
+from rwkvkit.cli.train import add_field_options
+from rwkvkit.cli.train import resolve_config as resolve
+from rwkvkit.distill.recipe import DistillConfig, distill
+
 
 def add_parser(sub) -> None:
-    from rwkvkit.cli.train import add_field_options
-    from rwkvkit.distill.recipe import DistillConfig
-
     p = sub.add_parser(
         "distill",
         help="distil a transformers Qwen2/Llama model into an RWKV-7 hybrid (ARWKV)",
@@ -38,15 +39,10 @@ def add_parser(sub) -> None:
 
 
 def resolve_config(args: argparse.Namespace):
-    from rwkvkit.cli.train import resolve_config as resolve
-    from rwkvkit.distill.recipe import DistillConfig
-
     return resolve(args, DistillConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rwkvkit.distill.recipe import distill
-
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     cfg = resolve_config(args)
     result = distill(cfg, resume=args.resume)

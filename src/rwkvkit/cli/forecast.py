@@ -1,11 +1,17 @@
-"""``rwkvkit forecast train|eval|predict``: long-term time-series forecasting (Rimer, Timer, DLinear)."""
+"""``rwkvkit forecast train|eval|predict``: long-term time-series forecasting (Rimer, Timer, DLinear).
+
+The time-series package is imported when a forecast command runs, not when the parser is built, so
+the other commands do not pay for it; the model names come from :mod:`rwkvkit.registry`.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-from rwkvkit.cli.vision import _overrides
+from rwkvkit import registry
+from rwkvkit.cli.vision import parse_overrides
 from rwkvkit.errors import ConfigError
 
 
@@ -50,7 +56,7 @@ def add_parser(sub: Any) -> None:
     )
     t.add_argument("--data", default="ETTh1", help="a CSV with a date column, or ETTh1 / ETTh2 (found in "
                    "$RWKVKIT_ETT_DIR or the project's shared/data/ett; default ETTh1)")  # fmt: skip
-    t.add_argument("--model", default="rimer", choices=["rimer", "timer", "dlinear", "naive"],
+    t.add_argument("--model", default="rimer", choices=registry.names("timeseries"),
                    help="forecaster (default rimer)")  # fmt: skip
     t.add_argument("--lookback", type=int, default=96, help="input steps (default 96; 96/336/512 are the "
                    "literature's)")  # fmt: skip
@@ -103,13 +109,13 @@ def add_parser(sub: Any) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from rwkvkit.timeseries.train import ForecastTrainConfig, train
+    from rwkvkit.timeseries.train import ForecastTrainConfig, train  # see the module docstring
 
     if args.epochs < 0 or args.lr <= 0:
         raise ConfigError("--epochs must be >= 0 and --lr > 0")
     cfg = ForecastTrainConfig(
         data=args.data, model=args.model, lookback=args.lookback, horizon=args.horizon,
-        eval_horizons=_horizons(args.horizons), overrides=_overrides(args.overrides), epochs=args.epochs,
+        eval_horizons=_horizons(args.horizons), overrides=parse_overrides(args.overrides), epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         windows_per_epoch=args.windows_per_epoch, patience=args.patience, val_stride=args.val_stride,
         seed=args.seed, threads=args.threads, out_dir=args.out, progress=not args.no_progress,
@@ -133,8 +139,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from rwkvkit.timeseries.predict import predict
 
     png = None if args.no_plot else (args.plot or str(Path(args.out).with_suffix(".png")))

@@ -14,15 +14,18 @@ import dataclasses
 import inspect
 import logging
 import sys
+from collections.abc import Sequence
 from functools import lru_cache
+
+from rwkvkit import registry
+from rwkvkit.training.config import PRESETS, TrainConfig, preset
+from rwkvkit.training.loop import train
 
 
 @lru_cache(maxsize=4)
 def field_docs(cls: type | None = None) -> dict[str, str]:
     """The attribute docstrings of a config dataclass (string literals after each field; default
     TrainConfig), by field name."""
-    from rwkvkit.training.config import TrainConfig
-
     docs: dict[str, str] = {}
     try:
         tree = ast.parse(inspect.getsource(cls or TrainConfig))
@@ -37,8 +40,6 @@ def field_docs(cls: type | None = None) -> dict[str, str]:
 
 
 def add_parser(sub) -> None:
-    from rwkvkit.training.config import PRESETS, TrainConfig
-
     p = sub.add_parser(
         "train",
         help="train or fine-tune a model (every config field is an option)",
@@ -54,13 +55,15 @@ def add_parser(sub) -> None:
         "with new values)",
     )
     group = p.add_argument_group("training options (override the preset and the TOML file)")
-    add_field_options(group, TrainConfig)
+    add_field_options(group, TrainConfig, choices={"arch": registry.names("language")})
     p.set_defaults(func=run)
 
 
-def add_field_options(group, cls) -> None:
-    """One ``--field-name VALUE`` option per dataclass field, its docstring as the help text."""
+def add_field_options(group, cls, choices: dict[str, Sequence[str]] | None = None) -> None:
+    """One ``--field-name VALUE`` option per dataclass field, its docstring as the help text;
+    ``choices``: the allowed values of some fields (an other value is a one-line usage error)."""
     docs = field_docs(cls)
+    choices = choices or {}
     for f in dataclasses.fields(cls):
         default = f.default
         help_text = docs.get(f.name, "")
@@ -68,6 +71,7 @@ def add_field_options(group, cls) -> None:
             "--" + f.name.replace("_", "-"),
             dest=f"opt_{f.name}",
             default=None,
+            choices=choices.get(f.name),
             metavar=type(default).__name__.upper(),
             help=f"{help_text} (default {default!r})" if help_text else f"default {default!r}",
         )
@@ -89,8 +93,6 @@ def given_options(args: argparse.Namespace, cls, base=None) -> dict:
 def resolve_config(args: argparse.Namespace, cls=None):
     """The run's config from the preset, TOML file and options; with ``--resume``, the resumed run's
     own saved config, with the options that may change applied (others must match it)."""
-    from rwkvkit.training.config import TrainConfig, preset
-
     cls = cls or TrainConfig
     base = preset(args.preset) if getattr(args, "preset", None) else None
     given = given_options(args, cls, base)
@@ -110,8 +112,6 @@ def done_line(result, what: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rwkvkit.training.loop import train
-
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     cfg = resolve_config(args)
     result = train(cfg, resume=args.resume)

@@ -1,4 +1,8 @@
-"""``rwkvkit vision train|eval|predict``: image classification and promptable segmentation."""
+"""``rwkvkit vision train|eval|predict``: image classification and promptable segmentation.
+
+The vision package is imported when a vision command runs, not when the parser is built, so the
+other commands do not pay for it; the model names come from :mod:`rwkvkit.registry`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import argparse
 import json
 from typing import Any
 
+from rwkvkit import registry
 from rwkvkit.errors import ConfigError
+from rwkvkit.utils.runlog import format_row
 
 
 def _value(text: str) -> Any:
@@ -17,7 +23,8 @@ def _value(text: str) -> Any:
         return text
 
 
-def _overrides(items: list[str]) -> dict[str, Any]:
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set FIELD=VALUE`` options as a dict of config overrides."""
     out = {}
     for item in items:
         key, sep, val = item.partition("=")
@@ -47,8 +54,7 @@ def add_parser(sub: Any) -> None:
     t.add_argument(
         "--model",
         default="vrwkv-t",
-        help="family-preset: vrwkv-t|s|b, vit-t|s|b, ran-small|attention56|attention92, sam-tiny|small "
-        "(default vrwkv-t)",
+        help=f"family-preset: {registry.preset_names('vision')} (default vrwkv-t)",
     )
     t.add_argument(
         "--set",
@@ -106,11 +112,11 @@ def add_parser(sub: Any) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from rwkvkit.vision.train import VisionTrainConfig, train
+    from rwkvkit.vision.train import VisionTrainConfig, train  # see the module docstring
 
     cfg = VisionTrainConfig(
         model=args.model,
-        overrides=_overrides(args.overrides),
+        overrides=parse_overrides(args.overrides),
         task=args.task or "",
         data=args.data,
         img_size=args.img_size,
@@ -133,9 +139,7 @@ def run_train(args: argparse.Namespace) -> int:
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
         raise ConfigError("--epochs and --batch-size must be >= 1 and --lr > 0")
     result = train(cfg)
-    final = "  ".join(
-        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result["final"].items()
-    )
+    final = format_row(result["final"])
     print(f"done: {cfg.model}, {result['params'] / 1e6:.2f} M parameters; {final}; saved in {cfg.out_dir}")
     return 0
 

@@ -31,7 +31,11 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch import distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
+from rwkvkit.data import WindowSampler, open_tokens
 from rwkvkit.data.binidx import DataError
 from rwkvkit.distill.losses import (
     alignment_loss,
@@ -40,11 +44,26 @@ from rwkvkit.distill.losses import (
     teacher_attention_io,
     trainable_for_stage,
 )
+from rwkvkit.distill.teacher import TeacherLM, load_teacher
 from rwkvkit.errors import ConfigError, Interrupted
+from rwkvkit.formats import load as load_model
+from rwkvkit.models.arwkv import ARWKV
 from rwkvkit.training import checkpoint as ckpt
 from rwkvkit.training import parallel
 from rwkvkit.training.config import FlatConfig, TrainConfig
 from rwkvkit.training.interrupt import StopOnSignal, resume_hint
+from rwkvkit.training.loop import TrainingDiverged, evaluate
+from rwkvkit.training.optim import build_optimizer, lr_schedule, set_lr
+from rwkvkit.utils.precision import autocast
+from rwkvkit.utils.runlog import (
+    NO_VALIDATION,
+    mark_no_validation,
+    open_run_folder,
+    pyplot,
+    save_png,
+    save_tokenizer_beside,
+    write_csv,
+)
 
 log = logging.getLogger("rwkvkit.distill")
 
@@ -301,8 +320,6 @@ class _WindowBatches:
     """Stages 1 and 2: ``(x, None)`` windows of the training split (the trainer's sampler)."""
 
     def __init__(self, tokens, ctx_len: int, seed: int) -> None:
-        from rwkvkit.data import WindowSampler
-
         self.sampler = WindowSampler(tokens, ctx_len, seed=seed)
 
     def next_batch(self, n: int) -> tuple[torch.Tensor, None]:
@@ -352,12 +369,8 @@ class StageLoss(nn.Module):
 
 def build_student(cfg: DistillConfig, teacher) -> nn.Module:
     """The student: ``cfg.student`` if given (an ARWKV checkpoint), else a fresh one of the teacher."""
-    from rwkvkit.models.arwkv import ARWKV
-
     if cfg.student:
-        import rwkvkit
-
-        student = rwkvkit.load(cfg.student, dtype=torch.float32)
+        student = load_model(cfg.student, dtype=torch.float32)
         if not isinstance(student, ARWKV):
             raise ConfigError(f"{cfg.student} is a {type(student).__name__}, not an ARWKV student")
         return student.train()
@@ -372,8 +385,6 @@ def distill(cfg: DistillConfig, resume: bool = False, stop_at: int | None = None
     ``resume=True`` continues exactly from ``out_dir/last.pt``; ``stop_at`` stops (and checkpoints)
     after that many optimiser steps over all stages, as an interrupted run would.
     """
-    from torch import distributed as dist
-
     owns_group = not (dist.is_available() and dist.is_initialized())
     try:
         with StopOnSignal() as stop:
@@ -388,11 +399,6 @@ def distill(cfg: DistillConfig, resume: bool = False, stop_at: int | None = None
 
 
 def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None, stop: StopOnSignal) -> DistillResult:
-    from rwkvkit.data import open_tokens
-    from rwkvkit.distill.teacher import TeacherLM, load_teacher
-    from rwkvkit.training.loop import NO_VALIDATION, TrainingDiverged, _autocast, evaluate, open_run_folder
-    from rwkvkit.training.optim import build_optimizer, lr_schedule, set_lr
-
     cfg.check_sources()
     rank, world_size = parallel.init_distributed(cfg.device)
     is_main = rank == 0
@@ -474,8 +480,6 @@ def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None, stop: StopOn
         module = StageLoss(student, stage, teacher, kd_teacher, cfg.temperature)
         wrapped = module
         if world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
             wrapped = DistributedDataParallel(module)
         mode = "ddp" if world_size > 1 else "none"
         lr_peak = cfg.lr_of(stage)
@@ -494,8 +498,6 @@ def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None, stop: StopOn
 
         bar = None
         if show_bar:
-            from tqdm import tqdm
-
             bar = tqdm(
                 total=total, initial=stage_step, desc=f"stage {stage}", unit="step", dynamic_ncols=True
             )
@@ -515,7 +517,7 @@ def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None, stop: StopOn
                 if labels is not None:
                     labels = labels[rank * cfg.batch_size : (rank + 1) * cfg.batch_size].to(device)
                 with parallel.gradient_sync(wrapped, mode, sync=micro == cfg.grad_accum - 1):
-                    with _autocast(eval_cfg, device):
+                    with autocast(cfg.precision, device):
                         loss = wrapped(x, labels)
                     (loss / cfg.grad_accum).backward()
                 step_loss += float(loss.detach()) / cfg.grad_accum
@@ -591,15 +593,13 @@ def _distill(cfg: DistillConfig, resume: bool, stop_at: int | None, stop: StopOn
 
 def _save(out_dir: Path, student, optimizer, batches, rows, meta: dict[str, Any], train_data) -> None:
     """The checkpoint (exact resume), the student for ``rwkvkit.load``, the tokenizer, log and plot."""
-    from rwkvkit.training.loop import save_tokenizer_beside, write_log
-
     payload = {"model": parallel.full_state_dict(student, "none"), "optimizer": optimizer.state_dict(),
                "batches": batches.state_dict(),
                "rows": rows, "rng": ckpt.rng_state(), **meta}  # fmt: skip
     ckpt.save_training_checkpoint(out_dir / ckpt.CHECKPOINT, payload)
     student.save(out_dir / "model.safetensors")
     save_tokenizer_beside(train_data, out_dir)
-    write_log(out_dir, rows, LOG_FIELDS)
+    write_csv(out_dir / "loss.csv", rows, LOG_FIELDS)
     plot_rows(out_dir, rows, meta.get("teacher_val_loss"))
 
 
@@ -622,8 +622,6 @@ def answer_loss(student: nn.Module, sft: SFTData, cfg: DistillConfig, device) ->
 def plot_rows(out_dir: Path, rows: list[dict[str, Any]], teacher_val: float | None) -> None:
     """``loss.png``: the student's validation loss against training tokens, stage boundaries marked,
     the teacher's validation loss as a line."""
-    from rwkvkit.training.loop import mark_no_validation, pyplot, save_png
-
     plt = pyplot()
     if plt is None:
         return

@@ -438,9 +438,3 @@ class Timer(PatchForecaster):
             preds.append(nxt)
             ctx = torch.cat([ctx, nxt], dim=1)
         return torch.cat(preds, dim=1)
-
-
-MODEL_CLASSES: dict[str, tuple[type, type]] = {
-    "rimer": (RimerConfig, Rimer),
-    "timer": (TimerConfig, Timer),
-}

@@ -30,15 +30,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
+from rwkvkit import registry
 from rwkvkit.errors import CheckpointError, ConfigError, InputError
-from rwkvkit.timeseries.baselines import DLinear, DLinearConfig, SeasonalNaive, SeasonalNaiveConfig
-from rwkvkit.timeseries.data import Series, chronological_windows, load_csv, prepare
-from rwkvkit.timeseries.models import MODEL_CLASSES, PatchForecaster
+from rwkvkit.timeseries.baselines import DLinear
+from rwkvkit.timeseries.data import Scaler, Series, chronological_windows, load_csv, prepare
+from rwkvkit.timeseries.models import PatchForecaster
+from rwkvkit.training import optim
 from rwkvkit.utils.model_folder import load_model_folder, save_model_folder
 
 HORIZONS = (96, 192, 336, 720)
-MODELS = ("rimer", "timer", "dlinear", "naive")
+MODELS = tuple(registry.names("timeseries"))  # rimer, timer, dlinear, naive
 _KNOWN_DATA = ("ETTh1", "ETTh2")
 
 
@@ -74,16 +77,10 @@ def load_series(data: str, date_column: str | None = "date") -> Series:
 
 
 def build_model(kind: str, lookback: int, horizon: int, seed: int = 0, **overrides: Any) -> nn.Module:
-    """A forecaster by name: ``rimer``, ``timer``, ``dlinear`` or ``naive``, with config overrides."""
-    kind = kind.lower()
-    if kind in MODEL_CLASSES:
-        cfg_cls, cls = MODEL_CLASSES[kind]
-        return cls(cfg_cls.from_dict({"lookback": lookback, **overrides}), seed=seed)
-    if kind == "dlinear":
-        return DLinear(DLinearConfig.from_dict({"lookback": lookback, "horizon": horizon, **overrides}))
-    if kind == "naive":
-        return SeasonalNaive(SeasonalNaiveConfig.from_dict(overrides))
-    raise ConfigError(f"unknown forecaster {kind!r}; choose one of {', '.join(MODELS)}")
+    """A forecaster by name (:mod:`rwkvkit.registry`: ``rimer``, ``timer``, ``dlinear`` or
+    ``naive``), with config overrides; see :mod:`rwkvkit.timeseries.families`."""
+    fields = {"lookback": lookback, "horizon": horizon, **overrides}
+    return registry.build_model(kind.lower(), domain="timeseries", seed=seed, **fields)
 
 
 def count_params(model: nn.Module) -> int:
@@ -114,8 +111,7 @@ class ForecastTrainConfig:
     date_column: str = "date"
 
     def __post_init__(self) -> None:
-        if self.model.lower() not in MODELS:
-            raise ConfigError(f"unknown forecaster {self.model!r}; choose one of {', '.join(MODELS)}")
+        registry.family(self.model.lower(), "timeseries")  # a clear error for an unknown name
         for name in ("lookback", "horizon", "batch_size", "val_stride"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -213,11 +209,11 @@ def fit(
     loss_fn=None,
     desc: str = "",
 ) -> list[dict[str, Any]]:
-    """A plain training loop: AdamW, cosine learning rate, early stopping on ``val_fn()`` (lower is
-    better), the best weights restored at the end. ``batch_fn(indices) -> (x, y)``; the loss is
-    ``model.loss(x, y)`` unless ``loss_fn(model, x, y)`` is given. Returns one row per epoch."""
-    from tqdm import tqdm
-
+    """A plain training loop: AdamW (weight decay on matrices), a linear warm-up over the first tenth
+    of the steps (at most 100) then cosine decay to 0 (:func:`rwkvkit.training.optim.lr_schedule`),
+    early stopping on ``val_fn()`` (lower is better), the best weights restored at the end.
+    ``batch_fn(indices) -> (x, y)``; the loss is ``model.loss(x, y)`` unless ``loss_fn(model, x, y)``
+    is given. Returns one row per epoch."""
     if count_params(model) == 0 or epochs == 0:
         return []
     if n_items < 1:
@@ -225,11 +221,9 @@ def fit(
     per_epoch = min(n_items, items_per_epoch) if items_per_epoch else n_items
     steps_per_epoch = math.ceil(per_epoch / batch_size)
     total = steps_per_epoch * epochs
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
-    )
+    opt = optim.build_optimizer(
+        model, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), decayed=lambda _, p: p.dim() >= 2
+    )  # weight decay on every matrix
     warmup = min(100, total // 10)
     rng = np.random.default_rng(seed)
     best, best_state, bad, step = math.inf, None, 0, 0
@@ -248,13 +242,9 @@ def fit(
         for b in bar:
             idx = order[b * batch_size : (b + 1) * batch_size]
             x, y = batch_fn(idx)
-            scale = (
-                (step + 1) / warmup
-                if step < warmup
-                else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-            )
-            for g in opt.param_groups:
-                g["lr"] = lr * scale
+            rate = optim.lr_schedule(step, lr=lr, lr_final=0.0, warmup_steps=warmup, total_steps=total,
+                                     warmup_init=0.0, warmup_counts_step=True)  # fmt: skip
+            optim.set_lr(opt, rate)
             loss = loss_fn(model, x, y) if loss_fn is not None else model.loss(x, y)
             if not torch.isfinite(loss):
                 raise InputError(f"the training loss became {loss.item()} at step {step}; lower --lr")
@@ -352,19 +342,12 @@ def train(cfg: ForecastTrainConfig) -> dict[str, Any]:
 # ---- checkpoints ---------------------------------------------------------------------------------
 
 
-def _model_kind(model: nn.Module) -> str:
-    for kind, (_, cls) in MODEL_CLASSES.items():
-        if type(model) is cls:
-            return kind
-    return "dlinear" if isinstance(model, DLinear) else "naive"
-
-
 def save_checkpoint(
     out_dir: str | Path, model: nn.Module, cfg: ForecastTrainConfig, series: Series, scaler
 ) -> Path:
     meta = {
         "format": "rwkvkit-forecaster",
-        "model": _model_kind(model),
+        "model": cfg.model.lower(),
         "config": model.config.to_dict(),
         "lookback": cfg.lookback,
         "horizon": cfg.horizon,
@@ -380,20 +363,12 @@ def save_checkpoint(
 def _build_from_meta(meta: dict[str, Any]) -> nn.Module:
     if meta.get("format") != "rwkvkit-forecaster":
         raise CheckpointError("this model.json was not written by `rwkvkit forecast train`")
-    kind, conf = meta["model"], dict(meta["config"])
-    if kind in MODEL_CLASSES:
-        cfg_cls, cls = MODEL_CLASSES[kind]
-        return cls(cfg_cls.from_dict(conf))
-    if kind == "dlinear":
-        return DLinear(DLinearConfig.from_dict(conf))
-    return SeasonalNaive(SeasonalNaiveConfig.from_dict(conf))
+    return registry.build_model(meta["model"], domain="timeseries", **meta["config"])
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """``(model in eval mode, its model.json)`` from a folder written by :func:`train`; the meta's
     ``"scaler_obj"`` is the :class:`~rwkvkit.timeseries.data.Scaler` the model's inputs need."""
-    from rwkvkit.timeseries.data import Scaler
-
     model, meta = load_model_folder(path, _build_from_meta, "rwkvkit forecast train")
     meta["scaler_obj"] = Scaler.from_dict(meta["scaler"])
     return model, meta

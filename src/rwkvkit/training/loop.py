@@ -19,7 +19,6 @@ A NaN/inf loss stops the run with a clear message; the last good checkpoint stay
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import sys
@@ -30,17 +29,38 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch import distributed as dist
+from tqdm import tqdm
 
+from rwkvkit import registry
+from rwkvkit.data import WindowSampler, iter_eval_windows, open_tokens
 from rwkvkit.errors import ConfigError, Interrupted, RWKVKitError
+from rwkvkit.formats import load as load_model
+from rwkvkit.formats import save as save_weights
+from rwkvkit.models.gpt.config import GPTConfig
+from rwkvkit.models.gpt.model import GPT
+from rwkvkit.models.rwkv.config import RWKVConfig
+from rwkvkit.models.rwkv.model import RWKV
 from rwkvkit.training import checkpoint as ckpt
+from rwkvkit.training import loss as losses  # losses.lm_loss: looked up per call, so tests can wrap it
 from rwkvkit.training import parallel
 from rwkvkit.training.config import TrainConfig, parse_lora_ranks
+from rwkvkit.training.init import official_init_
 from rwkvkit.training.interrupt import StopOnSignal, resume_hint
+from rwkvkit.training.optim import build_optimizer, lr_schedule, set_lr
+from rwkvkit.utils.meta import on_meta
 from rwkvkit.utils.perf import matmul_peak, train_flops_per_token
+from rwkvkit.utils.precision import autocast
+from rwkvkit.utils.runlog import (
+    NO_VALIDATION,  # noqa: F401  (re-exported)
+    open_run_folder,
+    plot_log,
+    save_tokenizer_beside,
+    write_csv,
+)
 
 log = logging.getLogger("rwkvkit.train")
 
-NO_VALIDATION = "no validation data"  # written where a validation figure would be, when there is none
 LOG_FIELDS = ["step", "tokens", "lr", "train_loss", "val_loss", "val_bpb", "tokens_per_s", "mfu", "elapsed_s"]
 
 
@@ -72,24 +92,23 @@ def model_vocab(cfg: TrainConfig, tokenizer_vocab: int) -> int:
 
 
 def build_model(cfg: TrainConfig, vocab_size: int) -> nn.Module:
-    """A freshly initialised model (official initialisation), or the weights of ``cfg.init_from``."""
-    if cfg.arch == "gpt":
-        from rwkvkit.models.gpt.config import GPTConfig
-        from rwkvkit.models.gpt.model import GPT
+    """The model of ``cfg.arch`` (``rwkv`` or ``gpt``, :mod:`rwkvkit.registry`) for ``vocab_size``."""
+    return registry.build_model(cfg.arch, cfg, vocab_size, domain="language")
 
-        gcfg = GPTConfig(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=max(1, cfg.n_embd // cfg.head_size),
-                         vocab_size=vocab_size, block_size=cfg.ctx_len)  # fmt: skip
-        model = GPT(gcfg)
-        model.init_weights(cfg.seed)
-        return model
-    from rwkvkit.models.rwkv.config import RWKVConfig
-    from rwkvkit.models.rwkv.model import RWKV
-    from rwkvkit.training.init import official_init_
 
+def build_gpt(cfg: TrainConfig, vocab_size: int) -> GPT:
+    """The transformer baseline: a GPT of the run's layers and width (heads of ``head_size``)."""
+    gcfg = GPTConfig(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=max(1, cfg.n_embd // cfg.head_size),
+                     vocab_size=vocab_size, block_size=cfg.ctx_len)  # fmt: skip
+    model = GPT(gcfg)
+    model.init_weights(cfg.seed)
+    return model
+
+
+def build_rwkv(cfg: TrainConfig, vocab_size: int) -> RWKV:
+    """A fresh RWKV of ``cfg.version`` (official initialisation), or the weights of ``cfg.init_from``."""
     if cfg.init_from:
-        import rwkvkit
-
-        model = rwkvkit.load(cfg.init_from, dtype=torch.float32)
+        model = load_model(cfg.init_from, dtype=torch.float32)
         if model.config.vocab_size < vocab_size:
             raise ConfigError(
                 f"{cfg.init_from} has a vocabulary of {model.config.vocab_size}, the data needs {vocab_size}"
@@ -113,8 +132,6 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> nn.Module:
 
 
 def _open_data(cfg: TrainConfig):
-    from rwkvkit.data import open_tokens
-
     if not cfg.data:
         raise ConfigError("no training data: pass --data DIR (made by `rwkvkit data prepare`)")
     return open_tokens(cfg.data, split="train"), open_tokens(cfg.data, split="val")
@@ -128,15 +145,13 @@ def evaluate(
     ``eval_tokens`` tokens): non-overlapping windows of ctx_len, each from a fresh state, so every
     validation token is predicted exactly once, by RWKV and by the transformer baseline alike.
     ``(None, None)`` when the split has no tokens."""
-    from rwkvkit.data import iter_eval_windows
-
     was_training = model.training
     model.eval()
     nats, tokens, nbytes = 0.0, 0, 0
     limit = cfg.eval_tokens or None
     for x, y, mask in iter_eval_windows(val.tokens, cfg.ctx_len, cfg.batch_size, limit=limit):
         x, y, mask = x.to(device), y.to(device), mask.to(device)
-        with _autocast(cfg, device):
+        with autocast(cfg.precision, device):
             logits, _ = model(x)
         ce = torch.nn.functional.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none"
@@ -166,90 +181,6 @@ def _cpu_peak(cfg: TrainConfig, warn: bool) -> float:
     return peak
 
 
-def _autocast(cfg: TrainConfig, device):
-    dev = torch.device(device).type
-    return torch.autocast(dev, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-
-
-# ---- logging ------------------------------------------------------------------------------------
-
-
-def write_log(out_dir: Path, rows: list[dict[str, Any]], fields: list[str] = LOG_FIELDS) -> None:
-    """``loss.csv``: one row per optimiser step, the columns ``fields`` (blank where a row lacks one;
-    ``no validation data`` where a validation pass ran on an empty split)."""
-
-    def cell(row, k):
-        if k.startswith("val_") and k in row and row[k] is None:
-            return NO_VALIDATION
-        return "" if row.get(k) is None else row[k]
-
-    with open(out_dir / "loss.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: cell(row, k) for k in fields})
-
-
-def pyplot():
-    """matplotlib's pyplot on the Agg backend, or None (with a warning) when it is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: loss.png not written (pip install 'rwkvkit[plot]')")
-        return None
-    return plt
-
-
-def save_png(fig, path: Path) -> None:
-    """Write ``fig`` to ``path`` atomically (a reader never sees half a file) and close it."""
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def open_run_folder(out_dir: Path, cfg, val_data, logger: logging.Logger) -> None:
-    """Create the run folder with the resolved ``config.toml`` (called once every check has passed,
-    so a refused configuration leaves no folder behind); warn when there is no validation data."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.toml").write_text(cfg.to_toml())
-    if len(val_data.tokens) == 0:
-        logger.warning("%s: %s (its validation split is empty)", cfg.data, NO_VALIDATION)
-
-
-def mark_no_validation(ax) -> None:
-    """Say on the plot that validation passes ran but had no data (instead of drawing zeros)."""
-    ax.text(0.98, 0.95, NO_VALIDATION + " (empty validation split)", transform=ax.transAxes,
-            ha="right", va="top", color="tab:red")  # fmt: skip
-
-
-def plot_log(out_dir: Path, rows: list[dict[str, Any]], title: str) -> None:
-    plt = pyplot()
-    if plt is None:
-        return
-    train = [(r["tokens"], r["train_loss"]) for r in rows if r.get("train_loss") not in (None, "")]
-    val = [(r["tokens"], r["val_loss"]) for r in rows if r.get("val_loss") not in (None, "")]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train), lw=1, alpha=0.7, label="train loss")
-    if val:
-        ax.plot(*zip(*val), "o-", lw=1.5, label="validation loss")
-    elif any("val_loss" in r for r in rows):
-        mark_no_validation(ax)
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("loss (nats / token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    save_png(fig, out_dir / "loss.png")
-
-
 # ---- the loop -----------------------------------------------------------------------------------
 
 
@@ -259,8 +190,6 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None) ->
     ``stop_at``: stop (and checkpoint) after this step although the schedule spans ``max_steps``,
     as an interrupted run would; ``resume=True`` later continues it exactly.
     """
-    from torch import distributed as dist
-
     owns_group = not (dist.is_available() and dist.is_initialized())  # torchrun: _train creates it
     try:
         with StopOnSignal() as stop:
@@ -276,10 +205,6 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None) ->
 
 def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, stop: StopOnSignal) -> TrainResult:
     """The body of :func:`train` (which also leaves the process group it joined)."""
-    from rwkvkit.data import WindowSampler
-    from rwkvkit.training.loss import lm_loss
-    from rwkvkit.training.optim import build_optimizer, lr_schedule, set_lr
-
     rank, world_size = parallel.init_distributed(cfg.device)
     mode = cfg.parallel if cfg.parallel != "auto" else ("ddp" if world_size > 1 else "none")
     if world_size == 1:
@@ -324,8 +249,6 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, stop: StopOnSign
     show_bar = cfg.progress and is_main and sys.stderr.isatty()
     bar = None
     if show_bar:
-        from tqdm import tqdm
-
         bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
     def save(val_loss=None) -> None:
@@ -339,11 +262,9 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, stop: StopOnSign
              "rng": ckpt.rng_state(), "rows": rows, "train_losses": train_losses, "config": cfg.to_dict()},
         )  # fmt: skip
         if cfg.arch == "rwkv":
-            from rwkvkit.formats import save as save_weights
-
             save_weights(unwrap_for_save(model, state_dict), out_dir / "model.safetensors", format="rwkvkit")
             save_tokenizer_beside(train_data, out_dir)
-        write_log(out_dir, rows)
+        write_csv(out_dir / "loss.csv", rows, LOG_FIELDS)
         plot_log(out_dir, rows, f"{cfg.arch} {cfg.version if cfg.arch == 'rwkv' else ''} on {cfg.data}")
 
     t_start = time.perf_counter()
@@ -366,9 +287,9 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, stop: StopOnSign
                 share = xs.shape[1] / cfg.ctx_len / cfg.grad_accum  # chunks and micro-batches average
                 last = micro == cfg.grad_accum - 1 and c == n_chunks - 1
                 with parallel.gradient_sync(wrapped, mode, sync=last):
-                    with _autocast(cfg, device):
+                    with autocast(cfg.precision, device):
                         logits, state = wrapped(xs, state) if state is not None else wrapped(xs)
-                    loss = lm_loss(logits, ys, l2wrap=cfg.l2wrap)
+                    loss = losses.lm_loss(logits, ys, l2wrap=cfg.l2wrap)
                     (loss * share).backward()
                 step_loss += float(loss.detach()) * share
                 state = state.detach() if state is not None else None
@@ -434,24 +355,8 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, stop: StopOnSign
     return TrainResult(step, train_losses, last_val[0], last_val[1], out_dir, time.perf_counter() - t_start)
 
 
-def save_tokenizer_beside(data, out_dir: Path) -> None:
-    """Put the data's tokenizer next to the weights, so `rwkvkit generate --model` finds it."""
-    import shutil
-
-    spec = (data.meta or {}).get("tokenizer", {})
-    src = Path(data.path).parent / str(spec.get("file") or "")
-    if spec.get("file") and src.is_file():
-        if not (out_dir / "tokenizer.json").is_file():
-            shutil.copyfile(src, out_dir / "tokenizer.json")
-    elif spec.get("spec"):
-        (out_dir / "tokenizer.spec").write_text(str(spec["spec"]) + "\n")
-
-
 def unwrap_for_save(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """A plain CPU copy of ``model`` holding ``state_dict`` (FSDP-gathered or local), for saving."""
-    from rwkvkit.models.rwkv.model import RWKV
-    from rwkvkit.utils.meta import on_meta
-
     with on_meta():
         plain = RWKV(model.config)
     plain.load_state_dict({k: v.detach().cpu() for k, v in state_dict.items()}, assign=True)

@@ -23,15 +23,16 @@ Parameter groups (docs/training.md#parameter-groups, read from the trainers' ``c
 Each group is a dict with ``name``, ``params``, ``param_names``, ``lr`` (= base lr x ``lr_scale``),
 ``lr_scale`` and ``weight_decay``; :func:`set_lr` keeps ``lr = base lr x lr_scale`` as the schedule
 moves. Parameters with ``requires_grad=False`` (e.g. RWKV-7 layer 0's unused ``v0, v1, v2``) are
-left out. Models other than RWKV (the GPT baseline) get the same weight-decay rule and no multipliers.
+left out. Models other than RWKV (the GPT baseline) get the same weight-decay rule and no
+multipliers; the vision and time-series trainers pass their own weight-decay rule (``decayed``).
 
-Schedule: see :func:`lr_schedule`.
+Schedule: see :func:`lr_schedule` (every trainer of rwkvkit uses it).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -61,7 +62,12 @@ def is_decayed(name: str, p: torch.Tensor) -> bool:
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, lr: float, *, layerwise_lr: bool = True
+    model: nn.Module,
+    weight_decay: float,
+    lr: float,
+    *,
+    layerwise_lr: bool = True,
+    decayed: Callable[[str, torch.Tensor], bool] = is_decayed,
 ) -> list[dict]:
     """The optimiser parameter groups of ``model`` by the official rules (see the module docstring).
 
@@ -72,6 +78,8 @@ def param_groups(
         lr: the base learning rate; each group's ``lr`` is ``lr * lr_scale``.
         layerwise_lr: the official v4-v6 ``layerwise_lr`` switch (on in every official run); off
             gives every v4-v6 parameter a multiplier of 1. RWKV-7's ``w0`` rule does not depend on it.
+        decayed: ``decayed(name, parameter)`` says which parameters weight decay applies to
+            (default :func:`is_decayed`, the official rule).
 
     Returns:
         The non-empty groups, in the order ``decay, no_decay, lr_2x, lr_3x``; every trainable
@@ -89,7 +97,7 @@ def param_groups(
             group = "lr_2x"
         elif scale == 3.0:
             group = "lr_3x"
-        elif weight_decay > 0 and is_decayed(name, p):
+        elif weight_decay > 0 and decayed(name, p):
             group = "decay"
         else:
             group = "no_decay"
@@ -131,14 +139,15 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.99),
     eps: float = 1e-8,
     fused: bool | None = None,
+    decayed: Callable[[str, torch.Tensor], bool] = is_decayed,
 ) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` (official betas (0.9, 0.99); eps 1e-8, the v7 demo uses 1e-18).
 
-    ``fused``: passed to :class:`torch.optim.AdamW` (None lets torch choose).
+    ``fused``: passed to :class:`torch.optim.AdamW` (None lets torch choose); ``decayed``: the
+    weight-decay rule of :func:`param_groups`.
     """
-    return torch.optim.AdamW(
-        param_groups(model, weight_decay, lr), lr=lr, betas=betas, eps=eps, weight_decay=0.0, fused=fused
-    )
+    groups = param_groups(model, weight_decay, lr, decayed=decayed)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=0.0, fused=fused)
 
 
 def lr_schedule(
@@ -150,12 +159,16 @@ def lr_schedule(
     total_steps: int,
     kind: str = "cosine",
     warmup_init: float = 0.01,
+    warmup_counts_step: bool = False,
 ) -> float:
     """The base learning rate at optimiser step ``step`` (0-based).
 
     * Warm-up, ``step < warmup_steps``: linear from ``warmup_init * lr`` at step 0 towards ``lr``,
       ``lr * (warmup_init + (1 - warmup_init) * step / warmup_steps)``. The default 0.01 is the
       official v7 trainer's (``lr * (0.01 + 0.99 * step / w_step)``, ``train_temp/src/trainer.py``).
+      With ``warmup_counts_step`` the step being taken counts as done (``step + 1`` in place of
+      ``step``): with ``warmup_init=0`` the rate climbs ``lr / warmup_steps, 2 lr / warmup_steps, ...``
+      and the last warm-up step already uses ``lr`` (the vision and time-series trainers' warm-up).
     * Then, with ``p = (step - warmup_steps) / (total_steps - warmup_steps)`` clipped to [0, 1]:
 
       - ``"cosine"``: ``lr_final + (lr - lr_final) * (1 + cos(pi p)) / 2`` (the v7 trainer's form);
@@ -175,7 +188,8 @@ def lr_schedule(
     if not 0 <= warmup_init <= 1:
         raise ConfigError(f"warmup_init must be in [0, 1], got {warmup_init}")
     if step < warmup_steps:
-        return lr * (warmup_init + (1 - warmup_init) * step / warmup_steps)
+        done = step + 1 if warmup_counts_step else step
+        return lr * (warmup_init + (1 - warmup_init) * done / warmup_steps)
     if kind == "constant":
         return lr
     span = total_steps - warmup_steps

@@ -20,7 +20,6 @@ Augmentation for classification: 2-pixel-padded random crops and horizontal flip
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import time
@@ -31,37 +30,26 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from rwkvkit import registry
 from rwkvkit.errors import ConfigError
+from rwkvkit.training import optim
 from rwkvkit.utils.model_folder import load_model_folder, save_model_folder
+from rwkvkit.utils.runlog import format_row, write_csv
+from rwkvkit.vision import data, metrics
+from rwkvkit.vision.data import CLASS_NAMES
+from rwkvkit.vision.sam import segmentation_loss
 
 TASKS = ("classify", "segment")
-FAMILIES = ("vrwkv", "vit", "ran", "sam")
+FAMILIES = tuple(registry.names("vision"))  # vrwkv, vit, ran, sam
 
 
 # ---- models --------------------------------------------------------------------------------------
 
 
-def _config_and_class(family: str, preset: str, overrides: dict[str, Any]):
-    if family == "vrwkv":
-        from rwkvkit.vision.vrwkv import VisionRWKV, VRWKVConfig
-
-        return VRWKVConfig.preset(preset.upper(), **overrides), VisionRWKV
-    if family == "vit":
-        from rwkvkit.vision.vit import ViT, ViTConfig
-
-        return ViTConfig.preset(preset.upper(), **overrides), ViT
-    if family == "ran":
-        from rwkvkit.vision.ran import RANConfig, ResidualAttentionNet
-
-        return RANConfig.from_name(preset, **overrides), ResidualAttentionNet
-    from rwkvkit.vision.sam import PromptableSegmenter, SegmenterConfig
-
-    return SegmenterConfig.preset(preset, **overrides), PromptableSegmenter
-
-
 def build_model(name: str, **overrides: Any) -> nn.Module:
-    """A vision model from its name ``family-preset`` and config overrides.
+    """A vision model from its name ``family-preset`` (:mod:`rwkvkit.registry`) and config overrides.
 
     Raises:
         ConfigError: unknown family or preset, or an override that is not a field of the config.
@@ -69,23 +57,23 @@ def build_model(name: str, **overrides: Any) -> nn.Module:
     family, _, preset = name.partition("-")
     if family not in FAMILIES or not preset:
         raise ConfigError(
-            f"unknown vision model {name!r}; use family-preset with family in {', '.join(FAMILIES)} "
-            "(e.g. vrwkv-t, vit-t, ran-small, ran-attention56, sam-tiny)"
+            f"unknown vision model {name!r}; use family-preset: {registry.preset_names('vision')}"
         )
     # JSON (model.json, --set) has no tuples: tuple-valued config fields arrive as lists
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    build = registry.builder(family, "vision")
     try:
-        config, cls = _config_and_class(family, preset, overrides)
+        return build(preset, **overrides)
     except TypeError as e:  # an override that is not a config field
         raise ConfigError(f"bad option for {name}: {e}") from None
     except (KeyError, ValueError) as e:
         raise ConfigError(f"bad preset or option for {name}: {e}") from None
-    return cls(config)
 
 
 def task_of(name: str) -> str:
-    """The task a model family does: ``segment`` for ``sam-*``, ``classify`` otherwise."""
-    return "segment" if name.startswith("sam-") else "classify"
+    """The task of a model ``family-preset``: ``segment`` (``sam-*``) or ``classify``."""
+    family = name.partition("-")[0]
+    return registry.family(family, "vision").task if family in FAMILIES else "classify"
 
 
 def count_params(model: nn.Module) -> int:
@@ -125,9 +113,9 @@ class VisionTrainConfig:
         task = self.task or task_of(self.model)
         if task not in TASKS:
             raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-        if task == "segment" and not self.model.startswith("sam-"):
+        if task == "segment" and task_of(self.model) != "segment":
             raise ConfigError(f"{self.model} is a classifier; segmentation needs a sam-* model")
-        if task == "classify" and self.model.startswith("sam-"):
+        if task == "classify" and task_of(self.model) != "classify":
             raise ConfigError(f"{self.model} is a segmenter; use --task segment")
         return task
 
@@ -151,8 +139,6 @@ def _model_overrides(cfg: VisionTrainConfig, task: str) -> dict[str, Any]:
 
 def make_datasets(cfg: VisionTrainConfig, task: str):
     """(train, test) datasets for the task."""
-    from rwkvkit.vision import data
-
     if task == "classify":
         train = data.ClassificationDataset("train", root=cfg.data, augment=cfg.augment, resize=cfg.img_size)
         test = data.ClassificationDataset("test", root=cfg.data, augment=False, resize=cfg.img_size)
@@ -183,27 +169,26 @@ def _batches(dataset, batch_size: int, shuffle: bool, seed: int):
 _NO_DECAY_NAMES = ("pos_embed", "spatial_decay", "spatial_first", "decay", "first", "mu", "gamma", "token")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on matrices and convolution kernels only (not on norms, biases,
+def decayed(name: str, p: torch.Tensor) -> bool:
+    """The vision weight-decay rule: matrices and convolution kernels only (not norms, biases,
     position embeddings, WKV decay/bonus vectors, token-shift mixes, layer scales, learned tokens)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if p.dim() < 2 or any(t in leaf for t in _NO_DECAY_NAMES):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    leaf = name.rsplit(".", 1)[-1]
+    return p.dim() >= 2 and not any(t in leaf for t in _NO_DECAY_NAMES)
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float = 1e-3) -> list[dict[str, Any]]:
+    """AdamW groups of :func:`rwkvkit.training.optim.param_groups` with the vision rule :func:`decayed`."""
+    return optim.param_groups(model, weight_decay, lr, decayed=decayed)
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
-    """Linear warm-up to ``peak``, then cosine decay to 1 % of it."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    """Linear warm-up to ``peak`` (step ``s`` takes ``peak (s + 1) / warmup``), then cosine decay to
+    1 % of it: :func:`rwkvkit.training.optim.lr_schedule` with these settings. A warm-up longer
+    than the run never reaches the peak."""
+    return optim.lr_schedule(
+        step, lr=peak, lr_final=0.01 * peak, warmup_steps=warmup, total_steps=max(total, warmup),
+        warmup_init=0.0, warmup_counts_step=True,
+    )  # fmt: skip
 
 
 # ---- steps ---------------------------------------------------------------------------------------
@@ -220,8 +205,6 @@ def _loss(model: nn.Module, batch, task: str, label_smoothing: float) -> torch.T
     if task == "classify":
         images, labels = batch[0], batch[1]
         return F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
-    from rwkvkit.vision.sam import segmentation_loss
-
     image, points, labels, mask = _seg_batch(batch)
     mask_logits, iou_pred = model(image, points, labels)
     return segmentation_loss(mask_logits, mask, iou_pred)["loss"]
@@ -230,8 +213,6 @@ def _loss(model: nn.Module, batch, task: str, label_smoothing: float) -> torch.T
 @torch.no_grad()
 def evaluate_model(model: nn.Module, dataset, task: str, batch_size: int = 128) -> dict[str, float]:
     """Classification: ``accuracy`` (top-1) and ``loss``; segmentation: ``miou``, ``boundary_iou``."""
-    from rwkvkit.vision import metrics
-
     model.eval()
     n, total_loss, correct = 0, 0.0, 0
     ious, bious = [], []
@@ -279,15 +260,15 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def train(cfg: VisionTrainConfig) -> dict[str, Any]:
     """Train, evaluate after every epoch, keep the last weights; returns the final metrics and history."""
-    from tqdm import tqdm
-
     task = cfg.resolved_task()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, **_model_overrides(cfg, task))
     train_set, test_set = make_datasets(cfg, task)
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    opt = optim.build_optimizer(
+        model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), decayed=decayed
+    )
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
@@ -301,8 +282,7 @@ def train(cfg: VisionTrainConfig) -> dict[str, Any]:
         batches = _batches(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False)
         for batch in bar:
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, warmup, cfg.lr)
+            optim.set_lr(opt, lr_at(step, total, warmup, cfg.lr))
             loss = _loss(model, batch, task, cfg.label_smoothing)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower --lr")
@@ -320,12 +300,9 @@ def train(cfg: VisionTrainConfig) -> dict[str, Any]:
         row["seconds"] = round(time.perf_counter() - t0, 1)
         history.append(row)
         if cfg.progress:
-            print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+            print(format_row(row))
         save_checkpoint(out, model, cfg, task)
-        with open(out / "metrics.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(history[0]))
-            w.writeheader()
-            w.writerows(history)
+        write_csv(out / "metrics.csv", history, fields=list(history[0]))
     return {"final": history[-1] if history else {}, "history": history, "params": count_params(model)}
 
 
@@ -357,8 +334,6 @@ def predict(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from rwkvkit.vision import metrics
 
     model, meta = load_checkpoint(path)
     tc = VisionTrainConfig(**{**meta["train_config"], "data": data or meta["train_config"].get("data")})
@@ -403,8 +378,6 @@ def predict(
             )
             ax.axis("off")
     else:
-        from rwkvkit.vision.data import CLASS_NAMES
-
         probs = model(image[None]).softmax(-1)[0]
         k = int(probs.argmax())
         result.update(
