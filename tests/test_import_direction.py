@@ -93,6 +93,14 @@ def test_model_code_does_not_import_what_uses_it(lower):
     assert not bad, f"rwkvkit.{lower} imports from above it:\n" + "\n".join(bad)
 
 
+@pytest.mark.parametrize("app", ["vision", "timeseries"])
+def test_vision_and_time_series_do_not_import_the_lm_trainer(app):
+    """They build and initialise their models from rwkvkit.models and share rwkvkit.optim and
+    rwkvkit.utils.runlog with the LM trainer, not the trainer itself."""
+    bad = violations(lambda src, dst, t: src == app and dst == "training")
+    assert not bad, f"rwkvkit.{app} imports rwkvkit.training:\n" + "\n".join(bad)
+
+
 def test_only_the_cli_imports_the_cli():
     bad = violations(lambda src, dst, t: dst == "cli" and src not in PROGRAMS)
     assert not bad, "a library package imports the command line:\n" + "\n".join(bad)

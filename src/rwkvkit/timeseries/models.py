@@ -46,6 +46,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rwkvkit.errors import ConfigError, InputError
+from rwkvkit.inference import fused
+from rwkvkit.models.gpt.config import GPTConfig
+from rwkvkit.models.gpt.model import Block as GPTBlock
 from rwkvkit.models.rwkv.config import RWKVConfig
 from rwkvkit.models.rwkv.init import official_init_blocks_
 from rwkvkit.models.rwkv.model import Block
@@ -353,7 +356,6 @@ class Rimer(PatchForecaster):
             or self.embed.weight.device.type != "cpu"
         ):
             return None
-        from rwkvkit.inference import fused
 
         if not fused.available():
             return None
@@ -362,13 +364,12 @@ class Rimer(PatchForecaster):
     def _fused_step(self, packed, nxt: torch.Tensor, state: list[list[torch.Tensor]]):
         """One generated patch ``[B, 1, P]`` through every block, one C++ call per block (the same
         math as :meth:`step` with T = 1, tested against it)."""
-        from rwkvkit.inference.fused import block_decode
 
         h = self.embed(nxt[:, 0])
         v_first = None
         new_state = []
         for p, (att_shift, wkv, ffn_shift) in zip(packed, state, strict=True):
-            h, att_shift, wkv, ffn_shift, v_first = block_decode(
+            h, att_shift, wkv, ffn_shift, v_first = fused.block_decode(
                 p, h.contiguous(), att_shift.contiguous(), wkv.contiguous(), ffn_shift.contiguous(), v_first
             )
             new_state.append([att_shift, wkv, ffn_shift])
@@ -392,8 +393,6 @@ class Timer(PatchForecaster):
     max_positions = 4096  # sinusoidal table size; training sequences must be shorter (in patches)
 
     def __init__(self, config: TimerConfig | None = None, seed: int = 0) -> None:
-        from rwkvkit.models.gpt.config import GPTConfig
-        from rwkvkit.models.gpt.model import Block
 
         config = config or TimerConfig()
         super().__init__(config)
@@ -401,7 +400,7 @@ class Timer(PatchForecaster):
             n_layer=config.n_layers, n_embd=config.d_model, n_head=config.n_heads, vocab_size=1,
             block_size=self.max_positions, bias=True, dropout=config.dropout,
         )  # fmt: skip
-        self.blocks = nn.ModuleList(Block(gpt) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(GPTBlock(gpt) for _ in range(config.n_layers))
         self.register_buffer(
             "pos", sinusoidal_positions(self.max_positions, config.d_model), persistent=False
         )

@@ -32,12 +32,11 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from rwkvkit import registry
+from rwkvkit import optim, registry
 from rwkvkit.errors import CheckpointError, ConfigError, InputError
 from rwkvkit.timeseries.baselines import DLinear
 from rwkvkit.timeseries.data import Scaler, Series, chronological_windows, load_csv, prepare
 from rwkvkit.timeseries.models import PatchForecaster
-from rwkvkit.training import optim
 from rwkvkit.utils.model_folder import load_model_folder, save_model_folder
 
 HORIZONS = (96, 192, 336, 720)
@@ -210,7 +209,7 @@ def fit(
     desc: str = "",
 ) -> list[dict[str, Any]]:
     """A plain training loop: AdamW (weight decay on matrices), a linear warm-up over the first tenth
-    of the steps (at most 100) then cosine decay to 0 (:func:`rwkvkit.training.optim.lr_schedule`),
+    of the steps (at most 100) then cosine decay to 0 (:func:`rwkvkit.optim.lr_schedule`),
     early stopping on ``val_fn()`` (lower is better), the best weights restored at the end.
     ``batch_fn(indices) -> (x, y)``; the loss is ``model.loss(x, y)`` unless ``loss_fn(model, x, y)``
     is given. Returns one row per epoch."""

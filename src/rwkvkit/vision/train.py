@@ -32,9 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from rwkvkit import registry
+from rwkvkit import optim, registry
 from rwkvkit.errors import ConfigError
-from rwkvkit.training import optim
 from rwkvkit.utils.model_folder import load_model_folder, save_model_folder
 from rwkvkit.utils.runlog import format_row, write_csv
 from rwkvkit.vision import data, metrics
@@ -177,13 +176,13 @@ def decayed(name: str, p: torch.Tensor) -> bool:
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float = 1e-3) -> list[dict[str, Any]]:
-    """AdamW groups of :func:`rwkvkit.training.optim.param_groups` with the vision rule :func:`decayed`."""
+    """AdamW groups of :func:`rwkvkit.optim.param_groups` with the vision rule :func:`decayed`."""
     return optim.param_groups(model, weight_decay, lr, decayed=decayed)
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     """Linear warm-up to ``peak`` (step ``s`` takes ``peak (s + 1) / warmup``), then cosine decay to
-    1 % of it: :func:`rwkvkit.training.optim.lr_schedule` with these settings. A warm-up longer
+    1 % of it: :func:`rwkvkit.optim.lr_schedule` with these settings. A warm-up longer
     than the run never reaches the peak."""
     return optim.lr_schedule(
         step, lr=peak, lr_final=0.01 * peak, warmup_steps=warmup, total_steps=max(total, warmup),
