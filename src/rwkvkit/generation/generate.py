@@ -342,7 +342,7 @@ def generate_tokens(model: Any, prompt_tokens: Sequence[int], **options: Any) ->
 
     Args:
         model: ``logits, state = model(LongTensor[1, T], state=state)``, logits float [1, T, V]
-            (the contract: :class:`rwkvkit.generation.model.RecurrentLM`).
+            (the contract: :class:`rwkvkit.generation.model.GenerativeModel`).
         prompt_tokens: the prompt ids, prefilled in chunks of ``chunk_len``. May be empty when
             continuing from ``state`` with its ``logits``.
         params: a :class:`SamplingParams`; the sampling keyword arguments (``max_new_tokens``,
@@ -464,7 +464,7 @@ def generate(
     Args:
         model: ``logits, state = model(LongTensor[1, T], state=state)``; logits float [1, T, V] and
             ``model.config.vocab_size == V`` when available (the contract:
-            :class:`rwkvkit.generation.model.RecurrentLM`).
+            :class:`rwkvkit.generation.model.GenerativeModel`).
         tokenizer: ``encode(str) -> list[int]``, ``decode(list[int]) -> str``, ``eos_id`` and
             preferably ``stream_decoder()``.
         prompt: text (or token ids) to prefill. May be empty only when ``state`` (and ``logits``) is

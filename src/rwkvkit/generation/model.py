@@ -19,7 +19,7 @@ from rwkvkit.errors import VocabularyError
 
 __all__ = [
     "BatchableState",
-    "RecurrentLM",
+    "GenerativeModel",
     "check_prompt_tokens",
     "forward_last",
     "model_device",
@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 
-class RecurrentLM(Protocol):
+class GenerativeModel(Protocol):
     """``logits, state = model(tokens, state=state)``: the one call generation makes.
 
     ``tokens`` is a LongTensor ``[B, T]`` on the model's device (ids already checked against the

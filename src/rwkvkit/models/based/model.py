@@ -24,6 +24,7 @@ from rwkvkit.layers.based import BasedLinearAttention, SlidingWindowAttention
 from rwkvkit.layers.mlp import SwiGLU
 from rwkvkit.layers.short_conv import BaseConv
 from rwkvkit.models.based.config import BasedConfig
+from rwkvkit.models.recurrent import range_check_is_free
 
 
 class BasedBlock(nn.Module):
@@ -88,7 +89,10 @@ class BasedLM(nn.Module):
             raise InputError(
                 f"BasedLM: tokens must be [batch, time] with time >= 1, got {tuple(tokens.shape)}"
             )
-        if int(tokens.max()) >= self.config.vocab_size or int(tokens.min()) < 0:
+        in_range = not range_check_is_free(tokens) or (
+            int(tokens.max()) < self.config.vocab_size and int(tokens.min()) >= 0
+        )  # on a device the range is checked at the boundary (generate), not with a sync per forward
+        if not in_range:
             raise InputError(f"BasedLM: token ids must lie in [0, {self.config.vocab_size})")
         if state is not None and len(state) != len(self.blocks):
             raise InputError(f"BasedLM: the state has {len(state)} layers, the model {len(self.blocks)}")
