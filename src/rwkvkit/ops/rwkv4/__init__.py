@@ -5,21 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from rwkvkit.ops._tiers import IMPLS, Tiers, require_one_token
+from rwkvkit.ops._tiers import IMPLS, Tiers
 from rwkvkit.ops.rwkv4.chunk import DEFAULT_CHUNK_SIZE, wkv4_chunk
 from rwkvkit.ops.rwkv4.kernel import wkv4_kernel
-from rwkvkit.ops.rwkv4.naive import PP_INIT, check_wkv4, wkv4_initial_state, wkv4_naive
-from rwkvkit.ops.rwkv4.step import wkv4_step
+from rwkvkit.ops.rwkv4.naive import PP_INIT, wkv4_initial_state, wkv4_naive
+from rwkvkit.ops.rwkv4.step import wkv4_one_token, wkv4_step
 
-
-def _wkv4_one_token(w, u, k, v, state):
-    check_wkv4("wkv4", w, u, k, v, state)  # shape errors in terms of [B, T, C] before slicing
-    require_one_token("wkv4", k.shape[1], f"k of shape {tuple(k.shape)}")
-    y, new_state = wkv4_step(w, u, k[:, 0], v[:, 0], state)
-    return y.unsqueeze(1), new_state
-
-
-_TIERS = Tiers("wkv4", naive=wkv4_naive, chunk=wkv4_chunk, step=_wkv4_one_token, kernel=wkv4_kernel)
+_TIERS = Tiers("wkv4", naive=wkv4_naive, chunk=wkv4_chunk, step=wkv4_one_token, kernel=wkv4_kernel)
 
 
 def wkv4(

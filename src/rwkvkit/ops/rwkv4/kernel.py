@@ -8,7 +8,7 @@ from rwkvkit.ops._layout import no_autocast
 from rwkvkit.ops.cpu import wkv_seq
 from rwkvkit.ops.rwkv4.chunk import wkv4_chunk
 from rwkvkit.ops.rwkv4.naive import check_wkv4
-from rwkvkit.ops.rwkv4.step import wkv4_step
+from rwkvkit.ops.rwkv4.step import wkv4_one_token
 
 
 @no_autocast
@@ -30,10 +30,7 @@ def wkv4_kernel(
     code = wkv_seq.isa_code(isa)
     ops = wkv_seq.ops_for(w, u, k, v, state)
     if ops is None:
-        if T == 1:
-            y, S = wkv4_step(w, u, k[:, 0], v[:, 0], state)
-            return y.unsqueeze(1), S
-        return wkv4_chunk(w, u, k, v, state)
+        return (wkv4_one_token if T == 1 else wkv4_chunk)(w, u, k, v, state)
     f32 = wkv_seq.f32
     y, S = ops.wkv4(
         f32(w.reshape(C)), f32(u.reshape(C)), f32(k), f32(v), None if state is None else f32(state), code

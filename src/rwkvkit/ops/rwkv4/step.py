@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from rwkvkit.ops._layout import compute_dtype, no_autocast
-from rwkvkit.ops.rwkv4.naive import wkv4_initial_state
+from rwkvkit.ops._tiers import require_one_token
+from rwkvkit.ops.rwkv4.naive import check_wkv4, wkv4_initial_state
 
 
 def _check_step(op: str, w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state) -> None:
@@ -64,3 +65,12 @@ def wkv4_step(
     e1, e2 = torch.exp(ww - p), torch.exp(k - p)
     new_state = torch.stack([e1 * aa + e2 * v, e1 * bb + e2, p], dim=1)
     return y.to(out_dtype), new_state
+
+
+def wkv4_one_token(w, u, k, v, state=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`wkv4_step` in the sequence layout (``k, v [B, 1, C]`` in, ``wkv [B, 1, C]`` out): the
+    ``step`` tier of :func:`rwkvkit.ops.wkv4`, and the kernel's fallback for one token."""
+    check_wkv4("wkv4", w, u, k, v, state)  # shape errors in terms of [B, T, C] before slicing
+    require_one_token("wkv4", k.shape[1], f"k of shape {tuple(k.shape)}")
+    y, new_state = wkv4_step(w, u, k[:, 0], v[:, 0], state)
+    return y.unsqueeze(1), new_state

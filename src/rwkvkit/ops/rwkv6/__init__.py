@@ -6,23 +6,13 @@ from __future__ import annotations
 
 import torch
 
-from rwkvkit.ops._layout import check_bthk
-from rwkvkit.ops._tiers import IMPLS, Tiers, require_one_token
+from rwkvkit.ops._tiers import IMPLS, Tiers
 from rwkvkit.ops.rwkv6.chunk import DEFAULT_CHUNK_SIZE, DEFAULT_SUB_CHUNK_SIZE, wkv6_chunk
 from rwkvkit.ops.rwkv6.kernel import wkv5_kernel, wkv6_kernel
 from rwkvkit.ops.rwkv6.naive import wkv6_naive
-from rwkvkit.ops.rwkv6.step import wkv6_step
+from rwkvkit.ops.rwkv6.step import broadcast_wkv5, wkv6_one_token, wkv6_step
 
-
-def _wkv6_one_token(r, log_w, k, v, u, state):
-    for name, x in zip("r log_w k v".split(), (r, log_w, k, v)):
-        check_bthk("wkv6", name, x)  # before x[:, 0], so a 3-dim input is named, not mis-sliced
-    require_one_token("wkv6", r.shape[1], f"input of shape {tuple(r.shape)}")
-    y, S = wkv6_step(*(x[:, 0] for x in (r, log_w, k, v)), u, state)
-    return y.unsqueeze(1), S
-
-
-_TIERS = Tiers("wkv6", naive=wkv6_naive, chunk=wkv6_chunk, step=_wkv6_one_token, kernel=wkv6_kernel)
+_TIERS = Tiers("wkv6", naive=wkv6_naive, chunk=wkv6_chunk, step=wkv6_one_token, kernel=wkv6_kernel)
 
 
 def wkv6(
@@ -63,13 +53,8 @@ def wkv5(
     ``log_w`` is ``[H, K]`` (5.2: per channel) or ``[H, 1]`` (5.0/5.1: per head); ``u`` likewise
     ``[H, K]`` or ``[H, 1]``. Both are broadcast (as views, no copy) to the WKV-6 shapes.
     """
-    check_bthk("wkv5", "r", r)
-    B, T, H, K = r.shape
-    for name, x in (("log_w", log_w), ("u", u)):
-        if x.dim() != 2 or x.shape[0] != H or x.shape[1] not in (1, K):
-            raise ValueError(f"wkv5: `{name}` must be [H, K] = {(H, K)} or [H, 1], got {tuple(x.shape)}")
-    log_w = log_w.expand(H, K).expand(B, T, H, K)  # stride-0 views over B and T
-    return wkv6(r, log_w, k, v, u.expand(H, K), state, impl=impl, chunk_size=chunk_size)
+    log_w, u = broadcast_wkv5("wkv5", r, log_w, u)
+    return wkv6(r, log_w, k, v, u, state, impl=impl, chunk_size=chunk_size)
 
 
 __all__ = [

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from rwkvkit.ops._layout import check_bthk, no_autocast
+from rwkvkit.ops._layout import no_autocast
 from rwkvkit.ops.cpu import wkv_seq
 from rwkvkit.ops.rwkv6.chunk import wkv6_chunk
 from rwkvkit.ops.rwkv6.naive import check_wkv6
-from rwkvkit.ops.rwkv6.step import wkv6_step
+from rwkvkit.ops.rwkv6.step import broadcast_wkv5, wkv6_one_token
 
 
 @no_autocast
@@ -32,10 +32,7 @@ def wkv6_kernel(
     code = wkv_seq.isa_code(isa)
     ops = wkv_seq.ops_for(r, log_w, k, v, u, state)
     if ops is None:
-        if T == 1:
-            y, S = wkv6_step(*(x[:, 0] for x in (r, log_w, k, v)), u, state)
-            return y.unsqueeze(1), S
-        return wkv6_chunk(r, log_w, k, v, u, state)
+        return (wkv6_one_token if T == 1 else wkv6_chunk)(r, log_w, k, v, u, state)
     f32 = wkv_seq.f32
     y, S = ops.wkv6(*(f32(x) for x in (r, log_w, k, v, u)), None if state is None else f32(state), code)
     return y.to(r.dtype), S
@@ -53,11 +50,5 @@ def wkv5_kernel(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """WKV-5 in C++: ``log_w`` and ``u`` are ``[H, K]`` or ``[H, 1]``, broadcast as in
     :func:`rwkvkit.ops.wkv5`, then :func:`wkv6_kernel`."""
-    check_bthk("wkv5_kernel", "r", r)
-    B, T, H, K = r.shape
-    for name, x in (("log_w", log_w), ("u", u)):
-        if x.dim() != 2 or x.shape[0] != H or x.shape[1] not in (1, K):
-            msg = f"`{name}` must be [H, K] = {(H, K)} or [H, 1], got {tuple(x.shape)}"
-            raise ValueError(f"wkv5_kernel: {msg}")
-    log_w = log_w.expand(H, K).expand(B, T, H, K)
-    return wkv6_kernel(r, log_w, k, v, u.expand(H, K), state, isa=isa)
+    log_w, u = broadcast_wkv5("wkv5_kernel", r, log_w, u)
+    return wkv6_kernel(r, log_w, k, v, u, state, isa=isa)

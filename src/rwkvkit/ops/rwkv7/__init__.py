@@ -5,20 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from rwkvkit.ops._tiers import IMPLS, Tiers, require_one_token
+from rwkvkit.ops._tiers import IMPLS, Tiers
 from rwkvkit.ops.rwkv7.chunk import DEFAULT_CHUNK_SIZE, wkv7_chunk
 from rwkvkit.ops.rwkv7.kernel import wkv7_kernel
 from rwkvkit.ops.rwkv7.naive import wkv7_naive
-from rwkvkit.ops.rwkv7.step import wkv7_step
+from rwkvkit.ops.rwkv7.step import wkv7_one_token, wkv7_step
 
-
-def _wkv7_one_token(r, log_w, k, v, a, b, state):
-    require_one_token("wkv7", r.shape[1] if r.dim() == 4 else -1, f"input of shape {tuple(r.shape)}")
-    o, S = wkv7_step(*(x[:, 0] for x in (r, log_w, k, v, a, b)), state)
-    return o.unsqueeze(1), S
-
-
-_TIERS = Tiers("wkv7", naive=wkv7_naive, chunk=wkv7_chunk, step=_wkv7_one_token, kernel=wkv7_kernel)
+_TIERS = Tiers("wkv7", naive=wkv7_naive, chunk=wkv7_chunk, step=wkv7_one_token, kernel=wkv7_kernel)
 
 
 def wkv7(

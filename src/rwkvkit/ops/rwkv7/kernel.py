@@ -7,7 +7,7 @@ import torch
 from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, no_autocast
 from rwkvkit.ops.cpu import wkv_seq
 from rwkvkit.ops.rwkv7.chunk import wkv7_chunk
-from rwkvkit.ops.rwkv7.step import wkv7_step
+from rwkvkit.ops.rwkv7.step import wkv7_one_token
 
 
 @no_autocast
@@ -39,10 +39,7 @@ def wkv7_kernel(
     code = wkv_seq.isa_code(isa)
     ops = wkv_seq.ops_for(r, log_w, k, v, a, b, state)
     if ops is None:
-        if T == 1:
-            o, S = wkv7_step(*(x[:, 0] for x in (r, log_w, k, v, a, b)), state)
-            return o.unsqueeze(1), S
-        return wkv7_chunk(r, log_w, k, v, a, b, state)
+        return (wkv7_one_token if T == 1 else wkv7_chunk)(r, log_w, k, v, a, b, state)
     f32 = wkv_seq.f32
     o, S = ops.wkv7(*(f32(x) for x in (r, log_w, k, v, a, b)), None if state is None else f32(state), code)
     return o.to(r.dtype), S

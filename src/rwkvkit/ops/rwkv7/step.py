@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, compute_dtype, no_autocast
+from rwkvkit.ops._tiers import require_one_token
 
 
 @no_autocast
@@ -37,3 +38,11 @@ def wkv7_step(
     S = S * log_w.exp().unsqueeze(-1) + b.unsqueeze(-1) * sa.unsqueeze(-2) + k.unsqueeze(-1) * v.unsqueeze(-2)
     o = (r.unsqueeze(-2) @ S).squeeze(-2)  # [B, H, V] = S^T r
     return o.to(out_dtype), S
+
+
+def wkv7_one_token(r, log_w, k, v, a, b, state=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`wkv7_step` in the sequence layout (``[B, 1, H, K]`` in, ``o [B, 1, H, V]`` out): the
+    ``step`` tier of :func:`rwkvkit.ops.wkv7`, and the kernel's fallback for one token."""
+    require_one_token("wkv7", r.shape[1] if r.dim() == 4 else -1, f"input of shape {tuple(r.shape)}")
+    o, S = wkv7_step(*(x[:, 0] for x in (r, log_w, k, v, a, b)), state)
+    return o.unsqueeze(1), S
