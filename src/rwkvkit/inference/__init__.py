@@ -121,9 +121,9 @@ class OptimizedRWKV(RWKV):
         full_output: bool = True,
     ) -> tuple[torch.Tensor, State]:
         """:meth:`RWKV.forward`; ``impl`` defaults to ``"kernel"`` (``"auto"`` with kernels off)."""
-        tokens = self.check_tokens(tokens)
-        B, T = tokens.shape
         if impl is None:
+            tokens, state = self._begin(tokens, state)  # checked once here for the fused path
+            B, T = tokens.shape
             if T == 1 and B <= self.fused_max_batch and self._fused_ok():
                 return self._decode_fused(tokens, state)
             impl = "kernel" if self._kernels_on else "auto"
@@ -141,12 +141,7 @@ class OptimizedRWKV(RWKV):
             self._packed = [fused.pack_block(b) for b in self.blocks]
         return self._packed
 
-    def _decode_fused(self, tokens: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
-        B = tokens.shape[0]
-        if state is None:
-            state = self.initial_state(B)
-        else:
-            state.check_fits(self.config, B)
+    def _decode_fused(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         # the new state: copies of the small shift tensors (updated in place below), a fresh WKV
         # tensor that each block writes its layer's new state into (the input state stays untouched)
         att = state["att_shift"].float().contiguous().clone()
@@ -160,12 +155,7 @@ class OptimizedRWKV(RWKV):
                 0
             ]
         logits = self.head(self.ln_out(x)).float().unsqueeze(1)  # [B, 1, V]
-        new_state = State(
-            {"att_shift": att, "wkv": wkv, "ffn_shift": ffn},
-            self.config.version,
-            logits=logits[:, -1].clone(),
-        )
-        return logits, new_state
+        return logits, self._end({"att_shift": att, "wkv": wkv, "ffn_shift": ffn}, logits)
 
 
 def optimize(
