@@ -48,12 +48,12 @@ def version_branches(pkg: Path) -> list[str]:
     return hits
 
 
-def internal_imports(pkg: Path) -> tuple[int, list[str]]:
-    """(all internal imports, the deferred ones as ``file:line``)."""
+def internal_imports(pkg: Path) -> tuple[int, list[tuple[Path, ast.stmt]]]:
+    """(how many internal imports, the deferred ones as ``(file, statement)``). An import inside a
+    function is deferred; one under a module-level ``if TYPE_CHECKING:`` or ``try:`` is not."""
     total, deferred = 0, []
     for path in python_files(pkg):
         tree = ast.parse(path.read_text())
-        rel = path.relative_to(pkg).as_posix()
         top = set(id(n) for n in tree.body)
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -66,7 +66,7 @@ def internal_imports(pkg: Path) -> tuple[int, list[str]]:
                 continue
             total += 1
             if id(node) not in top and not _in_type_checking(tree, node):
-                deferred.append(f"{rel}:{node.lineno}")
+                deferred.append((path, node))
     return total, deferred
 
 
@@ -94,7 +94,8 @@ def main() -> None:
     print(f"internal imports: {total}, deferred: {len(deferred)}")
     print(f"lines of generation/engine.py + generation/generate.py: {gen_lines}")
     if args.list:
-        print("\n".join(["", "version branches:", *branches, "", "deferred imports:", *deferred]))
+        where = [f"{path.relative_to(pkg).as_posix()}:{node.lineno}" for path, node in deferred]
+        print("\n".join(["", "version branches:", *branches, "", "deferred imports:", *where]))
 
 
 if __name__ == "__main__":
