@@ -283,10 +283,10 @@ def test_w_and_u_may_be_shaped_like_the_checkpoint():
 
 
 def test_dispatch():
-    assert IMPLS == ("auto", "naive", "chunk", "step", "kernel")
+    assert IMPLS == ("auto", "naive", "chunk", "step", "kernel", "triton")
     xs = make_inputs(2, 1, 12, torch.float64)
     y_ref, S_ref = wkv4_naive(*xs)
-    for impl in IMPLS:
+    for impl in IMPLS[:-1]:  # the CPU tiers (no triton tier for this op: tested below)
         y, S = wkv4(*xs, impl=impl)
         assert y.shape == (2, 1, 12)
         assert_close(f"y[{impl}]", y_ref, y, 1e-12)
@@ -324,3 +324,8 @@ def test_bad_shapes_raise_clear_errors():
         wkv4_step(w, u, k[:, 0], v[:, 0], S0[:1])
     with pytest.raises(ValueError, match=r"wkv4: k and v must both be \[B, T, C\]"):
         wkv4(w, u, k[:, :1], v[:, :1, :8], impl="step")
+
+
+def test_no_triton_tier_yet():
+    with pytest.raises(ValueError, match="not written for this operator"):
+        wkv4(*make_inputs(1, 3, 4, torch.float32), impl="triton")

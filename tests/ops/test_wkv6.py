@@ -216,10 +216,10 @@ def test_bf16_inputs_accumulate_in_fp32():
 
 
 def test_dispatch():
-    assert IMPLS == ("auto", "naive", "chunk", "step", "kernel")
+    assert IMPLS == ("auto", "naive", "chunk", "step", "kernel", "triton")
     xs = make_inputs(1, 1, 2, 16, 16, torch.float64, "moderate")
     y_ref, S_ref = wkv6_naive(*xs)
-    for impl in IMPLS:
+    for impl in IMPLS[:-1]:  # the CPU tiers (no triton tier for this op: tested below)
         y, S = wkv6(*xs, impl=impl)
         assert_close(f"y[{impl}]", y_ref, y, 1e-12)
         assert_close(f"state[{impl}]", S_ref, S, 1e-12)
@@ -263,3 +263,8 @@ def test_bad_shapes_raise_clear_errors():
         wkv5(r, lw[0, 0, :, :3], k, v, u)
     with pytest.raises(ValueError, match=r"`u` must be \[H, K\]"):
         wkv5(r, lw[0, 0], k, v, u[:, None])
+
+
+def test_no_triton_tier_yet():
+    with pytest.raises(ValueError, match="not written for this operator"):
+        wkv6(*make_inputs(1, 3, 2, 4, 4, torch.float32, "moderate"), impl="triton")

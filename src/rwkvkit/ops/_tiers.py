@@ -8,9 +8,12 @@ function with the dispatcher's positional arguments (sequence layout in and out)
   keyword options (``chunk_size``, ...);
 * ``step``: one token (decoding); given ``T != 1`` it raises (see :func:`require_one_token`);
 * ``kernel``: the sequential C++ recurrence of :mod:`rwkvkit.ops.cpu` (CPU, forward only), which falls
-  back to ``step`` / ``chunk`` by itself where it cannot run.
+  back to ``step`` / ``chunk`` by itself where it cannot run;
+* ``triton``: Triton kernels for CUDA tensors, forward and backward (WKV-7 so far; the other operators
+  answer ``impl="triton"`` with a ValueError that says so).
 
-``impl="auto"`` is ``step`` for one token (no chunk set-up to pay) and ``chunk`` otherwise; it never
+``impl="auto"`` is ``triton`` for CUDA tensors when the operator has that tier and Triton is
+installed; otherwise ``step`` for one token (no chunk set-up to pay) and ``chunk`` for more; it never
 picks ``kernel``. This module imports nothing of rwkvkit.
 """
 
@@ -20,15 +23,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-IMPLS = ("auto", "naive", "chunk", "step", "kernel")
+IMPLS = ("auto", "naive", "chunk", "step", "kernel", "triton")
 
 
-def resolve_impl(op: str, impl: str, T: int) -> str:
+def resolve_impl(op: str, impl: str, T: int, gpu_tier: bool = False) -> str:
     """The tier ``impl`` names for a sequence of ``T`` tokens (``"auto"`` resolved); ValueError for
-    a name that is not in :data:`IMPLS`."""
+    a name that is not in :data:`IMPLS`. ``gpu_tier``: the inputs are CUDA tensors and the operator's
+    ``triton`` tier can run (``"auto"`` then picks it)."""
     if impl not in IMPLS:
         raise ValueError(f"{op}: unknown impl {impl!r}; choose one of {IMPLS}")
     if impl == "auto":
+        if gpu_tier:
+            return "triton"
         return "step" if T == 1 else "chunk"
     return impl
 
@@ -41,16 +47,29 @@ def require_one_token(op: str, T: int, what: str) -> None:
 
 @dataclass(frozen=True)
 class Tiers:
-    """One operator's tier table: ``tiers(impl, T, *args, **chunk_options)`` runs the chosen tier."""
+    """One operator's tier table: ``tiers(impl, T, *args, **chunk_options)`` runs the chosen tier.
+
+    ``triton`` (optional): the GPU tier, with ``triton_ready()`` saying whether it can run (Triton
+    installed); it takes the chunk options too (each keeps the ones it uses)."""
 
     op: str
     naive: Callable[..., Any]
     chunk: Callable[..., Any]
     step: Callable[..., Any]
     kernel: Callable[..., Any]
+    triton: Callable[..., Any] | None = None
+    triton_ready: Callable[[], bool] = lambda: False
 
     def __call__(self, impl: str, T: int, *args: Any, **chunk_options: Any) -> Any:
-        tier = resolve_impl(self.op, impl, T)
+        on_gpu = self.triton is not None and getattr(args[0], "is_cuda", False) and self.triton_ready()
+        tier = resolve_impl(self.op, impl, T, gpu_tier=on_gpu)
         if tier == "chunk":
             return self.chunk(*args, **chunk_options)
+        if tier == "triton":
+            if self.triton is None:
+                raise ValueError(
+                    f"{self.op}: impl='triton' is not written for this operator yet (WKV-7 has it); "
+                    "choose 'chunk' (GPU and CPU) or 'auto'"
+                )
+            return self.triton(*args, **chunk_options)
         return getattr(self, tier)(*args)
