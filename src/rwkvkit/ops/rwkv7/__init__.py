@@ -48,5 +48,6 @@ def wkv7(
 
 
 __all__ = [
-    "wkv7", "wkv7_naive", "wkv7_chunk", "wkv7_step", "wkv7_kernel", "wkv7_triton", "DEFAULT_CHUNK_SIZE", "IMPLS",
+    "wkv7", "wkv7_naive", "wkv7_chunk", "wkv7_step", "wkv7_kernel", "wkv7_triton",
+    "DEFAULT_CHUNK_SIZE", "IMPLS",
 ]  # fmt: skip

@@ -152,7 +152,8 @@ class _WKV7Triton(torch.autograd.Function):
         _kernels().wkv7_bwd_kernel[(NV, B * H)](
             r, log_w, k, v, a, b, ck, sa, do, dsT.contiguous() if dsT is not None else ds0,
             dr, dlw, dk, dv, da, db, ds0,
-            T, B=B, H=H, K=K, V=V, BK=_pow2(K), BV=BV, C=CHECKPOINT_INTERVAL, SEG=ctx.seg, HAS_DST=dsT is not None,
+            T, B=B, H=H, K=K, V=V, BK=_pow2(K), BV=BV, C=CHECKPOINT_INTERVAL, SEG=ctx.seg,
+            HAS_DST=dsT is not None,
         )  # fmt: skip
         dr, dlw, dk, da, db = (g.sum(0).to(x.dtype) for g, x in zip(key_grads, (r, log_w, k, a, b)))
         ds0 = ds0.to(ctx.state_dtype) if ctx.needs_input_grad[6] else None
