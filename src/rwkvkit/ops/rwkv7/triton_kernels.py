@@ -90,21 +90,32 @@ def wkv7_fwd_kernel(
         tl.store(ck_base + kv_off, S, mask=mkv)
     pk = bi * T * H * K + hi * K + ik
     pv = bi * T * H * V + hi * V + jv
+    # software pipelining: the inputs of step t + 1 are loaded while step t computes (the loop is
+    # latency-bound: every step waits on the reductions of the one before)
+    r = tl.load(r_ptr + pk, mask=mk, other=0.0).to(tl.float32)
+    lw = tl.load(lw_ptr + pk, mask=mk, other=0.0).to(tl.float32)
+    kk = tl.load(k_ptr + pk, mask=mk, other=0.0).to(tl.float32)
+    a = tl.load(a_ptr + pk, mask=mk, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + pk, mask=mk, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + pv, mask=mv, other=0.0).to(tl.float32)
     for t in range(T):
-        r = tl.load(r_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-        w = tl.exp(tl.load(lw_ptr + pk, mask=mk, other=0.0).to(tl.float32))
-        kk = tl.load(k_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-        a = tl.load(a_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-        v = tl.load(v_ptr + pv, mask=mv, other=0.0).to(tl.float32)
+        more_k = mk & ((ik * 0 + t + 1) < T)  # blocks, not scalars: masks must be tensors
+        more_v = mv & ((jv * 0 + t + 1) < T)
+        r_n = tl.load(r_ptr + pk + H * K, mask=more_k, other=0.0).to(tl.float32)
+        lw_n = tl.load(lw_ptr + pk + H * K, mask=more_k, other=0.0).to(tl.float32)
+        kk_n = tl.load(k_ptr + pk + H * K, mask=more_k, other=0.0).to(tl.float32)
+        a_n = tl.load(a_ptr + pk + H * K, mask=more_k, other=0.0).to(tl.float32)
+        b_n = tl.load(b_ptr + pk + H * K, mask=more_k, other=0.0).to(tl.float32)
+        v_n = tl.load(v_ptr + pv + H * V, mask=more_v, other=0.0).to(tl.float32)
         sa = tl.sum(S * a[:, None], axis=0)
-        S = S * w[:, None] + b[:, None] * sa[None, :] + kk[:, None] * v[None, :]
+        S = S * tl.exp(lw)[:, None] + b[:, None] * sa[None, :] + kk[:, None] * v[None, :]
         o = tl.sum(S * r[:, None], axis=0)
         tl.store(o_ptr + pv, o.to(o_ptr.dtype.element_ty), mask=mv)
         if SAVE:
             tl.store(sa_ptr + pv, sa, mask=mv)
             at_end = ((t + 1) % C == 0) | (t == T - 1)
             tl.store(ck_base + (t // C + 1) * K * V + kv_off, S, mask=mkv & at_end)
+        r, lw, kk, a, b, v = r_n, lw_n, kk_n, a_n, b_n, v_n
         pk += H * K
         pv += H * V
     tl.store(sT_ptr + bh * K * V + kv_off, S, mask=mkv)
