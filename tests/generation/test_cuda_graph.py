@@ -313,14 +313,14 @@ def test_cuda_graphs_give_the_eager_tokens(cuda_model, tok):
         text = "".join(eager)
         graphed = generate(cuda_model, tok, "The quick brown fox", 40, stream=True, **options)
         assert "".join(graphed) == text and graphed.tokens == eager.tokens
-        assert step.failed is None and step.replays >= 40
+        assert step.failed is None and step.replays >= 39  # 40 tokens: 39 fed so far
         assert_same_state(graphed.state, eager.state, atol=1e-5)
     plain = run(BatchEngine(cuda_model, tok, 4, CHUNK, cuda_graphs=False), REQUESTS, LATER)
     graphed = run(BatchEngine(cuda_model, tok, 4, CHUNK), REQUESTS, LATER)
     for g, p in zip(graphed, plain, strict=True):
         assert (g.tokens, g.text, g.stop_reason) == (p.tokens, p.text, p.stop_reason)
         assert_same_state(g.state, p.state, atol=1e-5)
-    assert step.failed is None and step.captures >= 3
+    assert step.failed is None and step.captures >= 2  # bucket 1, and 4 for the engine
 
 
 @pytest.mark.gpu

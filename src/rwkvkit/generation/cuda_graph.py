@@ -1,4 +1,5 @@
-"""The one-token decoding step replayed from a captured CUDA graph (used by generation on CUDA).
+"""The one-token decoding step replayed from a captured CUDA graph (used by generation on CUDA;
+user-level summary: docs/sampling.md#decoding-on-cuda).
 
 Decoding a small model token by token is bound by kernel launches and Python, not by the GPU: the
 RWKV-7 0.1B step is a few hundred small kernels, each launched from Python. A CUDA graph records
