@@ -10,6 +10,9 @@
 * :class:`TokenSampler` (one sequence's bans, penalties, generator, stop tokens) and
   :class:`TextTracker` (:mod:`~rwkvkit.generation.text`: streaming detokenisation with stop strings):
   the one implementation of a decoding step, shared by :func:`generate` and :class:`BatchEngine`.
+* :mod:`rwkvkit.generation.cuda_graph`: on CUDA, :func:`generate` and :class:`BatchEngine` replay
+  each one-token decoding step from a captured CUDA graph (:class:`CudaGraphStep`; off with
+  ``cuda_graphs=False`` or ``RWKVKIT_CUDA_GRAPHS=0``).
 * :mod:`rwkvkit.generation.sampling`: pure logit functions (:func:`sample`, :func:`sampling_probs`,
   :func:`apply_penalties`, :func:`ban_tokens`, :func:`penalty_weight`).
 
@@ -46,6 +49,7 @@ series, not a token model: it has no vocabulary and nothing to sample, so it is 
 
 from __future__ import annotations
 
+from rwkvkit.generation.cuda_graph import CudaGraphStep
 from rwkvkit.generation.engine import BatchEngine, RequestResult, StepEvent
 from rwkvkit.generation.generate import Generation, TokenSampler, TokenStream, generate, generate_tokens
 from rwkvkit.generation.params import SamplingParams
@@ -60,6 +64,7 @@ from rwkvkit.generation.text import TextTracker
 
 __all__ = [
     "BatchEngine",
+    "CudaGraphStep",
     "Generation",
     "RequestResult",
     "SamplingParams",

@@ -45,7 +45,12 @@ Speed notes (the decode path runs once per token for every sequence):
   time: a batched softmax/top-p/``pow``/``sum`` is not bitwise equal to the per-row one (SIMD lanes and
   reduction splits differ), and each row needs its own generator anyway;
 * the batch state is re-indexed (``state.select`` / ``type(state).cat``) only on the steps where a
-  sequence joins or leaves.
+  sequence joins or leaves;
+* on CUDA the decoding forward is replayed from a CUDA graph (``cuda_graphs=True``, the default;
+  :mod:`rwkvkit.generation.cuda_graph`), and the batch state stays in the graph's static buffers
+  between the steps where no sequence joins or leaves. Finished requests get copies
+  (``state.select``), never views of those buffers. Sampling reads the chosen tokens on the host
+  once per step (``tolist``, needed for text and stops): the one synchronisation left.
 
 The engine is not thread-safe: call ``add``, ``cancel`` and ``step`` from one thread.
 """
@@ -60,6 +65,7 @@ from typing import Any, Literal
 import torch
 
 from rwkvkit.errors import ConfigError
+from rwkvkit.generation.cuda_graph import CudaGraphStep, decode_step
 from rwkvkit.generation.generate import TokenSampler, start_point
 from rwkvkit.generation.model import forward_last, model_device, model_vocab_size
 from rwkvkit.generation.params import SamplingParams, check_int
@@ -180,10 +186,21 @@ class BatchEngine:
             ``chunk_len``; pass the same value to get the same arithmetic), and one prefill forward
             processes at most this many tokens in total (rows x chunk length), which bounds the
             ``[tokens, V]`` logits memory as ``chunk_len`` does for one sequence.
+        cuda_graphs: True (default): on a CUDA device, the batched decoding forward is one replay of
+            a CUDA graph captured for the batch padded to 1, 2, 4, ..., 64 rows, and the batch state
+            stays in the graph's buffers while no row joins or leaves
+            (:mod:`rwkvkit.generation.cuda_graph`; more than 64 rows decode eagerly). False: plain
+            forwards (``RWKVKIT_CUDA_GRAPHS=0`` turns graphs off process-wide). Ignored off CUDA.
     """
 
     def __init__(
-        self, model: Any, tokenizer: Any = None, max_batch: int = 64, prefill_chunk: int = 256
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        max_batch: int = 64,
+        prefill_chunk: int = 256,
+        *,
+        cuda_graphs: bool | CudaGraphStep = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -192,6 +209,7 @@ class BatchEngine:
             "prefill_chunk", prefill_chunk, 1, "the prefill chunk length in tokens (e.g. 256)"
         )
         self._device = model_device(model)
+        self._graph_step = decode_step(model, cuda_graphs)  # None: plain batched forwards
         self._vocab = model_vocab_size(model)  # None: learned from the first logits
         self._vocab_limit = vocab_limit_of(tokenizer)
         self._weight = token_weights(tokenizer)  # official penalty weight per token id, cached
@@ -379,8 +397,13 @@ class BatchEngine:
         if not self._rows:
             return
         # Every row has a pending token: rows that finished without one left the batch at once.
-        tokens = torch.tensor([r.pending for r in self._rows], dtype=torch.long, device=self._device)
-        out, self._state = forward_last(self.model, tokens.view(-1, 1), self._state)
+        ids = [r.pending for r in self._rows]
+        if self._graph_step is not None:
+            # a graph replay; the state stays in the step's buffers while the rows do not change
+            out, self._state = self._graph_step(ids, self._state)
+        else:
+            tokens = torch.tensor(ids, dtype=torch.long, device=self._device)
+            out, self._state = forward_last(self.model, tokens.view(-1, 1), self._state)
         self._logits = out[:, -1].float()
         keep = []
         for i, r in enumerate(self._rows):

@@ -52,6 +52,7 @@ from typing import Any, Literal
 import torch
 
 from rwkvkit.errors import ConfigError
+from rwkvkit.generation.cuda_graph import CudaGraphStep, decode_step
 from rwkvkit.generation.model import check_prompt_tokens, forward_last, model_device, model_vocab_size
 from rwkvkit.generation.params import SamplingParams, check_int, token_ids
 from rwkvkit.generation.sampling import apply_penalties, sample
@@ -212,7 +213,9 @@ class TokenStream(Iterator[int]):
             sampled from, before bans and penalties); None if nothing has been fed yet.
 
     The prompt is prefilled on the first ``next()`` (or the first read of ``state``/``logits``), not
-    at construction, so an unused stream costs nothing.
+    at construction, so an unused stream costs nothing. On CUDA the one-token steps are replayed from
+    CUDA graphs unless ``cuda_graphs=False`` (see :func:`generate_tokens`); ``state`` is then a copy
+    of the state the graph keeps in its buffers.
     """
 
     def __init__(
@@ -227,6 +230,7 @@ class TokenStream(Iterator[int]):
         logits: torch.Tensor | None = None,
         chunk_len: int = 256,
         generator: torch.Generator | None = None,
+        cuda_graphs: bool | CudaGraphStep = True,
         **sampling: Any,
     ) -> None:
         self.params = SamplingParams.build(params, **sampling)
@@ -248,6 +252,7 @@ class TokenStream(Iterator[int]):
             raise ConfigError("pass either seed or generator, not both")
 
         self._model = model
+        self._graph_step = decode_step(model, cuda_graphs)  # None: every step is a plain forward
         self._vocab = vocab
         self._device = model_device(model)
         self._state = state
@@ -262,8 +267,12 @@ class TokenStream(Iterator[int]):
     # -- model steps ---------------------------------------------------------------------------
 
     def _run(self, ids: list[int]) -> None:
-        tokens = torch.tensor([ids], dtype=torch.long, device=self._device)
-        out, self._state = forward_last(self._model, tokens, self._state)
+        if len(ids) == 1 and self._graph_step is not None:
+            # one token: the graph-replayed step (its state stays in the step's buffers)
+            out, self._state = self._graph_step(ids, self._state)
+        else:
+            tokens = torch.tensor([ids], dtype=torch.long, device=self._device)
+            out, self._state = forward_last(self._model, tokens, self._state)
         # Keep only the last position: the next token is sampled from it.
         self._logits = out[0, -1].float()
 
@@ -286,6 +295,9 @@ class TokenStream(Iterator[int]):
         with torch.inference_mode():
             self._ensure_prefilled()
             self._feed_pending()
+            if self._graph_step is not None and self._graph_step.owns(self._state):
+                # the resident state changes with the next step: hand out a value
+                return self._state.clone()
         return self._state
 
     @property
@@ -361,6 +373,10 @@ def generate_tokens(model: Any, prompt_tokens: Sequence[int], **options: Any) ->
         chunk_len: prefill chunk length.
         generator: draw with this ``torch.Generator`` instead of one seeded with ``seed`` (mutually
             exclusive); with neither, torch's global RNG is used.
+        cuda_graphs: on a CUDA device, replay the one-token steps from captured CUDA graphs
+            (:mod:`rwkvkit.generation.cuda_graph`; same tokens, much less launch overhead). False:
+            plain forwards (also for the whole process: ``RWKVKIT_CUDA_GRAPHS=0``). Never used on
+            other devices. A :class:`~rwkvkit.generation.cuda_graph.CudaGraphStep` is used as given.
 
     Raises:
         ConfigError: on invalid options (checked here, before any model call).
@@ -450,6 +466,7 @@ def generate(
     logits: torch.Tensor | None = None,
     chunk_len: int = 256,
     return_state: bool = False,
+    cuda_graphs: bool | CudaGraphStep = True,
     **sampling: Any,
 ) -> str | tuple[str, Any] | Generation:
     """Generate text after ``prompt`` with a recurrent model (chunked prefill, then one token a step).
@@ -488,6 +505,11 @@ def generate(
         return_state: without ``stream``, return ``(text, state)``. The state has consumed the
             prompt and every generated token (also those of a stop string; not a stop token). With
             ``stream=True`` use ``Generation.state`` instead.
+        cuda_graphs: True (default): when the model is an rwkvkit recurrent model on a CUDA device,
+            each one-token decoding step is one replay of a captured CUDA graph
+            (:mod:`rwkvkit.generation.cuda_graph`), with the same tokens as plain forwards. False:
+            plain forwards; ``RWKVKIT_CUDA_GRAPHS=0`` in the environment turns graphs off everywhere.
+            Ignored on other devices.
 
     Returns:
         ``text``; ``(text, state)`` if ``return_state``; a :class:`Generation` if ``stream``.
@@ -507,6 +529,7 @@ def generate(
         state=state,
         logits=logits,
         chunk_len=chunk_len,
+        cuda_graphs=cuda_graphs,
     )
     gen = Generation(tokens, tokenizer, params.stop)
     if stream:
