@@ -209,9 +209,9 @@ class FusedLinearLMLoss(torch.autograd.Function):
             loss, d_h, d_w = _chunked_lm_loss(
                 hidden, weight, targets, keep, l2wrap, chunk, mm_dtype, tuple(ctx.needs_input_grad[:2])
             )
-        ctx.save_for_backward(
-            d_h.to(hidden.dtype) if d_h is not None else None, d_w.to(weight.dtype) if d_w is not None else None
-        )
+        d_h = d_h.to(hidden.dtype) if d_h is not None else None
+        d_w = d_w.to(weight.dtype) if d_w is not None else None
+        ctx.save_for_backward(d_h, d_w)
         return loss
 
     @staticmethod
