@@ -148,7 +148,7 @@ def test_prepare_warns_when_a_requested_split_is_empty(tmp_path, capsys):
 
 def _signal_at_call(monkeypatch, n: int, signum=signal.SIGTERM) -> None:
     """Send ``signum`` to this process from inside the ``n``-th loss computation (mid-step)."""
-    real, calls = loss_module.lm_loss, {"n": 0}
+    real, calls = loss_module.fused_lm_loss, {"n": 0}  # the loss of the default (fused_loss) step
 
     def loss_then_signal(*a, **kw):
         calls["n"] += 1
@@ -156,7 +156,7 @@ def _signal_at_call(monkeypatch, n: int, signum=signal.SIGTERM) -> None:
             os.kill(os.getpid(), signum)
         return real(*a, **kw)
 
-    monkeypatch.setattr(loss_module, "lm_loss", loss_then_signal)
+    monkeypatch.setattr(loss_module, "fused_lm_loss", loss_then_signal)
 
 
 def test_a_signal_finishes_the_step_saves_and_resumes_exactly(data_dir, tmp_path, monkeypatch):

@@ -64,15 +64,15 @@ def test_chunked_windows_learn_and_write_outputs(data_dir, tmp_path):
 
 def test_nan_stops_with_a_clear_message_and_keeps_the_last_checkpoint(data_dir, tmp_path, monkeypatch):
     cfg = tiny(data_dir, tmp_path / "run", max_steps=10, save_every=2, eval_every=100)
-    real = loss_module.lm_loss
+    real = loss_module.fused_lm_loss  # the loss of the default (fused_loss) training step
     calls = {"n": 0}
 
-    def poisoned(logits, targets, mask=None, l2wrap=True):
+    def poisoned(*args, **kwargs):
         calls["n"] += 1
-        out = real(logits, targets, mask=mask, l2wrap=l2wrap)
+        out = real(*args, **kwargs)
         return out * float("nan") if calls["n"] == 5 else out
 
-    monkeypatch.setattr(loss_module, "lm_loss", poisoned)
+    monkeypatch.setattr(loss_module, "fused_lm_loss", poisoned)
     with pytest.raises(TrainingDiverged, match="at step 5.*last good checkpoint"):
         train(cfg)
     payload = torch.load(tmp_path / "run" / "last.pt", weights_only=True)

@@ -194,6 +194,11 @@ class TrainConfig(FlatConfig):
     """clip the global gradient norm to this (0 = off)"""
     l2wrap: bool = True
     """the official L2Wrap loss term on the largest logit"""
+    fused_loss: bool = True
+    """apply the output head and the loss in chunks of tokens (fused linear + cross-entropy): the whole
+    [B, T, V] fp32 logits never exist, in training or validation; false = the plain logits and loss"""
+    loss_chunk: int = 0
+    """tokens per chunk of the fused loss (0 = automatic: about 256 MiB of fp32 logits per chunk)"""
 
     # ---- numerics and speed ----
     precision: str = "bf16"
@@ -225,7 +230,7 @@ class TrainConfig(FlatConfig):
 
     _resume_mutable = ("max_steps", "lr_final", "eval_every", "eval_tokens", "save_every", "log_every",
                        "progress", "threads", "device", "precision", "compile", "activation_checkpointing",
-                       "parallel")  # fmt: skip
+                       "parallel", "fused_loss", "loss_chunk")  # fmt: skip
     _path_fields = ("data", "out_dir", "init_from")
 
     def __post_init__(self) -> None:
@@ -234,6 +239,7 @@ class TrainConfig(FlatConfig):
             (self.version in TRAINABLE, f"version must be {', '.join(TRAINABLE)}, got {self.version!r}"),
             (self.ctx_len >= 1, "ctx_len must be >= 1"),
             (self.chunk_len >= 0, "chunk_len must be >= 0"),
+            (self.loss_chunk >= 0, "loss_chunk must be >= 0 (0 = automatic)"),
             (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
             (self.max_steps >= 1, "max_steps must be >= 1"),
             (

@@ -10,6 +10,11 @@ Per optimiser step::
             state = state.detach()                 # (truncated back-propagation through time)
     clip, AdamW step with the scheduled learning rate
 
+With ``fused_loss`` (the default) the model returns its hidden states instead of the logits, and
+:func:`~rwkvkit.training.loss.fused_lm_loss` applies the output head and the loss a few hundred MiB
+of logits at a time: the ``[B, T, V]`` fp32 logits of a chunk never exist whole (nor are they kept
+for the backward pass); validation is computed the same way.
+
 Every ``eval_every`` steps: validation loss and bits per byte over the validation split. Every
 ``save_every`` steps: an atomic checkpoint (``last.pt``: model, optimiser, step, sampler position,
 RNG; ``model.safetensors``: the weights for ``rwkvkit.load``). ``resume=True`` continues from
@@ -79,6 +84,38 @@ class TrainResult:
 
 
 # ---- model construction -------------------------------------------------------------------------
+
+
+def head_weight(model: nn.Module) -> torch.Tensor | None:
+    """The ``[V, C]`` output-head weight of a model whose forward takes ``return_hidden=True`` (RWKV:
+    ``head``, GPT: ``lm_head``), for :func:`~rwkvkit.training.loss.fused_lm_loss`; None for any other
+    model (the loss then takes its logits). Read it after each forward: FSDP2 swaps the unsharded
+    parameters in for the forward (the root's stay unsharded until its backward)."""
+    model = parallel.unwrap(model)
+    if isinstance(model, RWKV):
+        return model.head.weight
+    if isinstance(model, GPT):
+        return model.lm_head.weight
+    return None
+
+
+def model_loss(
+    model: nn.Module, wrapped: nn.Module, x: torch.Tensor, y: torch.Tensor, state, cfg: TrainConfig,
+    device, mask: torch.Tensor | None = None, l2wrap: bool | None = None,
+) -> tuple[torch.Tensor, Any]:  # fmt: skip
+    """``(loss, state)`` of ``wrapped`` (``model``, or its DDP / FSDP wrapper) on tokens ``x`` with
+    targets ``y``: the fused head and loss where ``cfg.fused_loss`` and the model allows it, else
+    :func:`~rwkvkit.training.loss.lm_loss` of the logits. ``l2wrap`` defaults to ``cfg.l2wrap``."""
+    l2wrap = cfg.l2wrap if l2wrap is None else l2wrap
+    fused = cfg.fused_loss and head_weight(model) is not None
+    kw = {"return_hidden": True} if fused else {}
+    with autocast(cfg.precision, device):
+        out, state = wrapped(x, state, **kw) if state is not None else wrapped(x, **kw)
+        if fused:  # inside autocast: the head's products in bf16, as the plain head's
+            loss = losses.fused_lm_loss(out, head_weight(model), y, mask, l2wrap, chunk_size=cfg.loss_chunk)
+    if not fused:
+        loss = losses.lm_loss(out, y, mask, l2wrap=l2wrap)
+    return loss, state
 
 
 def model_vocab(cfg: TrainConfig, tokenizer_vocab: int) -> int:
@@ -151,12 +188,16 @@ def evaluate(
     limit = cfg.eval_tokens or None
     for x, y, mask in iter_eval_windows(val.tokens, cfg.ctx_len, cfg.batch_size, limit=limit):
         x, y, mask = x.to(device), y.to(device), mask.to(device)
-        with autocast(cfg.precision, device):
-            logits, _ = model(x)
-        ce = torch.nn.functional.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none"
-        ).view_as(y)
-        nats += float((ce * mask).sum())
+        if cfg.fused_loss and head_weight(model) is not None:  # the mean over the mask, times its count
+            loss, _ = model_loss(model, model, x, y, None, cfg, device, mask=mask, l2wrap=False)
+            nats += float(loss) * int(mask.sum())
+        else:
+            with autocast(cfg.precision, device):
+                logits, _ = model(x)
+            ce = torch.nn.functional.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none"
+            ).view_as(y)
+            nats += float((ce * mask).sum())
         tokens += int(mask.sum())
         nbytes += int((bytes_table[y] * mask).sum())
     model.train(was_training)
@@ -287,9 +328,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, stop: StopOnSign
                 share = xs.shape[1] / cfg.ctx_len / cfg.grad_accum  # chunks and micro-batches average
                 last = micro == cfg.grad_accum - 1 and c == n_chunks - 1
                 with parallel.gradient_sync(wrapped, mode, sync=last):
-                    with autocast(cfg.precision, device):
-                        logits, state = wrapped(xs, state) if state is not None else wrapped(xs)
-                    loss = losses.lm_loss(logits, ys, l2wrap=cfg.l2wrap)
+                    loss, state = model_loss(model, wrapped, xs, ys, state, cfg, device)
                     (loss * share).backward()
                 step_loss += float(loss.detach()) * share
                 state = state.detach() if state is not None else None

@@ -139,16 +139,22 @@ class GPT(nn.Module):
             p.copy_(value.to(device=p.device, dtype=p.dtype))
         return self
 
-    def forward(self, tokens: torch.Tensor, state: None = None) -> tuple[torch.Tensor, None]:
+    def forward(
+        self, tokens: torch.Tensor, state: None = None, *, return_hidden: bool = False
+    ) -> tuple[torch.Tensor, None]:
         """Run a batch of token sequences.
 
         Args:
             tokens: LongTensor ``[B, T]`` (a 1-D ``[T]`` is taken as ``B = 1``), ``T <= block_size``.
             state: must be None. It is here so that code written for RWKV's
                 ``model(tokens, state)`` runs this model too; a transformer carries no state.
+            return_hidden: True: return the head's input, the hidden states after ``ln_f``
+                ``[B, T, C]``, instead of the logits (for a loss that applies ``lm_head`` itself in
+                chunks, ``rwkvkit.training.loss.fused_lm_loss``).
 
         Returns:
-            ``(logits, None)``: float32 logits ``[B, T, V]``.
+            ``(logits, None)``: float32 logits ``[B, T, V]`` (the hidden states with
+            ``return_hidden=True``).
         """
         if state is not None:
             raise InputError("GPT has no recurrent state: pass state=None (feed the whole context instead)")
@@ -166,5 +172,7 @@ class GPT(nn.Module):
         x = self.drop(self.wte(tokens) + self.wpe(pos))  # (B, T, C) + (T, C)
         for block in self.blocks:
             x = block(x)
-        logits = self.lm_head(self.ln_f(x)).float()
-        return logits, None
+        x = self.ln_f(x)
+        if return_hidden:
+            return x, None
+        return self.lm_head(x).float(), None

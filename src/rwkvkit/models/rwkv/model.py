@@ -87,6 +87,7 @@ class RWKV(RecurrentLM):
         *,
         impl: str = "auto",
         full_output: bool = True,
+        return_hidden: bool = False,
     ) -> tuple[torch.Tensor, State]:
         """Run a batch of token sequences.
 
@@ -100,11 +101,16 @@ class RWKV(RecurrentLM):
                 position only, ``[B, 1, V]`` (what generation needs after a prompt; the output
                 head then costs one row instead of ``T``, the official package's
                 ``full_output=False``).
+            return_hidden: False (default): logits. True: the head's input instead, the hidden
+                states after ``ln_out`` ``[B, T, C]`` (in their own dtype), for a loss that applies
+                ``head`` itself in chunks (``rwkvkit.training.loss.fused_lm_loss``, which never holds
+                the ``[B, T, V]`` logits); ``new_state.logits`` is still the last position's logits.
 
         Returns:
             ``(logits, new_state)``: float32 logits ``[B, T, V]`` (``[B, 1, V]`` with
-            ``full_output=False``); the state after the last token
-            (``new_state.logits`` holds the last position's logits). The input state is not modified.
+            ``full_output=False``; the hidden states with ``return_hidden=True``); the state after
+            the last token (``new_state.logits`` holds the last position's logits). The input state
+            is not modified.
         """
         tokens, state = self._begin(tokens, state)
         att_shift, wkv, ffn_shift = [], [], []
@@ -121,5 +127,11 @@ class RWKV(RecurrentLM):
 
         if not full_output:
             x = x[:, -1:]
-        logits = self.head(self.ln_out(x)).float()
-        return logits, self._end({"att_shift": att_shift, "wkv": wkv, "ffn_shift": ffn_shift}, logits)
+        tensors = {"att_shift": att_shift, "wkv": wkv, "ffn_shift": ffn_shift}
+        x = self.ln_out(x)
+        if return_hidden:
+            with torch.no_grad():  # one row per sequence, for the state
+                last = self.head(x[:, -1:]).float()
+            return x, self._end(tensors, last)
+        logits = self.head(x).float()
+        return logits, self._end(tensors, logits)
