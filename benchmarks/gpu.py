@@ -439,12 +439,14 @@ def train_config(s: dict):
 
 
 def rwkvkit_train_loss(model, x, y, impl: str):
-    """rwkvkit's training loss of one batch: the model's logits, then ``lm_loss`` (cross-entropy in
-    fp32 with L2Wrap). The one place to switch to a fused linear + cross-entropy loss."""
-    from rwkvkit.training.loss import lm_loss
+    """rwkvkit's training loss of one batch, as the trainer computes it: the hidden states, then the
+    output head and the cross-entropy (fp32, L2Wrap) fused in chunks of tokens (``fused_lm_loss``:
+    the ``[B, T, V]`` logits are never made whole)."""
+    from rwkvkit.training.loop import head_weight
+    from rwkvkit.training.loss import fused_lm_loss
 
-    logits, _ = model(x, impl=impl)
-    return lm_loss(logits, y, l2wrap=True)
+    hidden, _ = model(x, impl=impl, return_hidden=True)
+    return fused_lm_loss(hidden, head_weight(model), y, l2wrap=True)
 
 
 def fla_train_loss(model, x, y):
@@ -496,7 +498,7 @@ def part_train(rec: Recorder, args, device, deadline: float, lib: str, peak_tflo
         def loss_fn(x, y):
             return rwkvkit_train_loss(model, x, y, impl)
 
-        loss_name = f"rwkvkit_train_loss (lm_loss, L2Wrap), wkv7 impl={impl!r}; {note}"
+        loss_name = f"rwkvkit_train_loss (fused_lm_loss, L2Wrap), wkv7 impl={impl!r}; {note}"
     else:
         from fla.models import RWKV7ForCausalLM
 
