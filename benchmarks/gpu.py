@@ -392,6 +392,9 @@ def part_op(rec: Recorder, args, device, deadline: float, lib: str) -> None:
             dtype=s["op_dtype"],
         )
 
+    if lib == "rwkvkit" and impl == "triton":
+        launch_variants(rec, s, device, deadline, dtype, op, warmup, iters)
+
     # error against the fp64 naive recurrence at a short T
     shape = s["acc_shape"]
     from rwkvkit.ops import wkv7
@@ -417,6 +420,49 @@ def part_op(rec: Recorder, args, device, deadline: float, lib: str) -> None:
             }
 
         rec.case(deadline, 3, accuracy, phase="op", case=f"error T{shape[1]} {dt}", lib=lib, shape=shape)
+
+
+# (forward warps, forward value columns per program, backward warps) of rwkvkit's triton tier: the
+# defaults first; the others are candidates for the defaults, measured so a lent GPU's run says which
+# to keep (src/rwkvkit/ops/rwkv7/triton_tier.py, _FWD_WARPS / _FWD_BV / _BWD_WARPS).
+LAUNCH_VARIANTS = ((1, 32, 4), (2, 32, 4), (4, 32, 4), (1, 16, 4), (1, 64, 4), (1, 32, 2), (1, 32, 8))
+
+
+def launch_variants(
+    rec: Recorder, s: dict, device, deadline: float, dtype, op, warmup: int, iters: int
+) -> None:
+    """Forward+backward time of rwkvkit's triton tier at the first op shape under each launch
+    variant (the first is the default), recorded as ``op`` cases ``variant ...``."""
+    import torch
+
+    from rwkvkit.ops.rwkv7 import triton_tier as tier
+
+    shape = next(iter(s["op_shapes"].values()))
+    saved = (tier._FWD_WARPS, tier._FWD_BV, tier._BWD_WARPS)
+    # the interpreter ignores warps: two variants there only check the mechanics
+    variants = LAUNCH_VARIANTS if device.type == "cuda" else LAUNCH_VARIANTS[:2]
+    try:
+        for fw, fbv, bw in variants:
+            tier._FWD_WARPS, tier._FWD_BV, tier._BWD_WARPS = fw, fbv, bw
+
+            def measure() -> dict:
+                xs = wkv7_inputs(shape, dtype, device, grad=True)
+                do = torch.randn(shape, device=device, dtype=dtype)
+
+                def step():
+                    for x in xs:
+                        x.grad = None
+                    o, _ = op(*xs)
+                    o.backward(do)
+
+                with torch.no_grad():
+                    fwd = median_ms(lambda: op(*xs), device, warmup, iters)
+                return {"fwd_ms": fwd, "ms": median_ms(step, device, warmup, iters)}
+
+            case = f"variant fwd_warps={fw} fwd_bv={fbv} bwd_warps={bw}"
+            rec.case(deadline, 10, measure, phase="op", case=case, lib="rwkvkit", shape=shape)
+    finally:
+        tier._FWD_WARPS, tier._FWD_BV, tier._BWD_WARPS = saved
 
 
 def train_config(s: dict):
@@ -879,6 +925,7 @@ def summarize(records: list[dict], env: dict) -> str:
         for r in rows:
             keys = (
                 "ms",
+                "fwd_ms",
                 "tokens_per_s",
                 "peak_gib",
                 "mfu_measured",

@@ -36,10 +36,15 @@ from rwkvkit.ops.rwkv7.chunk import wkv7_chunk
 CHECKPOINT_INTERVAL = 16
 _UNDO_LIMIT = 4.5
 
-# Columns of the state per program: forward and backward (the backward's per-key gradients are summed
-# over blocks of columns, so one block (V <= 64) writes them directly). Not tuned on a GPU yet.
+# Columns of the state per program and warps per program, forward and backward. The backward's
+# per-key gradients are summed over blocks of columns, so one block (V <= 64) writes them directly.
+# One warp keeps the forward's reductions over K inside a warp (shuffles, no shared memory) for a
+# [64, 32] slice (64 registers a thread); the backward holds two [64, 64] slices (S and dS) and
+# needs more threads for its registers. Not yet tuned on a GPU: benchmarks/gpu.py measures variants.
 _FWD_BV = 32
 _BWD_BV = 64
+_FWD_WARPS = 1
+_BWD_WARPS = 4
 
 
 @functools.cache
@@ -115,6 +120,7 @@ def _forward(r, log_w, k, v, a, b, state, C: int, save: bool):
     kern.wkv7_fwd_kernel[grid](
         r, log_w, k, v, a, b, state if state is not None else sT, o, sT, ck, sa,
         T, H=H, K=K, V=V, BK=_pow2(K), BV=BV, C=C, HAS_S0=state is not None, SAVE=save,
+        num_warps=_FWD_WARPS,
     )  # fmt: skip
     return o, sT, (ck if save else None), (sa if save else None)
 
@@ -153,7 +159,7 @@ class _WKV7Triton(torch.autograd.Function):
             r, log_w, k, v, a, b, ck, sa, do, dsT.contiguous() if dsT is not None else ds0,
             dr, dlw, dk, dv, da, db, ds0,
             T, B=B, H=H, K=K, V=V, BK=_pow2(K), BV=BV, C=CHECKPOINT_INTERVAL, SEG=ctx.seg,
-            HAS_DST=dsT is not None,
+            HAS_DST=dsT is not None, num_warps=_BWD_WARPS,
         )  # fmt: skip
         dr, dlw, dk, da, db = (g.sum(0).to(x.dtype) for g, x in zip(key_grads, (r, log_w, k, a, b)))
         ds0 = ds0.to(ctx.state_dtype) if ctx.needs_input_grad[6] else None
