@@ -88,11 +88,11 @@ def test_fp32_matches_naive(B, T, H, K, V, state):
     y, S, g = grads(wkv6_triton, xs, S0)
     y_ref, S_ref, g_ref = reference(xs, S0)
     assert y.dtype == torch.float32 and S.dtype == torch.float32
-    # fp32 outputs: measured <= 1e-7 relative RMS
+    # fp32 outputs: measured <= 8e-8 relative RMS (the naive fp32 loop is at the same level)
     assert rel(y, y_ref) < 2e-6 and rel(S, S_ref) < 2e-6
     for name, x, ref in zip(NAMES, g, g_ref):
         assert x.dtype == torch.float32, name
-        # fp32 gradients: measured <= 4e-7 (dlog_w; the others <= 2e-7)
+        # fp32 gradients: measured <= 8e-7 (dlog_w, a cumulative sum; the others <= 1.2e-7)
         assert rel(x, ref) < 5e-6, name
 
 
@@ -101,11 +101,11 @@ def test_bf16_inputs():
     y, S, g = grads(wkv6_triton, xs, S0)
     y_ref, S_ref, g_ref = reference(xs, S0)
     assert y.dtype == torch.bfloat16 and S.dtype == torch.float32
-    assert rel(y, y_ref) < 8e-3  # bf16 output: one rounding (2^-9 relative at most); measured 3e-3
+    assert rel(y, y_ref) < 8e-3  # bf16 output: one rounding (2^-9 relative at most); measured 3.6e-3
     assert rel(S, S_ref) < 2e-6  # the state stays fp32, from exactly the same (bf16) inputs
     for name, x, ref in zip(NAMES, g, g_ref):
         assert x.dtype == (torch.float32 if name == "state" else torch.bfloat16), name
-        # bf16 gradients: one rounding each, measured <= 3e-3; the fp32 state's: measured 1e-7
+        # bf16 gradients: one rounding each, measured <= 1.8e-3; the fp32 state's: measured 4e-8
         assert rel(x, ref) < (2e-6 if name == "state" else 8e-3), name
 
 
@@ -113,14 +113,24 @@ def test_bf16_inputs():
 def test_strong_decays(log_w):
     """Decays down to ``e^-10``: ``d log_w`` is ``w`` times smaller than the products it is made of,
     and a form that lets them cancel lost it (7e-3 relative with every decay in ``[e^-10, e^-8]``)."""
-    # measured: dlog_w <= 6e-7, the rest <= 2e-7
+    # measured: dlog_w <= 5.3e-7, the rest <= 1.3e-7 (the naive fp32 loop: dlog_w 6e-8)
     check_against_naive(*inputs(1, 24, 1, 16, 16, log_w=log_w))
+
+
+def test_decays_that_underflow():
+    """``log_w = -1e4`` and ``-inf`` (``w = 0``: the state forgotten at once) stay finite and exact; where
+    the true ``d log_w`` is 0 the reverse cumulative sum leaves its rounding (measured 5e-8 absolute)."""
+    xs, S0 = inputs(1, 12, 1, 8, 8, log_w=(-3.0, 0.0))
+    xs[1][0, 3, 0, :3] = -1e4
+    xs[1][0, 7, 0, 2:5] = -float("inf")
+    g, g_ref = check_against_naive(xs, S0)  # measured: dlog_w 1.3e-7, the rest <= 1e-7
+    assert (g_ref[1][0, 3, 0, :3] == 0).all() and g[1][0, 3, 0, :3].abs().max() < 1e-6
 
 
 def test_weak_decays_over_a_long_sequence():
     """Decays near 1 (``log_w`` in ``[-0.01, 0]``) over 200 steps: long memory; ``d log_w`` is a reverse
     cumulative sum over the whole sequence."""
-    # measured: dlog_w 7e-7, the rest <= 5e-7 (the fp32 recurrence itself grows with T)
+    # measured: dlog_w 6.9e-7, the rest <= 4.2e-7 (the naive fp32 loop: 3.9e-7 and 3.6e-7)
     check_against_naive(*inputs(1, 200, 1, 8, 8, log_w=(-0.01, 0.0)), out_tol=5e-6, grad_tol=1e-5)
 
 
@@ -128,7 +138,8 @@ def test_several_blocks_of_columns(monkeypatch):
     """Forward and backward split V into blocks; the per-key gradients are partial sums added up."""
     monkeypatch.setattr(triton_tier, "_FWD_BV", 8)
     monkeypatch.setattr(triton_tier, "_BWD_BV", 8)
-    check_against_naive(*inputs(1, 13, 2, 8, 20))  # 3 blocks of 8 columns, the last one partly masked
+    # 3 blocks of 8 columns, the last one partly masked; measured: dlog_w 3.1e-7, the rest <= 8.4e-8
+    check_against_naive(*inputs(1, 13, 2, 8, 20))
 
 
 def test_gradient_of_the_output_only_and_no_grad_path():
@@ -181,7 +192,7 @@ def test_wkv5_through_the_tier(per_head):
     (y, S, gr), (y_ref, S_ref, g_ref) = out["triton"], out["naive"]
     assert rel(y, y_ref) < 2e-6 and rel(S, S_ref) < 2e-6
     for name, x, ref in zip(NAMES, gr, g_ref):
-        assert x.shape == ref.shape and rel(x, ref) < 5e-6, name  # measured <= 3e-7
+        assert x.shape == ref.shape and rel(x, ref) < 5e-6, name  # measured <= 5.4e-7 (dlog_w)
 
 
 def test_dispatch_and_errors():
@@ -221,12 +232,14 @@ def test_rwkv6_model_trains_the_same_through_the_triton_tier():
         logits.float().square().mean().backward()
         out[impl] = logits, state, [p.grad for p in model.parameters()]
     (l1, s1, g1), (l2, s2, g2) = out["naive"], out["triton"]
-    assert rel(l2, l1) < 1e-5  # fp32 logits through two layers
+    assert rel(l2, l1) < 1e-5  # fp32 logits through two layers: measured 2.9e-7
     assert rel(s2["wkv"][-1], s1["wkv"][-1]) < 1e-5
     assert sum(g is not None for g in g1) > 20
     for (name, _), x, ref in zip(model.named_parameters(), g2, g1):
         assert (x is None) == (ref is None), name
-        assert ref is None or rel(x, ref) < 5e-5, name  # fp32 parameter gradients: measured <= ?
+        assert ref is None or rel(x, ref) < 5e-5, (
+            name
+        )  # fp32 parameter gradients: measured <= 1.7e-6 (chunk: 2.2e-6)
 
 
 def test_ops_module_exports_the_tier():
