@@ -26,15 +26,16 @@ loss reads ``G`` through ``r_{j+1} e^{G_j}``, ``k_j e^{-G_j}`` and the final sta
 
 Written so, the two products share the term ``r_{j+1} k_j (v_j . do_{j+1})``, which cancels: with
 strong decays (``w ~ e^-10``) ``dL/dG`` is ``w`` times smaller than either product, and fp32 rounding
-of the products swamped it (relative error 7e-3 with every decay in ``[e^-10, e^-8]``). So the sweeps
-keep the state as a decayed part plus the last rank-one term (``S_{t-1} = P_{t-1} + k_{t-1} v_{t-1}^T``,
-``P_{t-1} = diag(w_{t-1}) S_{t-2}``; likewise ``dS_t = Q_t + r_{t+1} do_{t+1}^T``) and also write the
-products with the decayed parts alone, ``x_t = P_{t-1} do_t`` and ``z_t = Q_t v_t``::
+of the products swamped it (relative error 7e-3 with every decay in ``[e^-10, e^-8]``, in a torch
+prototype of these sweeps). So the sweeps keep the state as a decayed part plus the last rank-one
+term (``S_{t-1} = P_{t-1} + k_{t-1} v_{t-1}^T``, ``P_{t-1} = diag(w_{t-1}) S_{t-2}``; likewise
+``dS_t = Q_t + r_{t+1} do_{t+1}^T``) and also write the products with the decayed parts alone,
+``x_t = P_{t-1} do_t`` and ``z_t = Q_t v_t``::
 
     dL/dG_j = r_{j+1} * x_{j+1} - k_j * z_j          (j < T - 1)
     dL/dG_{T-1} = rowsum(dS_final * P_{T-1})
 
-in which nothing cancels (the relative error above drops to 1.5e-6).
+in which nothing cancels (the relative error above, over 100 steps, drops to 1.5e-6).
 """
 
 from __future__ import annotations
