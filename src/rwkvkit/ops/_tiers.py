@@ -68,8 +68,8 @@ class Tiers:
         if tier == "triton":
             if self.triton is None:
                 raise ValueError(
-                    f"{self.op}: impl='triton' is not written for this operator yet (WKV-7 has it); "
-                    "choose 'chunk' (GPU and CPU) or 'auto'"
+                    f"{self.op}: impl='triton' is not written for this operator yet (WKV-5/6 and WKV-7 have "
+                    "it); choose 'chunk' (GPU and CPU) or 'auto'"
                 )
             return self.triton(*args, **chunk_options)
         return getattr(self, tier)(*args)
