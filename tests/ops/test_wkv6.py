@@ -219,7 +219,7 @@ def test_dispatch():
     assert IMPLS == ("auto", "naive", "chunk", "step", "kernel", "triton")
     xs = make_inputs(1, 1, 2, 16, 16, torch.float64, "moderate")
     y_ref, S_ref = wkv6_naive(*xs)
-    for impl in IMPLS[:-1]:  # the CPU tiers (no triton tier for this op: tested below)
+    for impl in IMPLS[:-1]:  # the CPU tiers (triton: tests/ops/test_wkv6_triton.py)
         y, S = wkv6(*xs, impl=impl)
         assert_close(f"y[{impl}]", y_ref, y, 1e-12)
         assert_close(f"state[{impl}]", S_ref, S, 1e-12)
@@ -265,6 +265,9 @@ def test_bad_shapes_raise_clear_errors():
         wkv5(r, lw[0, 0], k, v, u[:, None])
 
 
-def test_no_triton_tier_yet():
-    with pytest.raises(ValueError, match="not written for this operator"):
+def test_triton_tier_is_registered(monkeypatch):
+    """impl="triton" reaches the Triton tier (tested in test_wkv6_triton.py): on a CPU without Triton's
+    interpreter it says what to use instead."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="runs on CUDA tensors.*impl='chunk'"):
         wkv6(*make_inputs(1, 3, 2, 4, 4, torch.float32, "moderate"), impl="triton")

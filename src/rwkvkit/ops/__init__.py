@@ -3,7 +3,8 @@
 Layout everywhere: inputs ``[B, T, H, K]``, state ``[B, H, K, V]``. Each WKV operator comes in tiers:
 ``naive`` (the recurrence as a readable fp32 loop: the reference), ``chunk`` (parallel form in pure
 PyTorch: training and prefill), ``step`` (one token: decoding) and ``kernel`` (the sequential C++
-recurrences of :mod:`rwkvkit.ops.cpu`: CPU, forward only, fp32, compiled on first use). The
+recurrences of :mod:`rwkvkit.ops.cpu`: CPU, forward only, fp32, compiled on first use); WKV-5/6 and
+WKV-7 also ``triton`` (Triton kernels for CUDA tensors, forward and backward). The
 dispatchers :func:`wkv4`, :func:`wkv5`, :func:`wkv6`, :func:`wkv7` pick one with ``impl=`` (one rule
 for all: :mod:`rwkvkit.ops._tiers`). Where the kernels cannot run (no build, ``RWKVKIT_NO_KERNELS=1``,
 gradients needed, non-CPU or fp64 tensors) ``"kernel"`` falls back to ``step`` / ``chunk``;

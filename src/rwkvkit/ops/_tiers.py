@@ -9,8 +9,8 @@ function with the dispatcher's positional arguments (sequence layout in and out)
 * ``step``: one token (decoding); given ``T != 1`` it raises (see :func:`require_one_token`);
 * ``kernel``: the sequential C++ recurrence of :mod:`rwkvkit.ops.cpu` (CPU, forward only), which falls
   back to ``step`` / ``chunk`` by itself where it cannot run;
-* ``triton``: Triton kernels for CUDA tensors, forward and backward (WKV-7 so far; the other operators
-  answer ``impl="triton"`` with a ValueError that says so).
+* ``triton``: Triton kernels for CUDA tensors, forward and backward (WKV-5/6 and WKV-7 so far; the
+  other operators answer ``impl="triton"`` with a ValueError that says so).
 
 ``impl="auto"`` is ``triton`` for CUDA tensors when the operator has that tier and Triton is
 installed; otherwise ``step`` for one token (no chunk set-up to pay) and ``chunk`` for more; it never
@@ -68,8 +68,8 @@ class Tiers:
         if tier == "triton":
             if self.triton is None:
                 raise ValueError(
-                    f"{self.op}: impl='triton' is not written for this operator yet (WKV-7 has it); "
-                    "choose 'chunk' (GPU and CPU) or 'auto'"
+                    f"{self.op}: impl='triton' is not written for this operator yet (WKV-5/6 and WKV-7 have "
+                    "it); choose 'chunk' (GPU and CPU) or 'auto'"
                 )
             return self.triton(*args, **chunk_options)
         return getattr(self, tier)(*args)

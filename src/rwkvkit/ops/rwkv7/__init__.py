@@ -7,11 +7,12 @@ from __future__ import annotations
 import torch
 
 from rwkvkit.ops._tiers import IMPLS, Tiers
+from rwkvkit.ops._triton import triton_available
 from rwkvkit.ops.rwkv7.chunk import DEFAULT_CHUNK_SIZE, wkv7_chunk
 from rwkvkit.ops.rwkv7.kernel import wkv7_kernel
 from rwkvkit.ops.rwkv7.naive import wkv7_naive
 from rwkvkit.ops.rwkv7.step import wkv7_one_token, wkv7_step
-from rwkvkit.ops.rwkv7.triton_tier import triton_available, wkv7_triton
+from rwkvkit.ops.rwkv7.triton_tier import wkv7_triton
 
 _TIERS = Tiers(
     "wkv7", naive=wkv7_naive, chunk=wkv7_chunk, step=wkv7_one_token, kernel=wkv7_kernel,

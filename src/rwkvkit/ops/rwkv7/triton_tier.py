@@ -17,13 +17,11 @@ call), which is how the tests check them without a GPU.
 from __future__ import annotations
 
 import functools
-import importlib.util
-import math
-import os
 
 import torch
 
 from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, no_autocast
+from rwkvkit.ops._triton import cdiv, check_device, pow2
 from rwkvkit.ops.rwkv7.chunk import wkv7_chunk
 
 # The forward stores the state every CHECKPOINT_INTERVAL steps for the backward (fp32, [K, V] per
@@ -48,16 +46,6 @@ _BWD_WARPS = 4
 
 
 @functools.cache
-def triton_available() -> bool:
-    """Whether the ``triton`` package can be imported (without importing it)."""
-    return importlib.util.find_spec("triton") is not None
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-@functools.cache
 def _kernels():
     # Triton is optional, and it fixes interpreter-or-GPU when the kernels are decorated
     from rwkvkit.ops.rwkv7 import triton_kernels  # deferred: Triton is optional (see above)
@@ -78,10 +66,6 @@ def undo_span(log_w: torch.Tensor, max_decay: float | None) -> int:
     return span
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
-
-
 def _check(op: str, tensors: tuple[torch.Tensor, ...], state: torch.Tensor | None) -> None:
     r, log_w, k, v, a, b = tensors
     for name, x in zip("r log_w k v a b".split(), tensors):
@@ -92,17 +76,7 @@ def _check(op: str, tensors: tuple[torch.Tensor, ...], state: torch.Tensor | Non
         raise ValueError(f"{op}: `v` has shape {tuple(v.shape)}, expected [B, T, H, V] with [B, T, H] = "
                          f"{(B, T, H)}")  # fmt: skip
     check_state(op, state, B, H, K, v.shape[-1])
-    devices = {x.device for x in tensors} | ({state.device} if state is not None else set())
-    if len(devices) > 1:
-        raise ValueError(f"{op}: all inputs must be on one device, got {sorted(map(str, devices))}")
-    device = r.device
-    if device.type != "cuda" and not _interpreting():
-        raise ValueError(
-            f"{op}: impl='triton' runs on CUDA tensors (got {device.type}); on a CPU use impl='chunk' "
-            "or 'kernel' (or set TRITON_INTERPRET=1 before the first call to run Triton's interpreter)"
-        )
-    if not triton_available():
-        raise ValueError(f"{op}: impl='triton' needs the triton package: pip install triton")
+    check_device(op, (*tensors, state))
 
 
 def _forward(r, log_w, k, v, a, b, state, C: int, save: bool):
@@ -115,18 +89,14 @@ def _forward(r, log_w, k, v, a, b, state, C: int, save: bool):
     N = -(-T // C)
     ck = torch.empty(B * H, N + 1, K, V, dtype=torch.float32, device=r.device) if save else sT
     sa = torch.empty(B, T, H, V, dtype=torch.float32, device=r.device) if save else sT
-    BV = min(_pow2(V), _FWD_BV)
-    grid = (_cdiv(V, BV), B * H)
+    BV = min(pow2(V), _FWD_BV)
+    grid = (cdiv(V, BV), B * H)
     kern.wkv7_fwd_kernel[grid](
         r, log_w, k, v, a, b, state if state is not None else sT, o, sT, ck, sa,
-        T, H=H, K=K, V=V, BK=_pow2(K), BV=BV, C=C, HAS_S0=state is not None, SAVE=save,
+        T, H=H, K=K, V=V, BK=pow2(K), BV=BV, C=C, HAS_S0=state is not None, SAVE=save,
         num_warps=_FWD_WARPS,
     )  # fmt: skip
     return o, sT, (ck if save else None), (sa if save else None)
-
-
-def _cdiv(n: int, d: int) -> int:
-    return -(-n // d)
 
 
 class _WKV7Triton(torch.autograd.Function):
@@ -143,8 +113,8 @@ class _WKV7Triton(torch.autograd.Function):
         r, log_w, k, v, a, b, ck, sa = ctx.saved_tensors
         B, T, H, K = r.shape
         V = v.shape[-1]
-        BV = min(_pow2(V), _BWD_BV)
-        NV = _cdiv(V, BV)
+        BV = min(pow2(V), _BWD_BV)
+        NV = cdiv(V, BV)
         dev = r.device
         do = torch.zeros(B, T, H, V, dtype=r.dtype, device=dev) if do is None else do.contiguous()
         # one block of columns: per-key gradients stored in their dtype; else fp32 partial sums
@@ -158,7 +128,7 @@ class _WKV7Triton(torch.autograd.Function):
         _kernels().wkv7_bwd_kernel[(NV, B * H)](
             r, log_w, k, v, a, b, ck, sa, do, dsT.contiguous() if dsT is not None else ds0,
             dr, dlw, dk, dv, da, db, ds0,
-            T, B=B, H=H, K=K, V=V, BK=_pow2(K), BV=BV, C=CHECKPOINT_INTERVAL, SEG=ctx.seg,
+            T, B=B, H=H, K=K, V=V, BK=pow2(K), BV=BV, C=CHECKPOINT_INTERVAL, SEG=ctx.seg,
             HAS_DST=dsT is not None, num_warps=_BWD_WARPS,
         )  # fmt: skip
         dr, dlw, dk, da, db = (g.sum(0).to(x.dtype) for g, x in zip(key_grads, (r, log_w, k, a, b)))

@@ -1,0 +1,49 @@
+"""What the Triton tiers (:mod:`rwkvkit.ops.rwkv7.triton_tier`, :mod:`rwkvkit.ops.rwkv6.triton_tier`)
+share: whether Triton is there, whether its interpreter is on, block-size arithmetic, and the device
+check. Imports neither Triton nor anything of rwkvkit (the kernels' modules are imported by each tier
+on first use: Triton decides interpreter-or-GPU when a kernel is decorated)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import os
+
+import torch
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether the ``triton`` package can be imported (without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """Whether Triton's interpreter is on (``TRITON_INTERPRET=1``): kernels then run on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def pow2(n: int) -> int:
+    """The smallest power of two ``>= n`` (1 for ``n <= 1``): Triton's block sizes."""
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def cdiv(n: int, d: int) -> int:
+    return -(-n // d)
+
+
+def check_device(op: str, tensors: tuple[torch.Tensor | None, ...]) -> None:
+    """ValueError unless the tensors (None skipped) share one device the tier can run on (CUDA, or any
+    with the interpreter on) and Triton is installed."""
+    devices = {x.device for x in tensors if x is not None}
+    if len(devices) > 1:
+        raise ValueError(f"{op}: all inputs must be on one device, got {sorted(map(str, devices))}")
+    (device,) = devices
+    if device.type != "cuda" and not interpreting():
+        raise ValueError(
+            f"{op}: impl='triton' runs on CUDA tensors (got {device.type}); on a CPU use impl='chunk' "
+            "or 'kernel' (or set TRITON_INTERPRET=1 before the first call to run Triton's interpreter)"
+        )
+    if not triton_available():
+        raise ValueError(f"{op}: impl='triton' needs the triton package: pip install triton")
