@@ -37,13 +37,13 @@ def test_gpu_benchmark_smoke(tmp_path):
     assert find("ceilings", "machine", "-")["bf16_tflops"] > 0
     assert find("run", "environment", "-")["mode"] == "smoke"
 
-    for case in ("B1-T64-H2-K16 fwd", "B1-T64-H2-K16 fwd+bwd"):
+    for case in ("B1-T24-H1-K16 fwd", "B1-T24-H1-K16 fwd+bwd"):
         r = find("op", case, "rwkvkit")
         assert r["status"] == "ok" and r["ms"] > 0 and r["impl"] == "rwkvkit wkv7 triton", r
     variants = [r for r in records if r["phase"] == "op" and r["case"].startswith("variant")]
     assert len(variants) == 2 and all(r["status"] == "ok" and r["ms"] > 0 for r in variants), variants
     for dtype, tol in (("float32", 1e-4), ("bfloat16", 5e-2)):
-        r = find("op", f"error T40 {dtype}", "rwkvkit")
+        r = find("op", f"error T20 {dtype}", "rwkvkit")
         assert r["status"] == "ok" and r["rel_rms_o"] < tol and r["rel_rms_grads"] < tol, r
 
     train = [r for r in records if r["phase"] == "train" and r["lib"] == "rwkvkit"]
