@@ -24,6 +24,17 @@ from rwkvkit.ops._tiers import resolve_impl  # noqa: E402
 from rwkvkit.ops.rwkv6 import triton_tier, wkv5, wkv6, wkv6_naive, wkv6_triton  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def widest_column_blocks(monkeypatch):
+    """Keep the widest column blocks at these small B * H: the GPU heuristic would narrow them to 8,
+    which only multiplies the interpreter's programs (several blocks are tested on their own)."""
+    from rwkvkit.ops import _triton
+
+    monkeypatch.setattr(_triton, "MIN_PROGRAMS", 0)
+
+
 NAMES = ("r", "log_w", "k", "v", "u", "state")
 
 

@@ -27,6 +27,15 @@ DEVICE = "cuda" if CUDA else "cpu"
 BOUND = math.exp(-0.5)  # RWKV-7's decay bound: |log_w| < exp(-0.5)
 
 
+@pytest.fixture(autouse=True)
+def widest_column_blocks(monkeypatch):
+    """Keep the widest column blocks at these small B * H: the GPU heuristic would narrow them to 8,
+    which only multiplies the interpreter's programs (several blocks are tested on their own)."""
+    from rwkvkit.ops import _triton
+
+    monkeypatch.setattr(_triton, "MIN_PROGRAMS", 0)
+
+
 def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
     x, ref = x.detach().double().cpu(), ref.detach().double().cpu()
     return float((x - ref).norm() / ref.norm().clamp_min(1e-30))
@@ -69,7 +78,7 @@ NAMES = ("r", "log_w", "k", "v", "a", "b", "state")
 @pytest.mark.parametrize(
     "B,T,H,K,V,state",
     [
-        (2, 37, 2, 16, 16, True),  # T not a multiple of the checkpoint interval (16)
+        (1, 37, 2, 16, 16, True),  # T not a multiple of the checkpoint interval (16)
         (1, 16, 1, 8, 24, False),  # T == one interval; V != K and not a power of two
         (1, 1, 2, 16, 16, True),  # one token (decoding)
         (1, 5, 1, 12, 8, True),  # K not a power of two
@@ -88,7 +97,7 @@ def test_fp32_matches_naive(B, T, H, K, V, state):
 
 
 def test_bf16_inputs():
-    xs, S0 = inputs(2, 29, 2, 16, 16, dtype=torch.bfloat16)
+    xs, S0 = inputs(1, 29, 2, 16, 16, dtype=torch.bfloat16)
     o, S, g = grads(wkv7_triton, xs, S0)
     o_ref, S_ref, g_ref = reference(xs, S0)
     assert o.dtype == torch.bfloat16 and S.dtype == torch.float32
@@ -147,7 +156,7 @@ def test_several_blocks_of_columns(monkeypatch):
     """Forward and backward split V into blocks; the per-key gradients are partial sums added up."""
     monkeypatch.setattr(triton_tier, "_FWD_BV", 8)
     monkeypatch.setattr(triton_tier, "_BWD_BV", 8)
-    check_against_naive(*inputs(1, 19, 2, 8, 20))  # 3 blocks of 8 columns, the last one partly masked
+    check_against_naive(*inputs(1, 19, 1, 8, 20))  # 3 blocks of 8 columns, the last one partly masked
 
 
 def test_gradient_of_the_output_only_and_no_grad_path():
@@ -205,7 +214,7 @@ def test_rwkv7_model_trains_the_same_through_the_triton_tier():
     cfg = RWKVConfig(version="7", n_layer=2, n_embd=32, vocab_size=50, head_size=16, lora_w=8, lora_a=8,
                      lora_v=4, lora_g=8)  # fmt: skip
     model = random_model(cfg).train().to(DEVICE)
-    tokens = torch.randint(0, 50, (2, 21), device=DEVICE)
+    tokens = torch.randint(0, 50, (1, 21), device=DEVICE)
     out = {}
     for impl in ("naive", "triton"):
         model.zero_grad(set_to_none=True)
@@ -223,3 +232,16 @@ def test_rwkv7_model_trains_the_same_through_the_triton_tier():
 
 def test_ops_module_exports_the_tier():
     assert "triton" in rwkv7_ops.IMPLS and rwkv7_ops.wkv7_triton is wkv7_triton
+
+
+def test_forward_column_blocks_keep_the_gpu_busy(monkeypatch):
+    """Narrower column blocks when few sequences and heads would leave streaming multiprocessors idle."""
+    from rwkvkit.ops import _triton
+    from rwkvkit.ops._triton import column_block
+
+    monkeypatch.setattr(_triton, "MIN_PROGRAMS", 256)  # the library's value (the fixture zeroes it)
+
+    assert column_block(8, 32, 64, 32) == 32  # training batch: 512 programs already
+    assert column_block(1, 12, 64, 32) == 8  # one sequence's prefill (0.1B shape): 96 programs, not 24
+    assert column_block(1, 1, 20, 32) == 8  # never narrower than 8 columns
+    assert column_block(64, 12, 64, 32) == 32

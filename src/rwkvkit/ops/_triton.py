@@ -33,6 +33,22 @@ def cdiv(n: int, d: int) -> int:
     return -(-n // d)
 
 
+# A forward's programs run side by side, each a sequential loop over T; fewer than about two per
+# streaming multiprocessor (an H100/H200 has 132) leave the GPU idle. Narrower column blocks give
+# more programs, each with a shorter step: the prefill of one sequence (B1 H12) gets 96, not 24.
+MIN_PROGRAMS = 256
+MIN_BV = 8
+
+
+def column_block(B: int, H: int, V: int, widest: int) -> int:
+    """Value columns per program of a forward: ``widest`` (a power of two), halved down to
+    :data:`MIN_BV` while the grid ``cdiv(V, BV) * B * H`` has fewer than :data:`MIN_PROGRAMS`."""
+    bv = min(pow2(V), widest)
+    while bv > MIN_BV and cdiv(V, bv) * B * H < MIN_PROGRAMS:
+        bv //= 2
+    return bv
+
+
 def check_device(op: str, tensors: tuple[torch.Tensor | None, ...]) -> None:
     """ValueError unless the tensors (None skipped) share one device the tier can run on (CUDA, or any
     with the interpreter on) and Triton is installed."""

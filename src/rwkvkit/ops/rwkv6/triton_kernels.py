@@ -43,6 +43,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from rwkvkit.ops._triton_jit import load_f32, state_tile
+
 
 @triton.jit
 def wkv6_fwd_kernel(
@@ -64,36 +66,27 @@ def wkv6_fwd_kernel(
 ):
     """Grid ``(cdiv(V, BV), B * H)``. Inputs ``[B, T, H, K|V]`` contiguous, any float dtype, ``u``
     ``[H, K]``; ``y`` (the bonus included) in its own dtype; ``sT`` ``[B, H, K, V]`` fp32."""
-    iv = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    bi = bh // H
-    hi = bh % H
-    ik = tl.arange(0, BK)
-    jv = iv * BV + tl.arange(0, BV)
-    mk = ik < K
-    mv = jv < V
-    mkv = mk[:, None] & mv[None, :]
-    kv_off = ik[:, None] * V + jv[None, :]
+    iv, bh, bi, hi, ik, jv, mk, mv, mkv, kv_off = state_tile(H, K, V, BK, BV)
     if HAS_S0:
-        S = tl.load(s0_ptr + bh * K * V + kv_off, mask=mkv, other=0.0).to(tl.float32)
+        S = load_f32(s0_ptr + bh * K * V + kv_off, mkv)
     else:
         S = tl.zeros([BK, BV], dtype=tl.float32)
-    u = tl.load(u_ptr + hi * K + ik, mask=mk, other=0.0).to(tl.float32)
+    u = load_f32(u_ptr + hi * K + ik, mk)
     pk = bi * T * H * K + hi * K + ik
     pv = bi * T * H * V + hi * V + jv
     # software pipelining: the inputs of step t + 1 are loaded while step t computes (the loop is
     # latency-bound: every step waits on the one before)
-    r = tl.load(r_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-    lw = tl.load(lw_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-    kk = tl.load(k_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-    v = tl.load(v_ptr + pv, mask=mv, other=0.0).to(tl.float32)
+    r = load_f32(r_ptr + pk, mk)
+    lw = load_f32(lw_ptr + pk, mk)
+    kk = load_f32(k_ptr + pk, mk)
+    v = load_f32(v_ptr + pv, mv)
     for t in range(T):
         more_k = mk & ((ik * 0 + t + 1) < T)  # blocks, not scalars: masks must be tensors
         more_v = mv & ((jv * 0 + t + 1) < T)
-        r_n = tl.load(r_ptr + pk + H * K, mask=more_k, other=0.0).to(tl.float32)
-        lw_n = tl.load(lw_ptr + pk + H * K, mask=more_k, other=0.0).to(tl.float32)
-        kk_n = tl.load(k_ptr + pk + H * K, mask=more_k, other=0.0).to(tl.float32)
-        v_n = tl.load(v_ptr + pv + H * V, mask=more_v, other=0.0).to(tl.float32)
+        r_n = load_f32(r_ptr + pk + H * K, more_k)
+        lw_n = load_f32(lw_ptr + pk + H * K, more_k)
+        kk_n = load_f32(k_ptr + pk + H * K, more_k)
+        v_n = load_f32(v_ptr + pv + H * V, more_v)
         y = tl.sum(S * r[:, None], axis=0) + tl.sum(r * u * kk) * v  # the state before the update
         tl.store(y_ptr + pv, y.to(y_ptr.dtype.element_ty), mask=mv)
         S = S * tl.exp(lw)[:, None] + kk[:, None] * v[None, :]
@@ -127,37 +120,28 @@ def wkv6_bwd_state_kernel(
     """Sweep A, forward in time. Grid ``(cdiv(V, BV), B * H)``. Writes fp32 partial sums (one per
     block of columns): ``dr_t = S_{t-1} do_t`` and ``x_t = P_{t-1} do_t`` to ``[cdiv(V, BV), B, T, H, K]``,
     and (``HAS_DST``) ``rowsum(dS_final * P_{T-1})`` to ``[cdiv(V, BV), B * H, K]``."""
-    iv = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    bi = bh // H
-    hi = bh % H
-    ik = tl.arange(0, BK)
-    jv = iv * BV + tl.arange(0, BV)
-    mk = ik < K
-    mv = jv < V
-    mkv = mk[:, None] & mv[None, :]
-    kv_off = ik[:, None] * V + jv[None, :]
+    iv, bh, bi, hi, ik, jv, mk, mv, mkv, kv_off = state_tile(H, K, V, BK, BV)
     part = iv.to(tl.int64) * B * T * H * K  # this block's partial sums
     # S_{t-1} = P + kp vp^T: the decayed part and the last rank-one term, kept apart
     if HAS_S0:
-        P = tl.load(s0_ptr + bh * K * V + kv_off, mask=mkv, other=0.0).to(tl.float32)
+        P = load_f32(s0_ptr + bh * K * V + kv_off, mkv)
     else:
         P = tl.zeros([BK, BV], dtype=tl.float32)
     kp = tl.zeros([BK], dtype=tl.float32)
     vp = tl.zeros([BV], dtype=tl.float32)
     pk = bi * T * H * K + hi * K + ik
     pv = bi * T * H * V + hi * V + jv
-    lw = tl.load(lw_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-    kk = tl.load(k_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-    v = tl.load(v_ptr + pv, mask=mv, other=0.0).to(tl.float32)
-    do = tl.load(do_ptr + pv, mask=mv, other=0.0).to(tl.float32)
+    lw = load_f32(lw_ptr + pk, mk)
+    kk = load_f32(k_ptr + pk, mk)
+    v = load_f32(v_ptr + pv, mv)
+    do = load_f32(do_ptr + pv, mv)
     for t in range(T):
         more_k = mk & ((ik * 0 + t + 1) < T)
         more_v = mv & ((jv * 0 + t + 1) < T)
-        lw_n = tl.load(lw_ptr + pk + H * K, mask=more_k, other=0.0).to(tl.float32)
-        kk_n = tl.load(k_ptr + pk + H * K, mask=more_k, other=0.0).to(tl.float32)
-        v_n = tl.load(v_ptr + pv + H * V, mask=more_v, other=0.0).to(tl.float32)
-        do_n = tl.load(do_ptr + pv + H * V, mask=more_v, other=0.0).to(tl.float32)
+        lw_n = load_f32(lw_ptr + pk + H * K, more_k)
+        kk_n = load_f32(k_ptr + pk + H * K, more_k)
+        v_n = load_f32(v_ptr + pv + H * V, more_v)
+        do_n = load_f32(do_ptr + pv + H * V, more_v)
         x = tl.sum(P * do[None, :], axis=1)
         tl.store(x_ptr + part + pk, x, mask=mk)
         tl.store(dr_ptr + part + pk, x + kp * tl.sum(vp * do), mask=mk)
@@ -167,7 +151,7 @@ def wkv6_bwd_state_kernel(
         pk += H * K
         pv += H * V
     if HAS_DST:
-        dS = tl.load(dsT_ptr + bh * K * V + kv_off, mask=mkv, other=0.0).to(tl.float32)
+        dS = load_f32(dsT_ptr + bh * K * V + kv_off, mkv)
         tl.store(last_ptr + iv.to(tl.int64) * B * H * K + bh * K + ik, tl.sum(dS * P, axis=1), mask=mk)
 
 
@@ -196,39 +180,30 @@ def wkv6_bwd_adjoint_kernel(
     ``dk_t = dS_t v_t`` and ``z_t = Q_t v_t`` to ``[cdiv(V, BV), B, T, H, K]``; ``dv_t = dS_t^T k_t``
     (the state's part) to ``[B, T, H, V]`` fp32, and the initial state's gradient to ``[B, H, K, V]``
     fp32."""
-    iv = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    bi = bh // H
-    hi = bh % H
-    ik = tl.arange(0, BK)
-    jv = iv * BV + tl.arange(0, BV)
-    mk = ik < K
-    mv = jv < V
-    mkv = mk[:, None] & mv[None, :]
-    kv_off = ik[:, None] * V + jv[None, :]
+    iv, bh, bi, hi, ik, jv, mk, mv, mkv, kv_off = state_tile(H, K, V, BK, BV)
     part = iv.to(tl.int64) * B * T * H * K
     # dS_t = Q + rn dn^T: the decayed part and the rank-one term of step t + 1, kept apart
     if HAS_DST:
-        Q = tl.load(dsT_ptr + bh * K * V + kv_off, mask=mkv, other=0.0).to(tl.float32)
+        Q = load_f32(dsT_ptr + bh * K * V + kv_off, mkv)
     else:
         Q = tl.zeros([BK, BV], dtype=tl.float32)
     rn = tl.zeros([BK], dtype=tl.float32)
     dn = tl.zeros([BV], dtype=tl.float32)
     pk = bi * T * H * K + hi * K + ik + (T - 1) * H * K  # the last step
     pv = bi * T * H * V + hi * V + jv + (T - 1) * H * V
-    r = tl.load(r_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-    lw = tl.load(lw_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-    kk = tl.load(k_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-    v = tl.load(v_ptr + pv, mask=mv, other=0.0).to(tl.float32)
-    do = tl.load(do_ptr + pv, mask=mv, other=0.0).to(tl.float32)
+    r = load_f32(r_ptr + pk, mk)
+    lw = load_f32(lw_ptr + pk, mk)
+    kk = load_f32(k_ptr + pk, mk)
+    v = load_f32(v_ptr + pv, mv)
+    do = load_f32(do_ptr + pv, mv)
     for i in range(T):
         more_k = mk & ((ik * 0 + i + 1) < T)  # step t - 1 = T - 2 - i exists
         more_v = mv & ((jv * 0 + i + 1) < T)
-        r_n = tl.load(r_ptr + pk - H * K, mask=more_k, other=0.0).to(tl.float32)
-        lw_n = tl.load(lw_ptr + pk - H * K, mask=more_k, other=0.0).to(tl.float32)
-        kk_n = tl.load(k_ptr + pk - H * K, mask=more_k, other=0.0).to(tl.float32)
-        v_n = tl.load(v_ptr + pv - H * V, mask=more_v, other=0.0).to(tl.float32)
-        do_n = tl.load(do_ptr + pv - H * V, mask=more_v, other=0.0).to(tl.float32)
+        r_n = load_f32(r_ptr + pk - H * K, more_k)
+        lw_n = load_f32(lw_ptr + pk - H * K, more_k)
+        kk_n = load_f32(k_ptr + pk - H * K, more_k)
+        v_n = load_f32(v_ptr + pv - H * V, more_v)
+        do_n = load_f32(do_ptr + pv - H * V, more_v)
         z = tl.sum(Q * v[None, :], axis=1)
         tl.store(z_ptr + part + pk, z, mask=mk)
         tl.store(dk_ptr + part + pk, z + rn * tl.sum(dn * v), mask=mk)

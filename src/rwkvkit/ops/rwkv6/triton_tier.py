@@ -25,7 +25,7 @@ import functools
 import torch
 
 from rwkvkit.ops._layout import no_autocast
-from rwkvkit.ops._triton import cdiv, check_device, pow2
+from rwkvkit.ops._triton import column_block, cdiv, check_device, pow2
 from rwkvkit.ops.rwkv6.chunk import DEFAULT_CHUNK_SIZE, wkv6_chunk
 from rwkvkit.ops.rwkv6.naive import check_wkv6
 
@@ -50,7 +50,7 @@ def _forward(r, log_w, k, v, u, state):
     V = v.shape[-1]
     y = torch.empty(B, T, H, V, dtype=r.dtype, device=r.device)
     sT = torch.empty(B, H, K, V, dtype=torch.float32, device=r.device)
-    BV = min(pow2(V), _FWD_BV)
+    BV = column_block(B, H, V, _FWD_BV)
     _kernels().wkv6_fwd_kernel[(cdiv(V, BV), B * H)](
         r, log_w, k, v, u, state if state is not None else sT, y, sT,
         T, H=H, K=K, V=V, BK=pow2(K), BV=BV, HAS_S0=state is not None,

@@ -43,6 +43,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from rwkvkit.ops._triton_jit import load_f32, state_tile
+
 
 @triton.jit
 def wkv7_fwd_kernel(
@@ -70,18 +72,9 @@ def wkv7_fwd_kernel(
     """Grid ``(cdiv(V, BV), B * H)``. Inputs ``[B, T, H, K|V]`` contiguous, any float dtype;
     ``o`` in its own dtype; ``sT`` ``[B, H, K, V]`` fp32. ``SAVE``: also write ``sa`` and the chunk
     states ``ck`` for the backward."""
-    iv = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    bi = bh // H
-    hi = bh % H
-    ik = tl.arange(0, BK)
-    jv = iv * BV + tl.arange(0, BV)
-    mk = ik < K
-    mv = jv < V
-    mkv = mk[:, None] & mv[None, :]
-    kv_off = ik[:, None] * V + jv[None, :]
+    iv, bh, bi, hi, ik, jv, mk, mv, mkv, kv_off = state_tile(H, K, V, BK, BV)
     if HAS_S0:
-        S = tl.load(s0_ptr + bh * K * V + kv_off, mask=mkv, other=0.0).to(tl.float32)
+        S = load_f32(s0_ptr + bh * K * V + kv_off, mkv)
     else:
         S = tl.zeros([BK, BV], dtype=tl.float32)
     n_chunks = tl.cdiv(T, C)
@@ -92,21 +85,21 @@ def wkv7_fwd_kernel(
     pv = bi * T * H * V + hi * V + jv
     # software pipelining: the inputs of step t + 1 are loaded while step t computes (the loop is
     # latency-bound: every step waits on the reductions of the one before)
-    r = tl.load(r_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-    lw = tl.load(lw_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-    kk = tl.load(k_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-    a = tl.load(a_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-    v = tl.load(v_ptr + pv, mask=mv, other=0.0).to(tl.float32)
+    r = load_f32(r_ptr + pk, mk)
+    lw = load_f32(lw_ptr + pk, mk)
+    kk = load_f32(k_ptr + pk, mk)
+    a = load_f32(a_ptr + pk, mk)
+    b = load_f32(b_ptr + pk, mk)
+    v = load_f32(v_ptr + pv, mv)
     for t in range(T):
         more_k = mk & ((ik * 0 + t + 1) < T)  # blocks, not scalars: masks must be tensors
         more_v = mv & ((jv * 0 + t + 1) < T)
-        r_n = tl.load(r_ptr + pk + H * K, mask=more_k, other=0.0).to(tl.float32)
-        lw_n = tl.load(lw_ptr + pk + H * K, mask=more_k, other=0.0).to(tl.float32)
-        kk_n = tl.load(k_ptr + pk + H * K, mask=more_k, other=0.0).to(tl.float32)
-        a_n = tl.load(a_ptr + pk + H * K, mask=more_k, other=0.0).to(tl.float32)
-        b_n = tl.load(b_ptr + pk + H * K, mask=more_k, other=0.0).to(tl.float32)
-        v_n = tl.load(v_ptr + pv + H * V, mask=more_v, other=0.0).to(tl.float32)
+        r_n = load_f32(r_ptr + pk + H * K, more_k)
+        lw_n = load_f32(lw_ptr + pk + H * K, more_k)
+        kk_n = load_f32(k_ptr + pk + H * K, more_k)
+        a_n = load_f32(a_ptr + pk + H * K, more_k)
+        b_n = load_f32(b_ptr + pk + H * K, more_k)
+        v_n = load_f32(v_ptr + pv + H * V, more_v)
         sa = tl.sum(S * a[:, None], axis=0)
         S = S * tl.exp(lw)[:, None] + b[:, None] * sa[None, :] + kk[:, None] * v[None, :]
         o = tl.sum(S * r[:, None], axis=0)
@@ -157,31 +150,22 @@ def wkv7_bwd_kernel(
     Each chunk of ``C`` steps is walked back in segments of ``SEG`` steps, the last segment first.
     A segment starts from the state before it, recomputed forward from the chunk's stored start,
     and is walked back from the state after it by undoing at most ``SEG - 1`` steps."""
-    iv = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    bi = bh // H
-    hi = bh % H
-    ik = tl.arange(0, BK)
-    jv = iv * BV + tl.arange(0, BV)
-    mk = ik < K
-    mv = jv < V
-    mkv = mk[:, None] & mv[None, :]
-    kv_off = ik[:, None] * V + jv[None, :]
+    iv, bh, bi, hi, ik, jv, mk, mv, mkv, kv_off = state_tile(H, K, V, BK, BV)
     n_chunks = tl.cdiv(T, C)
     ck_base = ck_ptr + bh * (n_chunks + 1) * K * V
     part = iv.to(tl.int64) * B * T * H * K  # this block's partial sums
     row_k = bi * T * H * K + hi * K + ik  # offsets of token 0
     row_v = bi * T * H * V + hi * V + jv
     if HAS_DST:
-        dS = tl.load(dsT_ptr + bh * K * V + kv_off, mask=mkv, other=0.0).to(tl.float32)
+        dS = load_f32(dsT_ptr + bh * K * V + kv_off, mkv)
     else:
         dS = tl.zeros([BK, BV], dtype=tl.float32)
     for i in range(n_chunks):
         n = n_chunks - 1 - i
         t_lo = n * C
         t_end = tl.minimum(t_lo + C, T)  # one past the chunk's last step
-        S_start = tl.load(ck_base + n * K * V + kv_off, mask=mkv, other=0.0)
-        S_after = tl.load(ck_base + (n + 1) * K * V + kv_off, mask=mkv, other=0.0)
+        S_start = load_f32(ck_base + n * K * V + kv_off, mkv)
+        S_after = load_f32(ck_base + (n + 1) * K * V + kv_off, mkv)
         n_seg = tl.cdiv(t_end - t_lo, SEG)
         for q in range(n_seg):
             seg_lo = t_lo + (n_seg - 1 - q) * SEG
@@ -189,25 +173,25 @@ def wkv7_bwd_kernel(
             # the state before the segment: recomputed from the chunk's start
             S_before = S_start
             for t in range(t_lo, seg_lo):
-                w = tl.exp(tl.load(lw_ptr + row_k + t * H * K, mask=mk, other=0.0).to(tl.float32))
-                kk = tl.load(k_ptr + row_k + t * H * K, mask=mk, other=0.0).to(tl.float32)
-                a = tl.load(a_ptr + row_k + t * H * K, mask=mk, other=0.0).to(tl.float32)
-                b = tl.load(b_ptr + row_k + t * H * K, mask=mk, other=0.0).to(tl.float32)
-                v = tl.load(v_ptr + row_v + t * H * V, mask=mv, other=0.0).to(tl.float32)
+                w = tl.exp(load_f32(lw_ptr + row_k + t * H * K, mk))
+                kk = load_f32(k_ptr + row_k + t * H * K, mk)
+                a = load_f32(a_ptr + row_k + t * H * K, mk)
+                b = load_f32(b_ptr + row_k + t * H * K, mk)
+                v = load_f32(v_ptr + row_v + t * H * V, mv)
                 sa = tl.sum(S_before * a[:, None], axis=0)
                 S_before = S_before * w[:, None] + b[:, None] * sa[None, :] + kk[:, None] * v[None, :]
             S = S_after
             pk = row_k + (seg_lo + seg_len - 1) * H * K
             pv = row_v + (seg_lo + seg_len - 1) * H * V
             for j in range(seg_len):
-                lw = tl.load(lw_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-                r = tl.load(r_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-                kk = tl.load(k_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-                a = tl.load(a_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-                b = tl.load(b_ptr + pk, mask=mk, other=0.0).to(tl.float32)
-                v = tl.load(v_ptr + pv, mask=mv, other=0.0).to(tl.float32)
-                do = tl.load(do_ptr + pv, mask=mv, other=0.0).to(tl.float32)
-                sa = tl.load(sa_ptr + pv, mask=mv, other=0.0)
+                lw = load_f32(lw_ptr + pk, mk)
+                r = load_f32(r_ptr + pk, mk)
+                kk = load_f32(k_ptr + pk, mk)
+                a = load_f32(a_ptr + pk, mk)
+                b = load_f32(b_ptr + pk, mk)
+                v = load_f32(v_ptr + pv, mv)
+                do = load_f32(do_ptr + pv, mv)
+                sa = load_f32(sa_ptr + pv, mv)
                 w = tl.exp(lw)
                 # S_{t-1}: the segment's start for its first step, else one step undone
                 first = (ik[:, None] * 0 + j) == seg_len - 1  # [BK, 1]: a block, as masks must be

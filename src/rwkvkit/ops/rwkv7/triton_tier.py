@@ -21,7 +21,7 @@ import functools
 import torch
 
 from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, no_autocast
-from rwkvkit.ops._triton import cdiv, check_device, pow2
+from rwkvkit.ops._triton import column_block, cdiv, check_device, pow2
 from rwkvkit.ops.rwkv7.chunk import wkv7_chunk
 
 # The forward stores the state every CHECKPOINT_INTERVAL steps for the backward (fp32, [K, V] per
@@ -89,7 +89,7 @@ def _forward(r, log_w, k, v, a, b, state, C: int, save: bool):
     N = -(-T // C)
     ck = torch.empty(B * H, N + 1, K, V, dtype=torch.float32, device=r.device) if save else sT
     sa = torch.empty(B, T, H, V, dtype=torch.float32, device=r.device) if save else sT
-    BV = min(pow2(V), _FWD_BV)
+    BV = column_block(B, H, V, _FWD_BV)
     grid = (cdiv(V, BV), B * H)
     kern.wkv7_fwd_kernel[grid](
         r, log_w, k, v, a, b, state if state is not None else sT, o, sT, ck, sa,
