@@ -25,7 +25,7 @@ import functools
 import torch
 
 from rwkvkit.ops._layout import no_autocast
-from rwkvkit.ops._triton import column_block, cdiv, check_device, pow2
+from rwkvkit.ops._triton import cdiv, check_device, column_block, pow2
 from rwkvkit.ops.rwkv6.chunk import DEFAULT_CHUNK_SIZE, wkv6_chunk
 from rwkvkit.ops.rwkv6.naive import check_wkv6
 

@@ -21,7 +21,7 @@ import functools
 import torch
 
 from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, no_autocast
-from rwkvkit.ops._triton import column_block, cdiv, check_device, pow2
+from rwkvkit.ops._triton import cdiv, check_device, column_block, pow2
 from rwkvkit.ops.rwkv7.chunk import wkv7_chunk
 
 # The forward stores the state every CHECKPOINT_INTERVAL steps for the backward (fp32, [K, V] per
