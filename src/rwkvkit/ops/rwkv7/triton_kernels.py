@@ -23,7 +23,7 @@ in segments of ``SEG`` steps, the last first: each segment's start state is reco
 the chunk's stored start (at most ``C - SEG`` steps, no outputs), and at most ``SEG - 1`` steps are
 undone from its end, so rounding grows by at most ``exp(max|log_w| * (SEG - 1))``: the caller picks
 ``SEG`` from the decay bound (see :func:`rwkvkit.ops.rwkv7.triton_tier.undo_span`). Undoing all
-``C - 1`` steps of a chunk (as the official CUDA kernel does) measured gradient errors of 1e-3 in a
+``C - 1`` steps of a chunk measured gradient errors of 1e-3 in a
 small RWKV-7 model with decays near the bound; segments of 8 bring them to the fp32 recurrence's.
 The recomputation costs ``SEG * n(n - 1) / 2`` steps per chunk of ``n = C / SEG`` segments (RWKV-7,
 ``C = 16``, ``SEG = 8``: half a forward). The adjoint state runs backwards alongside::
