@@ -232,6 +232,10 @@ def test_dispatch_and_errors():
         wkv6_triton(*xs, S0[..., :4])
     with pytest.raises(ValueError, match="`u` must be"):
         wkv6_triton(*xs[:4], xs[4][:, :4], S0)
+    # v's leading dims are checked once, for every tier (the kernels index v by r's shape)
+    for impl in ("naive", "chunk", "kernel", "triton"):
+        with pytest.raises(ValueError, match="`v` has shape"):
+            wkv6(*xs[:3], xs[3][:, :3], xs[4], S0, impl=impl)
 
 
 def test_cpu_without_the_interpreter_says_what_to_do(monkeypatch):

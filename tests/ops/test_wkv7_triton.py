@@ -196,6 +196,13 @@ def test_dispatch_and_errors():
         wkv7_triton(*xs, S0[..., :4])
     with pytest.raises(ValueError, match="must share the layout"):
         wkv7_triton(xs[0][..., :4], *xs[1:])
+    # v's leading dims and a stated bound are checked once, for every tier
+    for impl in ("naive", "chunk", "kernel", "triton"):
+        with pytest.raises(ValueError, match="`v` has shape"):
+            wkv7(*xs[:3], xs[3][:, :3], *xs[4:], S0, impl=impl)
+    for impl in ("chunk", "triton"):
+        with pytest.raises(ValueError, match="max_decay must be"):
+            wkv7(*xs, S0, impl=impl, max_decay=-1.0)
 
 
 def test_cpu_without_the_interpreter_says_what_to_do(monkeypatch):

@@ -55,7 +55,7 @@ from typing import Any, Protocol
 import torch
 
 from rwkvkit.errors import ConfigError, InputError
-from rwkvkit.generation.model import forward_last
+from rwkvkit.generation.model import check_prompt_tokens, forward_last
 from rwkvkit.models.recurrent import RecurrentLM
 from rwkvkit.state import State
 
@@ -249,9 +249,7 @@ class CudaGraphStep:
         ids = [int(t) for t in tokens]
         if not ids:
             raise InputError("a decoding step needs at least one id")
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            raise InputError(f"token id {bad[0]} is outside the model's vocabulary [0, {vocab})")
+        check_prompt_tokens(ids, vocab)
         return ids
 
     def _eager(self, model: RecurrentLM, ids: list[int] | torch.Tensor, state: State | None):

@@ -60,6 +60,14 @@ def to_chunks(x: torch.Tensor, chunk: int, dtype: torch.dtype) -> torch.Tensor:
     return x.view(B, N, chunk, H, X).permute(0, 3, 1, 2, 4)
 
 
+def check_v(op: str, r: torch.Tensor, v: torch.Tensor) -> None:
+    """``v`` is ``[B, T, H, V]`` with ``r``'s ``B, T, H`` (kernels index ``v`` by ``r``'s shape)."""
+    if v.shape[:3] != r.shape[:3]:
+        raise ValueError(
+            f"{op}: `v` has shape {tuple(v.shape)}, expected [B, T, H, V] with B, T, H = {tuple(r.shape[:3])}"
+        )
+
+
 def check_state(op: str, state: torch.Tensor | None, B: int, H: int, K: int, V: int) -> None:
     if state is None:
         return

@@ -49,6 +49,20 @@ def column_block(B: int, H: int, V: int, widest: int) -> int:
     return bv
 
 
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will want gradients of any of ``tensors`` (None skipped): the tiers then
+    store what their backward needs; otherwise they run the forward alone."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def empty_sequence(r: torch.Tensor, v: torch.Tensor, state: torch.Tensor | None):
+    """The result for ``T == 0``: no output, the state as it was (fp32; zeros when None)."""
+    B, _, H, K = r.shape
+    V = v.shape[-1]
+    S = torch.zeros(B, H, K, V, dtype=torch.float32, device=r.device) if state is None else state.float()
+    return r.new_zeros(B, 0, H, V), S
+
+
 def check_device(op: str, tensors: tuple[torch.Tensor | None, ...]) -> None:
     """ValueError unless the tensors (None skipped) share one device the tier can run on (CUDA, or any
     with the interpreter on) and Triton is installed."""

@@ -97,14 +97,6 @@ def f32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32).contiguous()
 
 
-def check_v(op: str, r: torch.Tensor, v: torch.Tensor) -> None:
-    """``v`` is ``[B, T, H, V]`` with ``r``'s ``B, T, H``."""
-    if v.shape[:3] != r.shape[:3]:
-        raise ValueError(
-            f"{op}: `v` has shape {tuple(v.shape)}, expected [B, T, H, V] with B, T, H = {tuple(r.shape[:3])}"
-        )
-
-
 def isa_code(isa: str) -> int:
     """The operators' ``isa`` argument for a name of :data:`ISAS` (ValueError for another name)."""
     if isa not in ISAS:
@@ -112,4 +104,4 @@ def isa_code(isa: str) -> int:
     return ISAS[isa]
 
 
-__all__ = ["available", "kernel_isa", "ops_for", "f32", "check_v", "isa_code", "ENV_DISABLE", "ISAS"]
+__all__ = ["available", "kernel_isa", "ops_for", "f32", "isa_code", "ENV_DISABLE", "ISAS"]

@@ -28,7 +28,6 @@ def wkv6_kernel(
     op = "wkv6_kernel"
     check_wkv6(op, r, log_w, k, v, u, state)
     B, T, H, K = r.shape
-    wkv_seq.check_v(op, r, v)
     code = wkv_seq.isa_code(isa)
     ops = wkv_seq.ops_for(r, log_w, k, v, u, state)
     if ops is None:

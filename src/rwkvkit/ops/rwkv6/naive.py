@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import torch
 
-from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, compute_dtype, no_autocast
+from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, check_v, compute_dtype, no_autocast
 
 
 def check_wkv6(op: str, r, log_w, k, v, u, state) -> None:
     for name, x in zip("r log_w k v".split(), (r, log_w, k, v)):
         check_bthk(op, name, x)
     check_same_shape(op, ("r", "log_w", "k"), (r, log_w, k))
+    check_v(op, r, v)
     B, T, H, K = r.shape
     if tuple(u.shape) != (H, K):
         raise ValueError(f"{op}: `u` must be [H, K] = {(H, K)}, got {tuple(u.shape)}")

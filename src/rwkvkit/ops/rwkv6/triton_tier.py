@@ -25,7 +25,7 @@ import functools
 import torch
 
 from rwkvkit.ops._layout import no_autocast
-from rwkvkit.ops._triton import cdiv, check_device, column_block, pow2
+from rwkvkit.ops._triton import cdiv, check_device, column_block, empty_sequence, needs_grad, pow2
 from rwkvkit.ops.rwkv6.chunk import DEFAULT_CHUNK_SIZE, wkv6_chunk
 from rwkvkit.ops.rwkv6.naive import check_wkv6
 
@@ -134,16 +134,11 @@ def wkv6_triton(
     check_device(op, (r, log_w, k, v, u, state))
     if any(x.dtype == torch.float64 for x in (r, log_w, k, v, u)):
         return wkv6_chunk(r, log_w, k, v, u, state, chunk_size=chunk_size)
-    B, T, H, K = r.shape
-    if T == 0:
-        S = torch.zeros(B, H, K, v.shape[-1], dtype=torch.float32, device=r.device)
-        return r.new_zeros(B, 0, H, v.shape[-1]), S if state is None else state.float()
+    if r.shape[1] == 0:
+        return empty_sequence(r, v, state)
     # contiguous copies: the kernels read [B, T, H, K] rows (WKV-5's broadcast decay is a stride-0 view)
     r, log_w, k, v, u = (x.contiguous() for x in (r, log_w, k, v, u))
     state = None if state is None else state.contiguous()
-    grads = torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad for x in (r, log_w, k, v, u, state)
-    )
-    if not grads:
+    if not needs_grad(r, log_w, k, v, u, state):
         return _forward(r, log_w, k, v, u, state)
     return _WKV6Triton.apply(r, log_w, k, v, u, state)

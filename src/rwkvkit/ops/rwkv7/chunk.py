@@ -41,13 +41,11 @@ import math
 import torch
 
 from rwkvkit.ops._layout import (
-    check_bthk,
-    check_same_shape,
-    check_state,
     compute_dtype,
     no_autocast,
     to_chunks,
 )
+from rwkvkit.ops.rwkv7.naive import check_wkv7
 
 DEFAULT_CHUNK_SIZE = 32
 
@@ -61,12 +59,7 @@ def _safe_chunk_size(log_w: torch.Tensor, chunk_size: int, dt: torch.dtype, max_
 
     ``max_decay``: a stated bound on ``|log_w|`` (no tensor read); None measures it (a host sync).
     """
-    if max_decay is not None:
-        worst = max_decay
-    elif log_w.numel() == 0:
-        return chunk_size
-    else:
-        worst = float(log_w.detach().min().neg().clamp_min(0.0))  # largest |log decay| per step
+    worst = decay_bound(log_w, max_decay)
     limit = _EXP_LIMIT.get(dt, 60.0)
     C = chunk_size
     while C > 1 and worst * C > limit:  # the span t - s < C, so |g_t - g_s| <= worst * C
@@ -74,9 +67,23 @@ def _safe_chunk_size(log_w: torch.Tensor, chunk_size: int, dt: torch.dtype, max_
     return C
 
 
-def _is_bound(x: object) -> bool:
-    """A finite Python number ``>= 0`` (not a bool, not a tensor: the chunk size needs no tensor read)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < math.inf
+def decay_bound(log_w: torch.Tensor, max_decay: float | None) -> float:
+    """The largest ``|log_w|`` the tiers must allow for: ``max_decay`` when stated (no tensor read),
+    else measured (a host sync; 0 for an empty tensor)."""
+    if max_decay is not None:
+        return float(max_decay)
+    if log_w.numel() == 0:
+        return 0.0
+    return float(log_w.detach().min().neg().clamp_min(0.0))  # largest |log decay| per step
+
+
+def check_max_decay(op: str, max_decay: object) -> None:
+    """ValueError unless ``max_decay`` is None or a finite Python number ``>= 0`` (not a bool, not a
+    tensor: the point of stating a bound is that nothing is read from a tensor)."""
+    ok = isinstance(max_decay, (int, float)) and not isinstance(max_decay, bool) and 0 <= max_decay < math.inf
+    if max_decay is not None and not ok:
+        msg = f"max_decay must be a finite number >= 0 (a bound on |log_w|), got {max_decay!r}"
+        raise ValueError(f"{op}: {msg}")
 
 
 @no_autocast
@@ -119,17 +126,12 @@ def wkv7_chunk(
         >>> o, S = wkv7_chunk(r, log_w, k, v, -kk, kk * a_icl)
     """
     op = "wkv7_chunk"
-    for name, x in zip("r log_w k v a b".split(), (r, log_w, k, v, a, b)):
-        check_bthk(op, name, x)
-    check_same_shape(op, ("r", "log_w", "k", "a", "b"), (r, log_w, k, a, b))
+    check_wkv7(op, r, log_w, k, v, a, b, state)
     if chunk_size < 1:
         raise ValueError(f"{op}: chunk_size must be >= 1, got {chunk_size}")
-    if max_decay is not None and not _is_bound(max_decay):
-        msg = f"max_decay must be a finite number >= 0 (a bound on |log_w|), got {max_decay!r}"
-        raise ValueError(f"{op}: {msg}")
+    check_max_decay(op, max_decay)
     B, T, H, K = r.shape
     V = v.shape[-1]
-    check_state(op, state, B, H, K, V)
     dt = compute_dtype(r, log_w, k, v, a, b)
     out_dtype = r.dtype
     S0 = r.new_zeros(B, H, K, V, dtype=dt) if state is None else state.to(dt)

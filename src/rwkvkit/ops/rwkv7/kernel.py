@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, no_autocast
+from rwkvkit.ops._layout import no_autocast
 from rwkvkit.ops.cpu import wkv_seq
 from rwkvkit.ops.rwkv7.chunk import wkv7_chunk
+from rwkvkit.ops.rwkv7.naive import check_wkv7
 from rwkvkit.ops.rwkv7.step import wkv7_one_token
 
 
@@ -29,13 +30,8 @@ def wkv7_kernel(
     :mod:`rwkvkit.ops.cpu.wkv_seq`).
     """
     op = "wkv7_kernel"
-    for name, x in zip("r log_w k v a b".split(), (r, log_w, k, v, a, b)):
-        check_bthk(op, name, x)
-    check_same_shape(op, ("r", "log_w", "k", "a", "b"), (r, log_w, k, a, b))
-    B, T, H, K = r.shape
-    V = v.shape[-1]
-    wkv_seq.check_v(op, r, v)
-    check_state(op, state, B, H, K, V)
+    check_wkv7(op, r, log_w, k, v, a, b, state)
+    T = r.shape[1]
     code = wkv_seq.isa_code(isa)
     ops = wkv_seq.ops_for(r, log_w, k, v, a, b, state)
     if ops is None:

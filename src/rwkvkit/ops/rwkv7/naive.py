@@ -18,7 +18,18 @@ from __future__ import annotations
 
 import torch
 
-from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, compute_dtype, no_autocast
+from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, check_v, compute_dtype, no_autocast
+
+
+def check_wkv7(op: str, r, log_w, k, v, a, b, state) -> None:
+    """The sequence tiers' argument check: ``r, log_w, k, a, b`` ``[B, T, H, K]`` of one shape, ``v``
+    ``[B, T, H, V]``, ``state`` None or ``[B, H, K, V]``; ValueError naming the tensor otherwise."""
+    for name, x in zip("r log_w k v a b".split(), (r, log_w, k, v, a, b)):
+        check_bthk(op, name, x)
+    check_same_shape(op, ("r", "log_w", "k", "a", "b"), (r, log_w, k, a, b))
+    check_v(op, r, v)
+    B, _, H, K = r.shape
+    check_state(op, state, B, H, K, v.shape[-1])
 
 
 @no_autocast
@@ -43,13 +54,9 @@ def wkv7_naive(
         ``(o, state)``: ``o`` of shape ``[B, T, H, V]`` in ``r.dtype``; the final state
         ``[B, H, K, V]`` in the compute dtype (fp32, or fp64 for fp64 inputs).
     """
-    op = "wkv7_naive"
-    for name, x in zip("r log_w k v a b".split(), (r, log_w, k, v, a, b)):
-        check_bthk(op, name, x)
-    check_same_shape(op, ("r", "log_w", "k", "a", "b"), (r, log_w, k, a, b))
+    check_wkv7("wkv7_naive", r, log_w, k, v, a, b, state)
     B, T, H, K = r.shape
     V = v.shape[-1]
-    check_state(op, state, B, H, K, V)
     dt = compute_dtype(r, log_w, k, v, a, b)
     out_dtype = r.dtype
     r, log_w, k, v, a, b = (x.to(dt) for x in (r, log_w, k, v, a, b))

@@ -20,9 +20,10 @@ import functools
 
 import torch
 
-from rwkvkit.ops._layout import check_bthk, check_same_shape, check_state, no_autocast
-from rwkvkit.ops._triton import cdiv, check_device, column_block, pow2
-from rwkvkit.ops.rwkv7.chunk import wkv7_chunk
+from rwkvkit.ops._layout import no_autocast
+from rwkvkit.ops._triton import cdiv, check_device, column_block, empty_sequence, needs_grad, pow2
+from rwkvkit.ops.rwkv7.chunk import check_max_decay, decay_bound, wkv7_chunk
+from rwkvkit.ops.rwkv7.naive import check_wkv7
 
 # The forward stores the state every CHECKPOINT_INTERVAL steps for the backward (fp32, [K, V] per
 # head and interval: for B8 T4096 H32 K64 that is 1 GiB). The backward walks each interval back in
@@ -58,25 +59,11 @@ def undo_span(log_w: torch.Tensor, max_decay: float | None) -> int:
     :data:`CHECKPOINT_INTERVAL`, halved while undoing could amplify rounding more than
     ``exp(_UNDO_LIMIT)``. ``max_decay`` is a stated bound on ``|log_w|`` (no tensor read); None
     measures ``log_w`` (a host sync)."""
-    if max_decay is None:
-        max_decay = float(log_w.detach().min().neg().clamp_min(0.0)) if log_w.numel() else 0.0
+    worst = decay_bound(log_w, max_decay)
     span = CHECKPOINT_INTERVAL
-    while span > 1 and max_decay * (span - 1) > _UNDO_LIMIT:
+    while span > 1 and worst * (span - 1) > _UNDO_LIMIT:
         span //= 2
     return span
-
-
-def _check(op: str, tensors: tuple[torch.Tensor, ...], state: torch.Tensor | None) -> None:
-    r, log_w, k, v, a, b = tensors
-    for name, x in zip("r log_w k v a b".split(), tensors):
-        check_bthk(op, name, x)
-    check_same_shape(op, ("r", "log_w", "k", "a", "b"), (r, log_w, k, a, b))
-    B, T, H, K = r.shape
-    if v.shape[:3] != (B, T, H):
-        raise ValueError(f"{op}: `v` has shape {tuple(v.shape)}, expected [B, T, H, V] with [B, T, H] = "
-                         f"{(B, T, H)}")  # fmt: skip
-    check_state(op, state, B, H, K, v.shape[-1])
-    check_device(op, (*tensors, state))
 
 
 def _forward(r, log_w, k, v, a, b, state, C: int, save: bool):
@@ -86,7 +73,7 @@ def _forward(r, log_w, k, v, a, b, state, C: int, save: bool):
     kern = _kernels()
     o = torch.empty(B, T, H, V, dtype=r.dtype, device=r.device)
     sT = torch.empty(B, H, K, V, dtype=torch.float32, device=r.device)
-    N = -(-T // C)
+    N = cdiv(T, C)
     ck = torch.empty(B * H, N + 1, K, V, dtype=torch.float32, device=r.device) if save else sT
     sa = torch.empty(B, T, H, V, dtype=torch.float32, device=r.device) if save else sT
     BV = column_block(B, H, V, _FWD_BV)
@@ -155,19 +142,16 @@ def wkv7_triton(
     backward will follow). ``chunk_size`` belongs to the ``chunk`` tier and is ignored here."""
     op = "wkv7_triton"
     tensors = (r, log_w, k, v, a, b)
-    _check(op, tensors, state)
+    check_wkv7(op, *tensors, state)
+    check_max_decay(op, max_decay)
+    check_device(op, (*tensors, state))
     if any(x.dtype == torch.float64 for x in tensors):
         return wkv7_chunk(r, log_w, k, v, a, b, state, max_decay=max_decay)
-    B, T, H, K = r.shape
-    if T == 0:
-        S = torch.zeros(B, H, K, v.shape[-1], dtype=torch.float32, device=r.device)
-        return r.new_zeros(B, 0, H, v.shape[-1]), S if state is None else state.float()
+    if r.shape[1] == 0:
+        return empty_sequence(r, v, state)
     r, log_w, k, v, a, b = (x.contiguous() for x in tensors)
     state = None if state is None else state.contiguous()
-    grads = torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad for x in (r, log_w, k, v, a, b, state)
-    )
-    if not grads:
+    if not needs_grad(r, log_w, k, v, a, b, state):
         o, sT, _, _ = _forward(r, log_w, k, v, a, b, state, CHECKPOINT_INTERVAL, save=False)
         return o, sT
     return _WKV7Triton.apply(r, log_w, k, v, a, b, state, undo_span(log_w, max_decay))
