@@ -27,3 +27,18 @@ def state_tile(H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constex
     mk = ik < K
     mv = jv < V
     return iv, bh, bh // H, bh % H, ik, jv, mk, mv, mk[:, None] & mv[None, :], ik[:, None] * V + jv[None, :]
+
+
+@triton.jit
+def load_step(p1, p2, p3, pv_ptr, pk, pv, mk, mv):
+    """One step's inputs, fp32: three per-key rows (``p1 + pk``, ...: ``[BK]``) and one per-value row
+    (``pv_ptr + pv``: ``[BV]``), 0 where masked off."""
+    return load_f32(p1 + pk, mk), load_f32(p2 + pk, mk), load_f32(p3 + pk, mk), load_f32(pv_ptr + pv, mv)
+
+
+@triton.jit
+def step_masks(ik, jv, mk, mv, i, T):
+    """The key and value masks of the step after loop iteration ``i`` of ``T`` (all off after the
+    last): for loading the next step's inputs while this one computes. Built as blocks, not scalars:
+    Triton's interpreter rejects a scalar condition combined with a block mask."""
+    return mk & ((ik * 0 + i + 1) < T), mv & ((jv * 0 + i + 1) < T)

@@ -43,7 +43,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from rwkvkit.ops._triton_jit import load_f32, state_tile
+from rwkvkit.ops._triton_jit import load_f32, load_step, state_tile, step_masks
 
 
 @triton.jit
@@ -76,17 +76,10 @@ def wkv6_fwd_kernel(
     pv = bi * T * H * V + hi * V + jv
     # software pipelining: the inputs of step t + 1 are loaded while step t computes (the loop is
     # latency-bound: every step waits on the one before)
-    r = load_f32(r_ptr + pk, mk)
-    lw = load_f32(lw_ptr + pk, mk)
-    kk = load_f32(k_ptr + pk, mk)
-    v = load_f32(v_ptr + pv, mv)
+    r, lw, kk, v = load_step(r_ptr, lw_ptr, k_ptr, v_ptr, pk, pv, mk, mv)
     for t in range(T):
-        more_k = mk & ((ik * 0 + t + 1) < T)  # blocks, not scalars: masks must be tensors
-        more_v = mv & ((jv * 0 + t + 1) < T)
-        r_n = load_f32(r_ptr + pk + H * K, more_k)
-        lw_n = load_f32(lw_ptr + pk + H * K, more_k)
-        kk_n = load_f32(k_ptr + pk + H * K, more_k)
-        v_n = load_f32(v_ptr + pv + H * V, more_v)
+        more_k, more_v = step_masks(ik, jv, mk, mv, t, T)
+        r_n, lw_n, kk_n, v_n = load_step(r_ptr, lw_ptr, k_ptr, v_ptr, pk + H * K, pv + H * V, more_k, more_v)
         y = tl.sum(S * r[:, None], axis=0) + tl.sum(r * u * kk) * v  # the state before the update
         tl.store(y_ptr + pv, y.to(y_ptr.dtype.element_ty), mask=mv)
         S = S * tl.exp(lw)[:, None] + kk[:, None] * v[None, :]
@@ -136,8 +129,7 @@ def wkv6_bwd_state_kernel(
     v = load_f32(v_ptr + pv, mv)
     do = load_f32(do_ptr + pv, mv)
     for t in range(T):
-        more_k = mk & ((ik * 0 + t + 1) < T)
-        more_v = mv & ((jv * 0 + t + 1) < T)
+        more_k, more_v = step_masks(ik, jv, mk, mv, t, T)
         lw_n = load_f32(lw_ptr + pk + H * K, more_k)
         kk_n = load_f32(k_ptr + pk + H * K, more_k)
         v_n = load_f32(v_ptr + pv + H * V, more_v)
@@ -191,18 +183,11 @@ def wkv6_bwd_adjoint_kernel(
     dn = tl.zeros([BV], dtype=tl.float32)
     pk = bi * T * H * K + hi * K + ik + (T - 1) * H * K  # the last step
     pv = bi * T * H * V + hi * V + jv + (T - 1) * H * V
-    r = load_f32(r_ptr + pk, mk)
-    lw = load_f32(lw_ptr + pk, mk)
-    kk = load_f32(k_ptr + pk, mk)
-    v = load_f32(v_ptr + pv, mv)
+    r, lw, kk, v = load_step(r_ptr, lw_ptr, k_ptr, v_ptr, pk, pv, mk, mv)
     do = load_f32(do_ptr + pv, mv)
     for i in range(T):
-        more_k = mk & ((ik * 0 + i + 1) < T)  # step t - 1 = T - 2 - i exists
-        more_v = mv & ((jv * 0 + i + 1) < T)
-        r_n = load_f32(r_ptr + pk - H * K, more_k)
-        lw_n = load_f32(lw_ptr + pk - H * K, more_k)
-        kk_n = load_f32(k_ptr + pk - H * K, more_k)
-        v_n = load_f32(v_ptr + pv - H * V, more_v)
+        more_k, more_v = step_masks(ik, jv, mk, mv, i, T)  # step t - 1 = T - 2 - i exists
+        r_n, lw_n, kk_n, v_n = load_step(r_ptr, lw_ptr, k_ptr, v_ptr, pk - H * K, pv - H * V, more_k, more_v)
         do_n = load_f32(do_ptr + pv - H * V, more_v)
         z = tl.sum(Q * v[None, :], axis=1)
         tl.store(z_ptr + part + pk, z, mask=mk)

@@ -43,7 +43,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from rwkvkit.ops._triton_jit import load_f32, state_tile
+from rwkvkit.ops._triton_jit import load_f32, load_step, state_tile, step_masks
 
 
 @triton.jit
@@ -85,21 +85,12 @@ def wkv7_fwd_kernel(
     pv = bi * T * H * V + hi * V + jv
     # software pipelining: the inputs of step t + 1 are loaded while step t computes (the loop is
     # latency-bound: every step waits on the reductions of the one before)
-    r = load_f32(r_ptr + pk, mk)
-    lw = load_f32(lw_ptr + pk, mk)
-    kk = load_f32(k_ptr + pk, mk)
-    a = load_f32(a_ptr + pk, mk)
-    b = load_f32(b_ptr + pk, mk)
-    v = load_f32(v_ptr + pv, mv)
+    r, lw, kk, v = load_step(r_ptr, lw_ptr, k_ptr, v_ptr, pk, pv, mk, mv)
+    a, b = load_f32(a_ptr + pk, mk), load_f32(b_ptr + pk, mk)
     for t in range(T):
-        more_k = mk & ((ik * 0 + t + 1) < T)  # blocks, not scalars: masks must be tensors
-        more_v = mv & ((jv * 0 + t + 1) < T)
-        r_n = load_f32(r_ptr + pk + H * K, more_k)
-        lw_n = load_f32(lw_ptr + pk + H * K, more_k)
-        kk_n = load_f32(k_ptr + pk + H * K, more_k)
-        a_n = load_f32(a_ptr + pk + H * K, more_k)
-        b_n = load_f32(b_ptr + pk + H * K, more_k)
-        v_n = load_f32(v_ptr + pv + H * V, more_v)
+        more_k, more_v = step_masks(ik, jv, mk, mv, t, T)
+        r_n, lw_n, kk_n, v_n = load_step(r_ptr, lw_ptr, k_ptr, v_ptr, pk + H * K, pv + H * V, more_k, more_v)
+        a_n, b_n = load_f32(a_ptr + pk + H * K, more_k), load_f32(b_ptr + pk + H * K, more_k)
         sa = tl.sum(S * a[:, None], axis=0)
         S = S * tl.exp(lw)[:, None] + b[:, None] * sa[None, :] + kk[:, None] * v[None, :]
         o = tl.sum(S * r[:, None], axis=0)
@@ -173,23 +164,19 @@ def wkv7_bwd_kernel(
             # the state before the segment: recomputed from the chunk's start
             S_before = S_start
             for t in range(t_lo, seg_lo):
-                w = tl.exp(load_f32(lw_ptr + row_k + t * H * K, mk))
-                kk = load_f32(k_ptr + row_k + t * H * K, mk)
-                a = load_f32(a_ptr + row_k + t * H * K, mk)
+                lw, kk, a, v = load_step(
+                    lw_ptr, k_ptr, a_ptr, v_ptr, row_k + t * H * K, row_v + t * H * V, mk, mv
+                )
+                w = tl.exp(lw)
                 b = load_f32(b_ptr + row_k + t * H * K, mk)
-                v = load_f32(v_ptr + row_v + t * H * V, mv)
                 sa = tl.sum(S_before * a[:, None], axis=0)
                 S_before = S_before * w[:, None] + b[:, None] * sa[None, :] + kk[:, None] * v[None, :]
             S = S_after
             pk = row_k + (seg_lo + seg_len - 1) * H * K
             pv = row_v + (seg_lo + seg_len - 1) * H * V
             for j in range(seg_len):
-                lw = load_f32(lw_ptr + pk, mk)
-                r = load_f32(r_ptr + pk, mk)
-                kk = load_f32(k_ptr + pk, mk)
-                a = load_f32(a_ptr + pk, mk)
-                b = load_f32(b_ptr + pk, mk)
-                v = load_f32(v_ptr + pv, mv)
+                r, lw, kk, v = load_step(r_ptr, lw_ptr, k_ptr, v_ptr, pk, pv, mk, mv)
+                a, b = load_f32(a_ptr + pk, mk), load_f32(b_ptr + pk, mk)
                 do = load_f32(do_ptr + pv, mv)
                 sa = load_f32(sa_ptr + pv, mv)
                 w = tl.exp(lw)
