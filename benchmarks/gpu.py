@@ -338,6 +338,23 @@ def rwkvkit_impl(device, interpreter: bool = False) -> tuple[str, str]:
     return "triton", "impl='triton'"
 
 
+def op_training_step(op, shape, dtype, device):
+    """Inputs that require gradients, and one forward + backward of ``op`` on them (the gradient of
+    the output a fixed random tensor): ``(inputs, step)``."""
+    import torch
+
+    xs = wkv7_inputs(shape, dtype, device, grad=True)
+    do = torch.randn(shape, device=device, dtype=dtype)
+
+    def step():
+        for x in xs:
+            x.grad = None
+        o, _ = op(*xs)
+        o.backward(do)
+
+    return xs, step
+
+
 def part_op(rec: Recorder, args, device, deadline: float, lib: str) -> None:
     import torch
 
@@ -365,15 +382,7 @@ def part_op(rec: Recorder, args, device, deadline: float, lib: str) -> None:
             return {"ms": ms, "peak_gib": peak, "io_gbs": io_bytes / ms / 1e6, "impl": name, "note": note}
 
         def forward_backward(shape=shape) -> dict:
-            xs = wkv7_inputs(shape, dtype, device, grad=True)
-            do = torch.randn(shape, device=device, dtype=dtype)
-
-            def step():
-                for x in xs:
-                    x.grad = None
-                o, _ = op(*xs)
-                o.backward(do)
-
+            _, step = op_training_step(op, shape, dtype, device)
             reset_peak(device)
             step()
             peak = peak_gib(device)
@@ -447,15 +456,7 @@ def launch_variants(
             tier._FWD_WARPS, tier._FWD_BV, tier._BWD_WARPS = fw, fbv, bw
 
             def measure() -> dict:
-                xs = wkv7_inputs(shape, dtype, device, grad=True)
-                do = torch.randn(shape, device=device, dtype=dtype)
-
-                def step():
-                    for x in xs:
-                        x.grad = None
-                    o, _ = op(*xs)
-                    o.backward(do)
-
+                xs, step = op_training_step(op, shape, dtype, device)
                 with torch.no_grad():
                     fwd = median_ms(lambda: op(*xs), device, warmup, iters)
                 return {"fwd_ms": fwd, "ms": median_ms(step, device, warmup, iters)}

@@ -20,14 +20,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are first decorated
 
 from rwkvkit.ops import wkv6, wkv7  # noqa: E402
+from rwkvkit.utils.testing import rel_rms  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BOUND = math.exp(-0.5)
-
-
-def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
-    x, ref = x.detach().double().cpu(), ref.detach().double().cpu()
-    return float((x - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
 def inputs(op: str, B: int, T: int, H: int, K: int, decay: float, seed: int = 0):
@@ -86,7 +82,7 @@ def main() -> None:
         for impl, dtype in (("naive", torch.float32), ("chunk", torch.float32), ("triton", torch.float32),
                             ("triton", torch.bfloat16)):  # fmt: skip
             out = run(op, impl, xs, dtype)
-            errs = " | ".join(f"{rel(x, r):.1e}" for x, r in zip(out, ref))
+            errs = " | ".join(f"{rel_rms(r, x):.1e}" for x, r in zip(out, ref))
             print(f"| {impl}, {str(dtype).removeprefix('torch.')} | {errs} |", flush=True)
 
 

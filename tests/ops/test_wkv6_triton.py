@@ -1,46 +1,24 @@
 """The ``triton`` tier of WKV-6 (and WKV-5) against the naive recurrence: outputs, final state and every
 gradient (``u`` and the initial state included).
 
-Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set here before the
-kernels are first imported), on small shapes; with CUDA the same tests run compiled on the GPU. The
-reference is :func:`wkv6_naive` in fp64 on the same (rounded) inputs and cotangents, so each tolerance
-below bounds the tier's own error. Errors are relative RMS, ``||x - ref|| / ||ref||``.
+Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set by
+``tests/ops/triton_testing`` before the kernels are first imported), on small shapes; with CUDA the same
+tests run compiled on the GPU. The reference is :func:`wkv6_naive` in fp64 on the same (rounded) inputs
+and cotangents, so each tolerance below bounds the tier's own error. Errors are relative RMS, ``||x -
+ref|| / ||ref||``.
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are decorated (first use)
-pytest.importorskip("triton", reason="the triton tier needs the triton package (a dev dependency)")
-
-from rwkvkit.ops import rwkv6 as rwkv6_ops  # noqa: E402
-from rwkvkit.ops._tiers import resolve_impl  # noqa: E402
-from rwkvkit.ops.rwkv6 import triton_tier, wkv5, wkv6, wkv6_naive, wkv6_triton  # noqa: E402
-
-DEVICE = "cuda" if CUDA else "cpu"
-
-
-@pytest.fixture(autouse=True)
-def widest_column_blocks(monkeypatch):
-    """Keep the widest column blocks at these small B * H: the GPU heuristic would narrow them to 8,
-    which only multiplies the interpreter's programs (several blocks are tested on their own)."""
-    from rwkvkit.ops import _triton
-
-    monkeypatch.setattr(_triton, "MIN_PROGRAMS", 0)
-
+from rwkvkit.ops import rwkv6 as rwkv6_ops
+from rwkvkit.ops._tiers import resolve_impl
+from rwkvkit.ops.rwkv6 import triton_tier, wkv5, wkv6, wkv6_naive, wkv6_triton
+from tests.ops.triton_testing import DEVICE, grads, rel, widest_column_blocks  # noqa: F401 (autouse)
 
 NAMES = ("r", "log_w", "k", "v", "u", "state")
-
-
-def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
-    x, ref = x.detach().double().cpu(), ref.detach().double().cpu()
-    return float((x - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
 def inputs(B, T, H, K, V, dtype=torch.float32, log_w=(-5.0, 0.0), seed=0, state=True):
@@ -54,20 +32,6 @@ def inputs(B, T, H, K, V, dtype=torch.float32, log_w=(-5.0, 0.0), seed=0, state=
     xs = [x.to(dtype).to(DEVICE) for x in (r, lw, k, v, u)]
     S0 = (0.3 * torch.randn(B, H, K, V, generator=g)).to(DEVICE) if state else None
     return xs, S0
-
-
-def grads(fn, xs, S0, seed=1, cotangent_dtype=None):
-    """Outputs and the gradients of every input (the initial state included) of a random loss on both
-    outputs. The output's cotangent is rounded to ``cotangent_dtype`` (default: the output's dtype),
-    so the fp64 reference can see exactly the cotangent a bf16 run sees."""
-    leaves = [x.detach().clone().requires_grad_() for x in xs]
-    s = None if S0 is None else S0.detach().clone().requires_grad_()
-    y, S = fn(*leaves, s)
-    g = torch.Generator().manual_seed(seed)
-    gy = torch.randn(y.shape, generator=g).to(cotangent_dtype or y.dtype).to(y)
-    gS = torch.randn(S.shape, generator=g).to(S)
-    wrt = leaves + ([s] if s is not None else [])
-    return y, S, torch.autograd.grad((y * gy).sum() + (S * gS).sum(), wrt)
 
 
 def reference(xs, S0):

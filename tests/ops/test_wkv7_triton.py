@@ -1,44 +1,24 @@
 """The ``triton`` tier of WKV-7 against the naive recurrence: outputs, final state and every gradient.
 
-Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set here before the
-kernels are first imported), on small shapes; with CUDA the same tests run compiled on the GPU. The
-reference is :func:`wkv7_naive` in fp64 on the same (rounded) inputs, so each tolerance below bounds
-the tier's own error. Errors are relative RMS, ``||x - ref|| / ||ref||``.
+Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set by
+``tests/ops/triton_testing`` before the kernels are first imported), on small shapes; with CUDA the same
+tests run compiled on the GPU. The reference is :func:`wkv7_naive` in fp64 on the same (rounded) inputs,
+so each tolerance below bounds the tier's own error. Errors are relative RMS, ``||x - ref|| / ||ref||``.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are decorated (first use)
-pytest.importorskip("triton", reason="the triton tier needs the triton package (a dev dependency)")
+from rwkvkit.ops import rwkv7 as rwkv7_ops
+from rwkvkit.ops._tiers import resolve_impl
+from rwkvkit.ops.rwkv7 import triton_tier, wkv7, wkv7_naive, wkv7_triton
+from tests.ops.triton_testing import DEVICE, grads, rel, widest_column_blocks  # noqa: F401 (autouse)
 
-from rwkvkit.ops import rwkv7 as rwkv7_ops  # noqa: E402
-from rwkvkit.ops._tiers import resolve_impl  # noqa: E402
-from rwkvkit.ops.rwkv7 import triton_tier, wkv7, wkv7_naive, wkv7_triton  # noqa: E402
-
-DEVICE = "cuda" if CUDA else "cpu"
 BOUND = math.exp(-0.5)  # RWKV-7's decay bound: |log_w| < exp(-0.5)
-
-
-@pytest.fixture(autouse=True)
-def widest_column_blocks(monkeypatch):
-    """Keep the widest column blocks at these small B * H: the GPU heuristic would narrow them to 8,
-    which only multiplies the interpreter's programs (several blocks are tested on their own)."""
-    from rwkvkit.ops import _triton
-
-    monkeypatch.setattr(_triton, "MIN_PROGRAMS", 0)
-
-
-def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
-    x, ref = x.detach().double().cpu(), ref.detach().double().cpu()
-    return float((x - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
 def inputs(B, T, H, K, V, dtype=torch.float32, decay=BOUND, seed=0, state=True):
@@ -52,19 +32,6 @@ def inputs(B, T, H, K, V, dtype=torch.float32, decay=BOUND, seed=0, state=True):
     xs = [x.to(dtype).to(DEVICE) for x in (r, log_w, k, v, a, b)]
     S0 = (0.3 * torch.randn(B, H, K, V, generator=g)).to(DEVICE) if state else None
     return xs, S0
-
-
-def grads(fn, xs, S0, seed=1):
-    """Outputs and the gradients of every input (the initial state included) of a random loss on
-    both outputs."""
-    leaves = [x.detach().clone().requires_grad_() for x in xs]
-    s = None if S0 is None else S0.detach().clone().requires_grad_()
-    o, S = fn(*leaves, s)
-    g = torch.Generator().manual_seed(seed)
-    go = torch.randn(o.shape, generator=g).to(o)
-    gS = torch.randn(S.shape, generator=g).to(S)
-    wrt = leaves + ([s] if s is not None else [])
-    return o, S, torch.autograd.grad((o * go).sum() + (S * gS).sum(), wrt)
 
 
 def reference(xs, S0):
