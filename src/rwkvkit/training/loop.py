@@ -188,16 +188,9 @@ def evaluate(
     limit = cfg.eval_tokens or None
     for x, y, mask in iter_eval_windows(val.tokens, cfg.ctx_len, cfg.batch_size, limit=limit):
         x, y, mask = x.to(device), y.to(device), mask.to(device)
-        if cfg.fused_loss and head_weight(model) is not None:  # the mean over the mask, times its count
-            loss, _ = model_loss(model, model, x, y, None, cfg, device, mask=mask, l2wrap=False)
-            nats += float(loss) * int(mask.sum())
-        else:
-            with autocast(cfg.precision, device):
-                logits, _ = model(x)
-            ce = torch.nn.functional.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none"
-            ).view_as(y)
-            nats += float((ce * mask).sum())
+        # the training step's loss (fused or not) without L2Wrap: the mean over the mask, times its count
+        loss, _ = model_loss(model, model, x, y, None, cfg, device, mask=mask, l2wrap=False)
+        nats += float(loss) * int(mask.sum())
         tokens += int(mask.sum())
         nbytes += int((bytes_table[y] * mask).sum())
     model.train(was_training)
