@@ -22,24 +22,9 @@ import rwkvkit
 from rwkvkit.errors import ConfigError, InputError, StateError
 from rwkvkit.generation import BatchEngine, generate, generate_tokens
 from rwkvkit.generation.cuda_graph import CudaGraphStep, EagerGraph, _fingerprint, decode_step
-from rwkvkit.models.rwkv.config import RWKVConfig
 from rwkvkit.models.rwkv.init import random_model
+from tests.generation.test_engine import CHUNK, CONFIGS  # the engine tests' models, prompts chunked alike
 
-CONFIGS = {
-    "v7": RWKVConfig(
-        version="7",
-        n_layer=2,
-        n_embd=64,
-        vocab_size=256,
-        head_size=32,
-        lora_w=8,
-        lora_a=8,
-        lora_v=8,
-        lora_g=16,
-    ),
-    "v4": RWKVConfig(version="4", n_layer=2, n_embd=64, vocab_size=256),
-}
-CHUNK = 16
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
