@@ -468,9 +468,14 @@ def launch_variants(
 
 
 def train_config(s: dict):
+    return model_config(s["train"])
+
+
+def model_config(t: dict):
+    """The RWKV-7 config of a mode's ``train`` or ``infer`` entry: a preset, or a shape with one LoRA
+    rank for every LoRA."""
     from rwkvkit.models.rwkv.config import RWKVConfig
 
-    t = s["train"]
     if "preset" in t:
         return RWKVConfig.from_name(t["preset"])
     r = t["lora"]
@@ -623,24 +628,9 @@ def infer_checkpoint(args, s: dict) -> Path:
     """A random official-format ``.pth`` of the decoding shape (bf16), written once per run."""
     import torch
 
-    from rwkvkit.models.rwkv.config import RWKVConfig
     from rwkvkit.models.rwkv.init import random_checkpoint
 
-    t = s["infer"]
-    if "preset" in t:
-        cfg = RWKVConfig.from_name(t["preset"])
-    else:
-        r = t["lora"]
-        cfg = RWKVConfig(
-            version="7",
-            n_layer=t["n_layer"],
-            n_embd=t["n_embd"],
-            vocab_size=t["vocab"],
-            lora_w=r,
-            lora_a=r,
-            lora_v=r,
-            lora_g=r,
-        )
+    cfg = model_config(s["infer"])
     path = Path(args.work) / f"rwkv7-L{cfg.n_layer}-C{cfg.n_embd}-V{cfg.vocab_size}-bf16.pth"
     if not path.exists():
         random_checkpoint(cfg, path, seed=0, dtype=torch.bfloat16)
