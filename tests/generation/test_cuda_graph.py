@@ -25,6 +25,15 @@ from rwkvkit.generation.cuda_graph import CudaGraphStep, EagerGraph, _fingerprin
 from rwkvkit.models.rwkv.init import random_model
 from tests.generation.test_engine import CHUNK, CONFIGS  # the engine tests' models, prompts chunked alike
 
+
+@pytest.fixture(autouse=True)
+def reference_path(monkeypatch):
+    """These tests compare paths bitwise (batched vs alone, graph vs plain): every one runs the model
+    as given, without the CPU fast path's twin (its fused one-row kernel rounds differently from a
+    batched product; tests/inference/test_auto.py covers the twin)."""
+    monkeypatch.setenv("RWKVKIT_FAST", "0")
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

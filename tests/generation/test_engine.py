@@ -27,6 +27,15 @@ from rwkvkit.models.rwkv.config import RWKVConfig
 from rwkvkit.models.rwkv.init import random_model
 from rwkvkit.state import State
 
+
+@pytest.fixture(autouse=True)
+def reference_path(monkeypatch):
+    """These tests compare paths bitwise (batched vs alone, graph vs plain): every one runs the model
+    as given, without the CPU fast path's twin (its fused one-row kernel rounds differently from a
+    batched product; tests/inference/test_auto.py covers the twin)."""
+    monkeypatch.setenv("RWKVKIT_FAST", "0")
+
+
 CONFIGS = {
     "v7": RWKVConfig(
         version="7",

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 import rwkvkit
-from rwkvkit.errors import TokenizerError
+from rwkvkit.errors import ConfigError, TokenizerError
 from rwkvkit.generation import SamplingParams
-from rwkvkit.inference import optimize
+from rwkvkit.inference.auto import ENV_FAST
 from rwkvkit.tokenizer import load_tokenizer
 
 DEFAULTS = SamplingParams()  # the sampling defaults, declared once in SamplingParams
@@ -78,11 +80,13 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--fast",
-        default=None,
-        choices=["fp32", "bf16", "int8"],
-        help="run the CPU fast path (rwkvkit.inference.optimize) with projection weights in this "
-        "precision: bf16 halves and int8 (per-channel scales) quarters the bytes read per token; state "
-        "and WKV stay fp32 (default: off, the reference model)",
+        default="auto",
+        choices=["auto", "off", "fp32", "bf16", "int8", "q4"],
+        help="CPU inference path. auto (default): the compiled fast path at the weights' own precision "
+        "(fp32 or bf16; the same as RWKVKIT_FAST unset). fp32/bf16/int8/q4: load straight into the fast "
+        "path with projection weights in this precision (int8: per-channel scales, a quarter of the "
+        "bytes; q4: 4-bit groups of 32, an eighth), lean in memory. off: the reference model as loaded "
+        "(the same as RWKVKIT_FAST=0). State and WKV stay fp32 in every mode",
     )
     p.add_argument(
         "--tokenizer",
@@ -144,11 +148,23 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.fast == "off":  # generation runs the model as loaded (the environment is restored after)
+        with mock.patch.dict(os.environ, {ENV_FAST: "0"}):
+            return _run(args)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     params = sampling_params(args)  # a bad option fails here, before the model is loaded
-    model = rwkvkit.load(args.model, dtype=args.dtype)
+    if args.fast in ("auto", "off"):
+        model = rwkvkit.load(args.model, dtype=args.dtype)
+    elif args.dtype is not None:
+        raise ConfigError(
+            f"--dtype {args.dtype} and --fast {args.fast} both choose the weights' precision; pass one"
+        )
+    else:
+        model = rwkvkit.load(args.model, weights=args.fast)
     tok = pick_tokenizer(args.tokenizer, model.config.vocab_size, args.model)
-    if args.fast:
-        model = optimize(model, weights=args.fast)
     state = rwkvkit.State.load(args.state_in) if args.state_in else None
     if state is not None:
         state.check_fits(model.config)

@@ -196,6 +196,8 @@ def load(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device = "cpu",
     verify: bool = True,
+    *,
+    weights: str | None = None,
 ) -> RWKV:
     """Load an RWKV checkpoint of any supported format, detecting the version from its keys.
 
@@ -209,21 +211,50 @@ def load(
         verify: check the file's checksums (rwkvkit's files carry a digest of every tensor; the
             official ``.pth`` zip a CRC32 per record) and refuse a file whose bytes changed. It
             costs about one more read of the weights in memory (``benchmarks/verify.py``).
+        weights: None (default): the model as stored (for training, fine-tuning, any device).
+            ``"fp32"``, ``"bf16"``, ``"int8"`` or ``"q4"``: a CPU inference model with its projections
+            in that format, built straight from the file one tensor at a time, so loading never holds
+            a wider copy of the model (:mod:`rwkvkit.inference.loading`); the same model as
+            ``rwkvkit.inference.optimize(load(path), weights)``, in less memory. CPU only; not with
+            ``dtype``.
 
     Returns:
-        An :class:`rwkvkit.models.rwkv.model.RWKV` in eval mode.
+        An :class:`rwkvkit.models.rwkv.model.RWKV` in eval mode (with ``weights``, its inference
+        subclass :class:`rwkvkit.inference.OptimizedRWKV`).
 
     Raises:
         CheckpointError: missing, unreadable, truncated or corrupt file; keys that do not map; a
             config that disagrees with the tensors.
         UnsupportedVersionError: a version (or architecture) rwkvkit cannot run.
     """
+    if weights is not None:
+        return _load_for_inference(path, weights, dtype, device, verify)
     family_model = _load_family(path, dtype, device, verify)
     if family_model is not None:
         return family_model
     ckpt = read(path, verify)
     dtype = parse_dtype(dtype) or majority_dtype(ckpt.state_dict)
     return build_model(ckpt.config, ckpt.state_dict, dtype, device, str(ckpt.path))
+
+
+def _load_for_inference(path, weights: str, dtype, device, verify: bool) -> RWKV:
+    if dtype is not None:
+        raise ConfigError(
+            f"pass either dtype ({dtype!r}: the model as stored) or weights ({weights!r}: the CPU "
+            "inference model), not both"
+        )
+    if torch.device(device).type != "cpu":
+        raise ConfigError(
+            f"weights={weights!r} builds a CPU inference model; for {device} load without weights "
+            "(rwkvkit.load(path, dtype='bf16', device=...))"
+        )
+    ckpt = read(path, verify)
+    # deferred: the inference package (kernels, quantisation) is needed only for inference loading
+    from rwkvkit.inference.loading import build_inference_model
+
+    config, sd, file = ckpt.config, dict(ckpt.state_dict), Path(ckpt.path)
+    del ckpt  # its references to the tensors go: build_inference_model drops them one at a time
+    return build_inference_model(config, sd, weights, file, str(path))
 
 
 def _load_family(path: str | Path, dtype, device, verify: bool = True):

@@ -70,6 +70,7 @@ from rwkvkit.generation.generate import TokenSampler, start_point
 from rwkvkit.generation.model import forward_last, model_device, model_vocab_size
 from rwkvkit.generation.params import SamplingParams, check_int
 from rwkvkit.generation.text import TextTracker, prompt_ids, token_weights, vocab_limit_of
+from rwkvkit.inference.auto import fast_view
 
 __all__ = ["BatchEngine", "RequestResult", "StepEvent"]
 
@@ -403,7 +404,7 @@ class BatchEngine:
             out, self._state = self._graph_step(ids, self._state)
         else:
             tokens = torch.tensor(ids, dtype=torch.long, device=self._device)
-            out, self._state = forward_last(self.model, tokens.view(-1, 1), self._state)
+            out, self._state = forward_last(fast_view(self.model), tokens.view(-1, 1), self._state)
         self._logits = out[:, -1].float()
         keep = []
         for i, r in enumerate(self._rows):
@@ -477,7 +478,7 @@ class BatchEngine:
         else:
             states = [r.state if r.state is not None else self._initial_state() for r in group]
             state = type(states[0]).cat(states)
-        out, new_state = forward_last(self.model, tokens, state)
+        out, new_state = forward_last(fast_view(self.model), tokens, state)
         for j, r in enumerate(group):
             r.state = new_state if len(group) == 1 else new_state.select([j])
             r.logits = out[j, -1].float()

@@ -57,6 +57,7 @@ from rwkvkit.generation.model import check_prompt_tokens, forward_last, model_de
 from rwkvkit.generation.params import SamplingParams, check_int, token_ids
 from rwkvkit.generation.sampling import apply_penalties, sample
 from rwkvkit.generation.text import TextTracker, prompt_ids, token_weights, vocab_limit_of
+from rwkvkit.inference.auto import fast_view
 
 __all__ = ["Generation", "TokenSampler", "TokenStream", "generate", "generate_tokens", "start_point"]
 
@@ -251,7 +252,7 @@ class TokenStream(Iterator[int]):
         if self.params.seed is not None and generator is not None:
             raise ConfigError("pass either seed or generator, not both")
 
-        self._model = model
+        self._model = fast_view(model)  # the CPU fast path of a plain RWKV (rwkvkit.inference.auto)
         self._graph_step = decode_step(model, cuda_graphs)  # None: every step is a plain forward
         self._vocab = vocab
         self._device = model_device(model)
