@@ -14,7 +14,7 @@ import rwkvkit
 from rwkvkit.errors import ConfigError
 from rwkvkit.generation import BatchEngine, generate_tokens
 from rwkvkit.inference import OptimizedRWKV, optimize
-from rwkvkit.inference.auto import ENV_FAST, FloatEmbedding, fast_view
+from rwkvkit.inference.auto import ENV_FAST, FloatEmbedding, Int8Embedding, fast_view
 from rwkvkit.inference.loading import QUANT_BLOCK_ROWS
 from rwkvkit.models.rwkv.config import RWKVConfig
 from rwkvkit.models.rwkv.init import random_checkpoint, random_model
@@ -138,19 +138,21 @@ def checkpoint(tmp_path_factory):
 def test_lean_loading_builds_what_optimize_builds(checkpoint, weights):
     lean = rwkvkit.load(checkpoint, weights=weights)
     assert isinstance(lean, OptimizedRWKV) and not lean.training
+    assert isinstance(lean.emb, Int8Embedding if weights == "int8" else FloatEmbedding)
     fast = optimize(rwkvkit.load(checkpoint), weights=weights)
     ref = rwkvkit.load(checkpoint, dtype="fp32")
     ids = tokens(24)
     want, _ = run(ref, ids)
     got_lean, dec_lean = run(lean, ids)
     got_fast, dec_fast = run(fast, ids)
-    # the same stored weights; lean applies ln0 to the embedding rows where optimize folds it into
-    # the (here bf16) table, which rounds the folded rows: measured lean vs optimize 2e-3 for each
-    assert rel_rms(got_fast, got_lean) < 1e-2
-    assert rel_rms(dec_fast, dec_lean) < 1e-2
+    # the same stored weights, but lean applies ln0 to the embedding rows where optimize folds it into
+    # the (here bf16) table, which rounds the folded rows, and int8 keeps an int8 table: measured
+    # lean vs optimize 2.0e-3 (fp32), 6.6e-3 (bf16), 1.0e-2 (int8)
+    assert rel_rms(got_fast, got_lean) < 2e-2
+    assert rel_rms(dec_fast, dec_lean) < 2e-2
     # and against the fp32 model (a bf16 file: the fp32 model holds the same numbers): measured
-    # 3e-7 (fp32), 5e-3 (bf16), 8e-3 (int8)
-    assert rel_rms(want, got_lean) < {"fp32": 2e-6, "bf16": 2e-2, "int8": 3e-2}[weights]
+    # 3.3e-7 (fp32), 4.4e-3 (bf16), 1.5e-2 (int8; optimize's int8: 1.3e-2)
+    assert rel_rms(want, got_lean) < {"fp32": 2e-6, "bf16": 1e-2, "int8": 3e-2}[weights]
 
 
 def test_lean_int8_equals_whole_matrix_quantisation(checkpoint, monkeypatch):

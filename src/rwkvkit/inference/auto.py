@@ -39,7 +39,7 @@ from rwkvkit.inference.kernels.gemv import DecodeLinear
 from rwkvkit.inference.quant import BF16Linear
 from rwkvkit.models.rwkv.model import RWKV
 
-__all__ = ["ENV_FAST", "FloatEmbedding", "fast_enabled", "fast_view", "share_modules"]
+__all__ = ["ENV_FAST", "FloatEmbedding", "Int8Embedding", "fast_enabled", "fast_view", "share_modules"]
 
 ENV_FAST = "RWKVKIT_FAST"
 
@@ -66,6 +66,33 @@ class FloatEmbedding(nn.Embedding):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         out = F.embedding(ids, self.weight)
         return out if out.dtype == torch.float64 else out.float()
+
+
+class Int8Embedding(nn.Module):
+    """An embedding table stored as int8 rows with one fp32 scale per row (symmetric, as
+    :func:`rwkvkit.inference.quant.quantize_weight`), returning fp32 rows ``q[id] * scale[id]``: a
+    quarter of an fp32 table, half of a bf16 one; the lean loader's table for int8 and 4-bit weights.
+    """
+
+    weight_int8: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.register_buffer("weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(num_embeddings))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The table it stands for, dequantised (fp32 ``[V, C]``; a new tensor on every read)."""
+        return self.weight_int8.float() * self.scale[:, None]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight_int8).float() * F.embedding(ids, self.scale[:, None])
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows"
 
 
 def share_modules(module: nn.Module) -> nn.Module:

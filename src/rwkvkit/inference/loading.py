@@ -8,9 +8,11 @@ safetensors) and builds an :class:`~rwkvkit.inference.OptimizedRWKV` one tensor 
   ``bf16``, ``int8``, ``q4``), quantised in blocks of rows, so no fp32 copy of a whole model (or of
   a whole large matrix) ever exists; a bf16 projection from a bf16 file is the file's own tensor
   (no copy at all, as llama.cpp's memory-mapped weights);
-* the embedding stays 16-bit (the file's bf16/fp16, or bf16 from an fp32 file) unless the weights
-  are fp32, and returns fp32 rows (:class:`~rwkvkit.inference.auto.FloatEmbedding`); ``ln0`` is
-  applied to those rows, not folded into the table;
+* the embedding table returns fp32 rows; it is stored fp32 for fp32 weights, 16-bit for bf16 weights
+  (the file's bf16/fp16, or bf16 from an fp32 file: :class:`~rwkvkit.inference.auto.FloatEmbedding`)
+  and int8 with a scale per row for int8 and 4-bit weights
+  (:class:`~rwkvkit.inference.auto.Int8Embedding`, as llama.cpp quantises its token embedding);
+  ``ln0`` is applied to the rows, not folded into the table;
 * everything else (norms, token-shift and decay parameters, LoRAs: ~2 % of the parameters) is fp32;
 * the file's pages of a tensor that was converted are handed back to the kernel as soon as the
   tensor is done (``madvise(MADV_DONTNEED)`` on the private file mapping: the bytes stay in the page
@@ -37,7 +39,7 @@ import torch.nn as nn
 
 from rwkvkit.errors import CheckpointError, ConfigError
 from rwkvkit.inference import quant
-from rwkvkit.inference.auto import FloatEmbedding
+from rwkvkit.inference.auto import FloatEmbedding, Int8Embedding
 from rwkvkit.inference.kernels.gemv import DecodeLinear
 from rwkvkit.models.rwkv.config import RWKVConfig
 from rwkvkit.models.rwkv.model import RWKV
@@ -70,6 +72,14 @@ def _int8_linear(w: torch.Tensor, done: Callable[[torch.Tensor], None] | None) -
             done(w[i:j])
     m.weight_int8, m.scale = q, scale
     return m
+
+
+def _int8_embedding(w: torch.Tensor, done: Callable[[torch.Tensor], None] | None) -> nn.Module:
+    """The embedding table as int8 rows with a scale per row, quantised a block of rows at a time."""
+    lin = _int8_linear(w, done)
+    emb = Int8Embedding(*w.shape)
+    emb.weight_int8, emb.scale = lin.weight_int8, lin.scale
+    return emb
 
 
 def convert_projection(
@@ -192,6 +202,8 @@ def build_inference_model(
                 new = DecodeLinear(new)
             grand = model.get_submodule(".".join(parents[:-1])) if len(parents) > 1 else model
             setattr(grand, parents[-1], new)
+        elif key == "emb.weight" and weights in ("int8", "q4"):
+            model.emb = _int8_embedding(t, pages.release)
         elif key == "emb.weight":
             model.emb = FloatEmbedding.wrap(t.to(emb_dtype))
         elif leaf in owner._buffers:
