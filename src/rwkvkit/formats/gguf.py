@@ -102,6 +102,7 @@ the file is executed, and the chat template is never rendered.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
@@ -116,9 +117,9 @@ import torch
 import xxhash
 
 from rwkvkit.errors import CheckpointError, ConfigError, TokenizerError, UnsupportedVersionError
-from rwkvkit.formats import blinkdl
+from rwkvkit.formats import blinkdl, keymap
 from rwkvkit.formats._io import atomic_file, majority_dtype
-from rwkvkit.formats.keymap import IDENTITY, SQUEEZE, TRANSPOSE, Transform, to_foreign, to_native
+from rwkvkit.formats.keymap import IDENTITY, SQUEEZE, TRANSPOSE, Transform
 from rwkvkit.models.rwkv.config import RWKVConfig
 from rwkvkit.tokenizer import WorldTokenizer, world_vocab_path
 from rwkvkit.tokenizer import read_vocab as read_world_vocab
@@ -350,7 +351,7 @@ def _nbytes(shape: tuple[int, ...], qtype: str) -> int:
     import gguf  # deferred: gguf costs 0.4 s to import and only GGUF files need it
 
     block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype]]
-    return int(np.prod(shape, dtype=np.int64)) // block * size
+    return math.prod(shape) // block * size
 
 
 # ---- the vocabulary --------------------------------------------------------------------------------
@@ -426,7 +427,7 @@ def _vocabulary(tokenizer, config: RWKVConfig) -> Mapping[int, bytes] | None:
 def to_gguf_tensors(sd: Mapping[str, torch.Tensor], config: RWKVConfig) -> dict[str, torch.Tensor]:
     """rwkvkit's state dict -> the GGUF tensors (names and torch-order shapes), unconverted dtypes."""
     check_supported(config)
-    out = to_foreign(sd, table(config), config.n_layer, "GGUF")
+    out = keymap.to_foreign(sd, table(config), config.n_layer, "GGUF")
     if config.version == "7" and config.lora_v != config.lora_a:
         # llama.cpp reads layer 0's (unused) value LoRA with the in-context-rate rank
         C, D, ref = config.n_embd, config.lora_a, out["blk.0.time_mix_v0.weight"]
@@ -618,6 +619,15 @@ class _Cursor:
         except UnicodeDecodeError:
             raise CheckpointError(f"{self.path}: {what} is not UTF-8; the file is corrupt") from None
 
+    def name(self, what: str) -> str:
+        """A key or tensor name: printable text (so that every message naming it stays one line)."""
+        name = self.string(what)
+        if not name.isprintable():
+            raise CheckpointError(
+                f"{self.path}: {what} is named {name!r}, not printable text; the file is corrupt"
+            )
+        return name
+
     def value(self, vtype: int, what: str):
         if vtype in _SCALAR:
             return self.scalar(_SCALAR[vtype], what)
@@ -660,13 +670,13 @@ def parse(path: str | Path) -> GGUFFile:
     kv: dict[str, KV] = {}
     for i in range(n_kv):
         start = c.pos
-        key = c.string(f"metadata key {i}")
+        key = c.name(f"metadata key {i}")
         vtype = c.scalar("<I", f"metadata {key!r}")
         value = c.value(vtype, f"metadata {key!r}")
         kv[key] = KV(vtype, value, (start, c.pos))
     infos = []
     for i in range(n_tensors):
-        name = c.string(f"tensor info {i}")
+        name = c.name(f"tensor info {i}")
         n_dims = c.scalar("<I", f"tensor info {name!r}")
         if n_dims > 4:
             raise CheckpointError(
@@ -682,7 +692,7 @@ def parse(path: str | Path) -> GGUFFile:
                 "upgrade gguf (pip install -U gguf) or convert the model again"
             ) from None
         block, size = gguf.GGML_QUANT_SIZES[qtype]
-        n = int(np.prod(ne, dtype=np.int64))
+        n = math.prod(ne)  # Python ints: a corrupt dimension cannot overflow
         if ne and ne[0] % block:
             raise CheckpointError(f"{path}: tensor {name!r} rows of {ne[0]} do not fill {qtype.name} blocks")
         infos.append((name, qtype.name, ne, offset, n // block * size))
@@ -814,20 +824,19 @@ def _dequantize(f: GGUFFile, t: TensorInfo) -> torch.Tensor:
     import gguf  # deferred: gguf costs 0.4 s to import and only GGUF files need it
 
     shape = tuple(reversed(t.ne))
-    raw = f.data(t)
-    if t.type in ("F32", "F16", "BF16"):
-        dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[t.type]
-        return torch.frombuffer(
-            f.buffer, dtype=dtype, count=int(np.prod(shape, dtype=np.int64)), offset=t.start
-        ).reshape(shape)
     if t.type in ("F64", "I8", "I16", "I32", "I64"):
         raise CheckpointError(
             f"{f.path}: tensor {t.name!r} is stored as {t.type}, not as weights (float or quantised); "
             "the file is not an RWKV model written by llama.cpp or rwkvkit"
         )
+    if not t.nbytes:
+        return torch.zeros(shape)  # an empty tensor (its shape is refused by the checks that follow)
+    if t.type in ("F32", "F16", "BF16"):
+        dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[t.type]
+        return torch.frombuffer(f.buffer, dtype=dtype, count=math.prod(shape), offset=t.start).reshape(shape)
     qtype = gguf.GGMLQuantizationType[t.type]
     try:
-        values = gguf.quants.dequantize(raw.reshape(*shape[:-1], -1), qtype)
+        values = gguf.quants.dequantize(f.data(t).reshape(*shape[:-1], -1), qtype)
     except NotImplementedError:
         raise CheckpointError(
             f"{f.path}: tensor {t.name!r} is stored as {t.type}, which gguf-py cannot dequantize; "
@@ -858,6 +867,12 @@ def _config(f: GGUFFile, version: str, foreign: Mapping[str, torch.Tensor]) -> R
     if emb is None or emb.dim() != 2:
         raise CheckpointError(f"{f.path} has no token_embd.weight matrix; the file is incomplete or damaged")
     get = lambda key: _int(f, f"{a}.{key}")  # noqa: E731
+    blocks = keymap.count_layers(foreign, [p for _, p, *_ in _SKELETON if "{i}" in p])
+    if get("block_count") != blocks:
+        raise CheckpointError(
+            f"{f.path}: its metadata says {get('block_count')} blocks but its tensors hold {blocks}; "
+            "the file is damaged"
+        )
     sizes = dict(
         version=version, n_layer=get("block_count"), n_embd=get("embedding_length"),
         vocab_size=emb.shape[0], head_size=get("wkv.head_size"), dim_ffn=get("feed_forward_length"),
@@ -903,7 +918,7 @@ def read(path: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor]
     foreign = {t.name: _dequantize(f, t) for t in f.tensors}
     counts: dict[str, int] = {}
     for t in f.tensors:
-        counts[t.type.lower()] = counts.get(t.type.lower(), 0) + int(np.prod(t.ne, dtype=np.int64))
+        counts[t.type.lower()] = counts.get(t.type.lower(), 0) + math.prod(t.ne)
     config = _config(f, version, foreign)
     if version == "6":
         _upgrade_v6(foreign, config.n_layer)
@@ -914,7 +929,7 @@ def read(path: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor]
                     if name in foreign:
                         foreign[name] = foreign[name] * 2.0 ** (i // rescale)
     source = f"{path} (GGUF, llama.cpp's {ARCHITECTURES[version]})"
-    sd = to_native(foreign, table(config), config.n_layer, source)
+    sd = keymap.to_native(foreign, table(config), config.n_layer, source)
     if version == "7" and tuple(sd["blocks.0.att.v1"].shape) != (config.n_embd, config.lora_v):
         for k in ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"):
             del sd[k]  # a stand-in of another rank (llama.cpp's converter copies a0/a1/a2 there)
