@@ -11,6 +11,7 @@ side fails here. llama.cpp itself is not run (the benchmark does that).
 from __future__ import annotations
 
 import ast
+import os
 import struct
 
 import gguf
@@ -467,3 +468,61 @@ def test_bad_options(models, tmp_path):
         save(models["7"], tmp_path / "m.gguf", "gguf", dtype="q5_k")
     with pytest.raises(ConfigError, match="tokenizer= is an option of the gguf format"):
         save(models["7"], tmp_path / "m.pth", "blinkdl", tokenizer="world")
+
+
+# ---- against llama.cpp's own converter (opt-in) ----------------------------------------------------
+
+LLAMA_CPP = os.environ.get("RWKVKIT_LLAMA_CPP")  # a llama.cpp source tree (its convert_hf_to_gguf.py)
+# what rwkvkit writes differently, on purpose (see rwkvkit.formats.gguf): the converter's model name
+# and size label, its chat template (rwkvkit writes its own in the same format), the checksums
+OWN_KEYS = {"general.name", "general.size_label", "tokenizer.chat_template", fmt.CHECKSUM_KEY}
+
+
+def _fields(reader) -> dict[str, object]:
+    out = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key in OWN_KEYS:
+            continue
+        kind = gguf.GGUFValueType(field.types[0]).name
+        value = tuple(field.contents()) if kind == "ARRAY" else field.contents()
+        out[key] = (kind, gguf.GGUFValueType(field.types[-1]).name, value)
+    return out
+
+
+@pytest.mark.skipif(not LLAMA_CPP, reason="set RWKVKIT_LLAMA_CPP to a llama.cpp source tree to compare")
+@pytest.mark.parametrize("version, dtype", [("6", "f32"), ("6", "q8_0"), ("7", "f32")])
+def test_the_same_file_as_llama_cpp_s_converter(version, dtype, tmp_path):
+    """rwkvkit's HF directory (the RWKV hub's layout for RWKV-6, fla's for RWKV-7, the layouts the
+    converter reads) through ``convert_hf_to_gguf.py``, against rwkvkit's GGUF of the same weights:
+    the same keys and values, tensors, types and bytes, except layer 0's unused RWKV-7 value LoRA
+    (the converter copies a0/a1/a2 there). Checked with the llama.cpp of llama-cpp-python 0.3.36."""
+    import shutil
+    import subprocess
+    import sys
+
+    from rwkvkit.formats import hf
+
+    lora = {"6": dict(lora_mix=32, lora_decay=64), "7": dict(lora_w=32, lora_a=32, lora_v=32, lora_g=64)}
+    # the converter reads the World vocabulary from the directory, and (RWKV-6) assumes ranks 32/64
+    cfg = RWKVConfig(version=version, n_layer=2, n_embd=64, vocab_size=65536, head_size=16, **lora[version])
+    ckpt = read(save(random_model(cfg, seed=3), tmp_path / "m.pth", "blinkdl"))
+    layout = {"6": "rwkv-hub-rwkv6", "7": "fla-rwkv7"}[version]
+    hf.write(ckpt.state_dict, cfg, tmp_path / "hf", layout=layout)
+    shutil.copy(world_vocab_path(), tmp_path / "hf" / "rwkv_vocab_v20230424.txt")
+    theirs = tmp_path / "llama.gguf"
+    subprocess.run(
+        [sys.executable, "convert_hf_to_gguf.py", str(tmp_path / "hf"), "--outfile", str(theirs),
+         "--outtype", dtype],
+        cwd=LLAMA_CPP, check=True, capture_output=True,
+    )  # fmt: skip
+    ours = save(ckpt, tmp_path / "ours.gguf", "gguf", dtype=dtype)
+    a, b = gguf.GGUFReader(ours), gguf.GGUFReader(theirs)
+    assert _fields(a) == _fields(b)
+    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    assert set(ta) == set(tb)
+    for name in ta:
+        x, y = ta[name], tb[name]
+        assert (x.tensor_type, list(x.shape)) == (y.tensor_type, list(y.shape)), name
+        if not name.startswith("blk.0.time_mix_v"):
+            assert np.array_equal(np.asarray(x.data).view(np.uint8), np.asarray(y.data).view(np.uint8)), name
+    assert torch.equal(_logits(rwkvkit.load(theirs)), _logits(rwkvkit.load(ours)))

@@ -1,4 +1,5 @@
-"""GGUF, llama.cpp's model file: RWKV-6 and RWKV-7 written and read in llama.cpp's own layout.
+"""GGUF, llama.cpp's model file: RWKV-6 and RWKV-7 written and read in llama.cpp's own layout
+(docs/checkpoints.md#llamacpp-gguf-rwkv-6-and-rwkv-7).
 
 A file written here is the file llama.cpp's converter (``convert_hf_to_gguf.py``) makes from the
 same weights, and llama.cpp loads it as it loads its own; any RWKV-6/7 GGUF that llama.cpp's
@@ -95,8 +96,14 @@ llama.cpp ignores): xxh3-128 digests of every tensor (name, type, shape, stored 
 metadata that defines the model (``general.architecture``, the ``{arch}.*`` keys, the token list),
 checked on reading (``verify=True``). Other metadata (name, chat template, special ids) may be
 edited with gguf-py's tools without invalidating the file. Files of other tools have none and are
-read unverified. Reading is plain parsing (gguf-py's ``GGUFReader`` over a memory map): nothing in
-the file is executed, and the chat template is never rendered.
+read unverified. Reading is plain parsing (:func:`parse`, over a memory map): nothing in the file
+is executed, and the chat template is never rendered.
+
+Checked against llama.cpp's converter itself (``tests/formats/test_gguf.py``, with
+``RWKVKIT_LLAMA_CPP`` set): from the same weights it writes the same metadata, token list, tensor
+names, types, shapes and bytes, except what rwkvkit does on purpose: no ``general.name`` /
+``general.size_label``, its own chat template, the checksums, layer 0's RWKV-7 value LoRA (above),
+and at q8_0 RWKV-7's ``a/v/g`` LoRAs f32 (the converter quantises them, ``llama-quantize`` would not).
 """
 
 from __future__ import annotations
@@ -536,25 +543,15 @@ def _seal(path: Path) -> None:
 
 
 # ---- parsing ---------------------------------------------------------------------------------------
-# GGUF v2/v3 (ggml/docs/gguf.md): "GGUF", u32 version, u64 tensor count, u64 key/value count; the
-# key/value entries (u64-length string key, u32 type, value); the tensor infos (name, u32 n_dims,
-# u64 ne[n_dims], u32 ggml type, u64 offset); the data, aligned to general.alignment (32). Parsed
-# here in plain Python over a memory map: gguf-py's GGUFReader makes two numpy arrays per token
-# string and takes 3 s over the 65536 tokens of a World vocabulary, this about 0.05 s.
+# GGUF v2/v3 (the specification: gguf.md in ggml's docs folder): "GGUF", u32 version, u64 tensor
+# count, u64 key/value count; the key/value entries (u64-length string key, u32 type, value); the
+# tensor infos (name, u32 n_dims, u64 ne[n_dims], u32 ggml type, u64 offset); the data, aligned to
+# general.alignment (32). Parsed here in plain Python over a memory map: gguf-py's GGUFReader makes
+# two numpy arrays per token string and takes 2.5 s over the 65536 tokens of a World vocabulary, this
+# about 0.05 s.
 
-_SCALAR = {
-    0: "<B",
-    1: "<b",
-    2: "<H",
-    3: "<h",
-    4: "<I",
-    5: "<i",
-    6: "<f",
-    7: "<?",
-    10: "<Q",
-    11: "<q",
-    12: "<d",
-}
+_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+           10: "<Q", 11: "<q", 12: "<d"}  # fmt: skip
 _STRING, _ARRAY = 8, 9
 
 
@@ -628,7 +625,7 @@ class _Cursor:
             )
         return name
 
-    def value(self, vtype: int, what: str):
+    def value(self, vtype: int, what: str, depth: int = 0):
         if vtype in _SCALAR:
             return self.scalar(_SCALAR[vtype], what)
         if vtype == _STRING:
@@ -640,7 +637,11 @@ class _Cursor:
                 start = self.take(size * count, what)
                 dtype = np.dtype(np.bool_) if etype == 7 else np.dtype(_SCALAR[etype])
                 return np.frombuffer(self.buf, dtype=dtype, count=count, offset=start).tolist()
-            return [self.value(etype, what) for _ in range(count)]
+            if depth >= 4:  # GGUF files hold arrays of scalars or strings; deeper nesting is damage
+                raise CheckpointError(
+                    f"{self.path}: {what} nests arrays {depth + 1} deep; the file is corrupt"
+                )
+            return [self.value(etype, what, depth + 1) for _ in range(count)]
         raise CheckpointError(f"{self.path}: {what} has an unknown value type {vtype}; the file is corrupt")
 
 
