@@ -21,7 +21,7 @@ import torch
 
 import rwkvkit
 from rwkvkit.cli.main import main
-from rwkvkit.errors import CheckpointError, ConfigError, UnsupportedVersionError
+from rwkvkit.errors import CheckpointError, ConfigError, TokenizerError, UnsupportedVersionError
 from rwkvkit.formats import blinkdl, read, save
 from rwkvkit.formats import gguf as fmt
 from rwkvkit.models.rwkv.config import RWKVConfig
@@ -299,6 +299,7 @@ def test_the_world_vocabulary_is_written_as_llama_cpp_s_converter_does(tmp_path)
     assert fmt.read_vocab(path) == read_vocab(world_vocab_path())
     tok = fmt.read_tokenizer(path)
     assert tok.encode("Hello world") == [33155, 40213] and tok.eos_id == 0
+    assert rwkvkit.load_tokenizer(path).encode("\n\nUser: hi") == [261, 24281, 59, 4571]
     assert read(path).config == cfg
 
 
@@ -461,6 +462,12 @@ def test_corrupt_bytes_fail_the_checksums_and_load_unverified(small_gguf):
     small_gguf.write_bytes(bytes(data))
     assert "is corrupt" in _error(small_gguf) and "checksums" in _error(small_gguf)
     rwkvkit.load(small_gguf, verify=False)  # the damaged value is still a float
+
+
+def test_a_file_without_vocabulary_gives_no_tokenizer(small_gguf):
+    assert fmt.read_tokenizer(small_gguf) is None
+    with pytest.raises(TokenizerError, match="carries no World vocabulary"):
+        rwkvkit.load_tokenizer(small_gguf)
 
 
 def test_bad_options(models, tmp_path):
