@@ -3,7 +3,8 @@
 The public API (kept stable; see the README)::
 
     import rwkvkit
-    model = rwkvkit.load(path, dtype=None, device="cpu")
+    model = rwkvkit.load(path, dtype=None, device="cpu")  # .pth, .safetensors, HF dir, .gguf
+    rwkvkit.convert("model.pth", "model.gguf", to="gguf", dtype="q8_0")  # for llama.cpp
     logits, state = model(tokens, state=None)       # tokens [B, T] -> float32 logits [B, T, V]
     state.save(path); state = rwkvkit.State.load(path)
     tok = rwkvkit.load_tokenizer("world")           # or "bytes", or a tokenizer.json path
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 # name -> (module, attribute); resolved lazily by __getattr__ so `import rwkvkit` stays light.
 _LAZY = {
     "load": ("rwkvkit.formats", "load"),
+    "convert": ("rwkvkit.formats", "convert"),
     "State": ("rwkvkit.state", "State"),
     "load_tokenizer": ("rwkvkit.tokenizer", "load_tokenizer"),
     "generate": ("rwkvkit.generation", "generate"),
@@ -49,7 +51,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs only
     from rwkvkit.errors import RWKVKitError  # noqa: F401
-    from rwkvkit.formats import load  # noqa: F401
+    from rwkvkit.formats import convert, load  # noqa: F401
     from rwkvkit.generation import generate  # noqa: F401
     from rwkvkit.models.rwkv.config import RWKVConfig  # noqa: F401
     from rwkvkit.models.rwkv.model import RWKV  # noqa: F401

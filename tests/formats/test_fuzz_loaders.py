@@ -1,9 +1,9 @@
 """Property-based fuzzing of every loader: damaged files end in one RWKVKitError or load intact.
 
 For each kind of file rwkvkit reads (an official ``.pth`` zip, an rwkvkit ``.safetensors``, an HF
-model directory, a saved state), hypothesis generates truncations, byte flips in the header and
-in the data, and random files (bare, or behind the first bytes of a real format). Every case must
-end in one of two ways:
+model directory, a saved state, a GGUF), hypothesis generates truncations, byte flips in the
+header and in the data, and random files (bare, or behind the first bytes of a real format).
+Every case must end in one of two ways:
 
 * an :class:`rwkvkit.errors.RWKVKitError` (the CLI's one-line error), or
 * a load whose result is bit-identical to the undamaged file's: the damage hit bytes that carry
@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 import rwkvkit
 from rwkvkit.errors import RWKVKitError
-from rwkvkit.formats import blinkdl, save
+from rwkvkit.formats import blinkdl, gguf, save
 from rwkvkit.models.rwkv.config import RWKVConfig
 from rwkvkit.state import State
 
@@ -102,6 +102,7 @@ def _model_files(root: Path) -> dict[str, Path]:
         "safetensors": save(sd, root / "model.safetensors"),
         "hf": save(sd, root / "hf", "hf"),
         "state": root / "state.safetensors",
+        "gguf": save(sd, root / "model.gguf", "gguf", dtype="q8_0"),
     }
 
 
@@ -159,14 +160,19 @@ def _check(originals, kind: str, which: int, damage) -> None:
 
 
 def _header_size(data: bytes) -> int:
-    """Where the data region starts: after the JSON header of a safetensors file; in a zip (whose
-    pickle and first records come first) or a JSON file, after the first 512 bytes."""
+    """Where the data region starts: after the JSON header of a safetensors file; after the metadata
+    and tensor infos of a GGUF; in a zip (whose pickle and first records come first) or a JSON file,
+    after the first 512 bytes."""
+    if data[:4] == b"GGUF":
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "h.gguf").write_bytes(data)
+            return min(t.start for t in gguf.parse(Path(d) / "h.gguf").tensors)
     if data[8:9] == b"{":
         return 8 + int.from_bytes(data[:8], "little")
     return 512
 
 
-KINDS = ["pth", "safetensors", "hf", "state"]
+KINDS = ["pth", "safetensors", "hf", "state", "gguf"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -202,7 +208,8 @@ def test_flipped_bytes(originals, kind, seed, n, which, region):
     _check(originals, kind, which, damage)
 
 
-PREFIXES = [b"", b"PK\x03\x04", b"\x80\x02", (64).to_bytes(8, "little") + b'{"', b'{"model_type": "rwkv7"']
+PREFIXES = [b"", b"PK\x03\x04", b"\x80\x02", (64).to_bytes(8, "little") + b'{"', b'{"model_type": "rwkv7"',
+            b"GGUF\x03\x00\x00\x00"]  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -7,6 +7,8 @@ blinkdl    the official ``.pth`` (``torch.save`` of the state dict), RWKV-4 to 7
 rwkvkit    one ``.safetensors`` file, official names, RWKVConfig + tag in its metadata (:mod:`.native`)
 hf         a Hugging Face model directory: transformers RWKV-4, the RWKV hub's RWKV-5.2/6, fla
            RWKV-6/7 (:mod:`.hf`, tables in :mod:`.hf_transformers`, :mod:`.hf_rwkv_hub`, :mod:`.hf_fla`)
+gguf       llama.cpp's ``.gguf``, RWKV-6/7 in llama.cpp's layout (architectures ``rwkv6``/``rwkv7``),
+           f32/f16/bf16 or quantised (q8_0, q4_0 written; any type gguf-py dequantises read) (:mod:`.gguf`)
 =========  =========================================================================================
 
 Every reader ends in the same place: a :class:`Checkpoint` whose state dict has rwkvkit's names
@@ -15,7 +17,9 @@ key by key and shape by shape against the official layout (docs/checkpoints.md#o
 ``.safetensors`` with official names is read as well. Writers are atomic (temporary file or folder,
 then rename) and lossless: every key map is a pure reshaping (:mod:`.keymap`), so a round trip
 through any format gives back the same bits, except RWKV-7's layer-0 value-residual LoRA, which
-fla does not store (unused by the model; it reads back as zeros).
+fla does not store (unused by the model; it reads back as zeros). GGUF is lossless at f32 (and at
+the checkpoint's own precision, the default); its q8_0 and q4_0 types are lossy by design, and are
+read back dequantised to float32.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 
 from rwkvkit.assets import DEFAULT_NAME, default_model_path
 from rwkvkit.errors import CheckpointError, ConfigError
-from rwkvkit.formats import blinkdl, hf, native
+from rwkvkit.formats import blinkdl, gguf, hf, native
 from rwkvkit.formats._io import majority_dtype, parse_dtype
 from rwkvkit.models.arwkv import ARWKV, ARWKVConfig
 from rwkvkit.models.rwkv.config import RWKVConfig
@@ -36,7 +40,7 @@ from rwkvkit.models.rwkv.model import RWKV
 from rwkvkit.utils.integrity import Verified, check_zip_crc, is_zip, verify_tensors
 from rwkvkit.utils.meta import on_meta
 
-FORMATS = ("rwkvkit", "blinkdl", "hf")
+FORMATS = ("rwkvkit", "blinkdl", "hf", "gguf")
 
 
 @dataclass
@@ -46,13 +50,16 @@ class Checkpoint:
     Attributes:
         state_dict: tensors under rwkvkit's (official) names, in the file's dtypes.
         config: sizes and version, read from the tensor shapes.
-        format: ``"blinkdl"``, ``"rwkvkit"``, ``"safetensors"`` (plain, official names) or ``"hf"``.
+        format: ``"blinkdl"``, ``"rwkvkit"``, ``"safetensors"`` (plain, official names), ``"hf"`` or
+            ``"gguf"``.
         description: a readable name of the format and layout (``rwkvkit info`` prints it).
         path: the file or directory read.
         files: every file read (an HF directory's config, weights, shards).
         stored_parameters: number of values stored (fla leaves out RWKV-7's layer-0 value LoRA).
-        stored_dtypes: the dtypes of the stored tensors.
-        source: where the layout's key map comes from (HF layouts).
+        stored_dtypes: the dtypes of the stored tensors (GGUF: ggml type names, ``"q4_0"``, ...).
+        source: where the layout's key map comes from (HF layouts, GGUF).
+        stored_dtype: the type most stored values have, where the state dict does not show it
+            (GGUF: the quantised types are read back as float32); empty otherwise.
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -64,6 +71,7 @@ class Checkpoint:
     stored_parameters: int = 0
     stored_dtypes: list[str] = field(default_factory=list)
     source: str = ""
+    stored_dtype: str = ""
 
 
 def _dtype_names(sd: Mapping[str, torch.Tensor]) -> list[str]:
@@ -108,6 +116,14 @@ def _read_hf(path: Path, verify: bool = True) -> Checkpoint:
     )  # fmt: skip
 
 
+def _read_gguf(path: Path, verify: bool = True) -> Checkpoint:
+    sd, config, info = gguf.read(path, verify)
+    return Checkpoint(
+        sd, config, "gguf", f"GGUF, llama.cpp {info['architecture']} ({info['main_type']})", path, [path],
+        info["stored_parameters"], info["stored_types"], gguf.SOURCE, info["main_type"],
+    )  # fmt: skip
+
+
 def resolve(path: str | Path) -> Path:
     """``"default"`` names the model shipped with rwkvkit; anything else is a path."""
 
@@ -126,10 +142,11 @@ def read(path: str | Path, verify: bool = True) -> Checkpoint:
     """Read and check a checkpoint of any supported format, without building a model.
 
     Args:
-        path: an official ``.pth``, an rwkvkit (or official-name) ``.safetensors``, or an HF model
-            directory (or one of its weight files).
+        path: an official ``.pth``, an rwkvkit (or official-name) ``.safetensors``, an HF model
+            directory (or one of its weight files), or an RWKV-6/7 ``.gguf`` (told by its magic bytes).
         verify: check the bytes against the checksums the file carries (rwkvkit's safetensors:
-            a digest per tensor; ``torch.save`` zips: CRC32 per record); costs about a memory read.
+            a digest per tensor, also in its GGUF files; ``torch.save`` zips: CRC32 per record);
+            costs about a memory read.
 
     Raises:
         CheckpointError: missing, unreadable, truncated or corrupt files; keys or shapes that do not
@@ -143,6 +160,8 @@ def read(path: str | Path, verify: bool = True) -> Checkpoint:
         return _read_hf(path, verify)
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes); the download or save was interrupted")
+    if gguf.is_gguf(path):
+        return _read_gguf(path, verify)
     if path.suffix == ".safetensors" or native.looks_like_safetensors(path):
         sd, meta = native.read_safetensors(path, verify)
         family = native.family_of(meta, path)
@@ -203,9 +222,11 @@ def load(
 
     Args:
         path: an official (BlinkDL) ``.pth`` file (any key-name generation), an rwkvkit
-            ``.safetensors`` file, or an HF model directory (transformers RWKV-4, the RWKV hub's
-            RWKV-5.2/6, fla RWKV-6/7; told apart by ``config.json`` and the keys).
-        dtype: weight dtype (``torch.float32``, ``"bf16"``, ...); None keeps the checkpoint's dtype.
+            ``.safetensors`` file, an HF model directory (transformers RWKV-4, the RWKV hub's
+            RWKV-5.2/6, fla RWKV-6/7; told apart by ``config.json`` and the keys), or an RWKV-6/7
+            GGUF file of llama.cpp (quantised tensors are dequantised).
+        dtype: weight dtype (``torch.float32``, ``"bf16"``, ...); None keeps the checkpoint's dtype
+            (a quantised GGUF: float32).
             The recurrent state and WKV accumulation are fp32 whatever this is.
         device: where to put the weights.
         verify: check the file's checksums (rwkvkit's files carry a digest of every tensor; the
@@ -260,7 +281,9 @@ def _load_for_inference(path, weights: str, dtype, device, verify: bool) -> RWKV
 def _load_family(path: str | Path, dtype, device, verify: bool = True):
     """An rwkvkit file of another model family (ARWKV), built from its metadata; None otherwise."""
     path = resolve(path)
-    if not path.is_file() or path.stat().st_size == 0 or not native.looks_like_safetensors(path):
+    if not path.is_file() or path.stat().st_size == 0 or gguf.is_gguf(path):
+        return None
+    if not native.looks_like_safetensors(path):
         return None
     if native.read_metadata(path).get(native.FAMILY) is None:
         return None  # an RWKV checkpoint: read() below
@@ -302,7 +325,7 @@ def describe(path: str | Path, verify: bool = True) -> dict:
         "format": ckpt.description,
         "config": ckpt.config,
         "parameters": ckpt.stored_parameters,
-        "dtype": str(majority_dtype(ckpt.state_dict)).removeprefix("torch."),
+        "dtype": ckpt.stored_dtype or str(majority_dtype(ckpt.state_dict)).removeprefix("torch."),
         "dtypes": ckpt.stored_dtypes,
         "file_bytes": sum(f.stat().st_size for f in ckpt.files),
         "source": ckpt.source,
@@ -319,12 +342,14 @@ def verify(path: str | Path) -> list[Verified]:
     path = resolve(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
-    weights = (".safetensors", ".bin", ".pth", ".pt")
+    weights = (".safetensors", ".bin", ".pth", ".pt", ".gguf")
     files = sorted(p for p in path.iterdir() if p.suffix in weights) if path.is_dir() else [path]
     out = []
     for f in files:
         if is_zip(f):
             out.append(check_zip_crc(f))
+        elif gguf.is_gguf(f):
+            out.append(gguf.verify(f))
         elif f.suffix == ".safetensors" or native.looks_like_safetensors(f):
             tensors, meta = native.read_safetensors(f, verify=False)
             out.append(verify_tensors(tensors, meta, f))
@@ -359,23 +384,36 @@ def save(
     path: str | Path,
     format: str = "rwkvkit",  # noqa: A002 - the natural name of the option
     dtype: str | torch.dtype | None = None,
+    tokenizer: str | Path | None = "auto",
 ) -> Path:
     """Write a model, an official-name state dict, or a read :class:`Checkpoint`.
 
     Args:
         model_or_state_dict: what to write; a state dict's version and sizes are read from its shapes.
-        path: a file (``rwkvkit``: ``.safetensors``; ``blinkdl``: ``.pth``) or a directory (``hf``).
-        format: ``"rwkvkit"``, ``"blinkdl"`` or ``"hf"`` (layout per version: transformers for
-            RWKV-4, the RWKV hub for 5.2, fla for 6 and 7; RWKV-5.0/5.1 have no HF layout).
+        path: a file (``rwkvkit``: ``.safetensors``; ``blinkdl``: ``.pth``; ``gguf``: ``.gguf``) or a
+            directory (``hf``).
+        format: ``"rwkvkit"``, ``"blinkdl"``, ``"hf"`` (layout per version: transformers for
+            RWKV-4, the RWKV hub for 5.2, fla for 6 and 7; RWKV-5.0/5.1 have no HF layout) or
+            ``"gguf"`` (llama.cpp's layout; RWKV-6 and 7 only).
         dtype: cast the floating-point tensors (``"bf16"``, ``torch.float16``, ...); None keeps them.
+            GGUF also takes ``"q8_0"`` and ``"q4_0"`` and casts only its large matrices (norms,
+            lerps, decay and LoRAs stay f32, as llama.cpp keeps them; :mod:`rwkvkit.formats.gguf`).
+        tokenizer: GGUF only: the vocabulary it carries, ``"auto"`` (the World vocabulary when the
+            model has its size), ``"world"``, a World ``.txt`` vocabulary, or None.
 
     Returns:
         ``path``. The write is atomic: a temporary file or folder, then a rename.
     """
     if format not in FORMATS:
         raise CheckpointError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+    if format != "gguf" and tokenizer != "auto":
+        raise ConfigError(
+            f"tokenizer= is an option of the gguf format; the {format} format stores no vocabulary"
+        )
     path = Path(path)
     sd, config = _state_and_config(model_or_state_dict)
+    if format == "gguf":
+        return gguf.write(sd, config, path, dtype=dtype, tokenizer=tokenizer)
     dtype = parse_dtype(dtype)
     if format == "hf":
         hf.write(sd, config, path, dtype=dtype)
@@ -389,14 +427,24 @@ def save(
     return path
 
 
-def convert(src: str | Path, dst: str | Path, to: str, dtype: str | torch.dtype | None = None) -> Checkpoint:
-    """Read ``src`` (any format), check it, write it to ``dst`` in format ``to``; returns what was read."""
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    to: str,
+    dtype: str | torch.dtype | None = None,
+    tokenizer: str | Path | None = "auto",
+) -> Checkpoint:
+    """Read ``src`` (any format), check it, write it to ``dst`` in format ``to``; returns what was read.
+
+    ``dtype`` and ``tokenizer`` are those of :func:`save`: e.g. ``convert("m.pth", "m.gguf",
+    to="gguf", dtype="q4_0")`` writes llama.cpp's q4_0 file with the World vocabulary.
+    """
     ckpt = read(src)
-    save(ckpt, dst, format=to, dtype=dtype)
+    save(ckpt, dst, format=to, dtype=dtype, tokenizer=tokenizer)
     return ckpt
 
 
 __all__ = [
     "FORMATS", "Checkpoint", "read", "load", "describe", "verify", "save", "convert",
-    "parse_dtype", "build_model", "blinkdl", "hf", "native",
+    "parse_dtype", "build_model", "blinkdl", "gguf", "hf", "native",
 ]  # fmt: skip

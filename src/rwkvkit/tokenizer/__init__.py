@@ -86,6 +86,8 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Tokenizer:
     * a ``.txt`` path: a World-format vocabulary (``<id> <literal> <byte length>`` per line).
     * a ``.json`` path, or a directory with a ``tokenizer.json``: a Hugging Face tokenizer
       (:class:`rwkvkit.tokenizer.hf.HFTokenizer`), e.g. the GPT-NeoX 20B tokenizer.
+    * a ``.gguf`` path: the World vocabulary a llama.cpp GGUF model carries
+      (:func:`rwkvkit.formats.gguf.read_tokenizer`).
 
     The names win over files of the same name (use ``./world`` for such a file). Results are cached
     per file (path, size and modification time), so repeated calls are free.
@@ -118,6 +120,8 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Tokenizer:
         return _load_file("txt", *_file_key(path))
     if suffix == ".json":
         return _load_file("json", *_file_key(path))
+    if suffix == ".gguf":
+        return _load_file("gguf", *_file_key(path))
     raise TokenizerError(
         f"cannot tell the tokenizer format of {path} from its extension {path.suffix!r}: {_USAGE}"
     )
@@ -145,6 +149,13 @@ def _load_file(kind: str, path: str, size: int, mtime_ns: int) -> Tokenizer:
         return WorldTokenizer.from_file(path, name="world")
     if kind == "txt":
         return WorldTokenizer.from_file(path)
+    if kind == "gguf":
+        from rwkvkit.formats.gguf import read_tokenizer  # deferred: rwkvkit.formats imports this package
+
+        tok = read_tokenizer(path)
+        if tok is None:
+            raise TokenizerError(f"{path} carries no World vocabulary (a GGUF written without one); {_USAGE}")
+        return tok
     from rwkvkit.tokenizer.hf import HFTokenizer  # deferred: imports `tokenizers` only when needed
 
     return HFTokenizer.from_file(path)
