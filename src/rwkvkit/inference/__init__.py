@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from rwkvkit.errors import ConfigError
 from rwkvkit.inference import fused
 from rwkvkit.inference.kernels.gemv import MAX_GEMV_ROWS, DecodeLinear
-from rwkvkit.inference.quant import WEIGHTS, Int8Linear, quantize_
+from rwkvkit.inference.quant import WEIGHTS, Int8Linear, Q4Linear, quantize_
 from rwkvkit.models.rwkv.model import RWKV
 from rwkvkit.state import State
 
@@ -51,7 +51,7 @@ def fold_ln0_(model: nn.Module) -> nn.Module:
 
 def _wrap_linears(module: nn.Module) -> None:
     for name, child in module.named_children():
-        if isinstance(child, (nn.Linear, Int8Linear)):
+        if isinstance(child, (nn.Linear, Int8Linear, Q4Linear)):
             setattr(module, name, DecodeLinear(child))
         else:
             _wrap_linears(child)
@@ -164,17 +164,21 @@ def optimize(
     kernels: bool = True,
     allocator: bool = True,
     copy_model: bool = True,
+    head: str | None = None,
 ) -> nn.Module:
     """An inference-only copy of ``model`` (see the module docstring); ``model`` is not changed.
 
     Args:
         model: an RWKV model (any version).
-        weights: ``"fp32"``, ``"bf16"`` or ``"int8"`` (weight-only).
+        weights: ``"fp32"``, ``"bf16"``, ``"int8"`` or ``"q4"`` (weight-only; q4 = GGUF Q4_0 values:
+            :class:`rwkvkit.inference.quant.Q4Linear`).
         kernels: use the compiled CPU kernels (matrix-vector products, fused RWKV-7 decoding block,
             sequential WKV), each with a PyTorch fallback; False gives the PyTorch operators only.
         allocator: call :func:`tune_allocator` (process-wide: freed memory is kept for reuse).
         copy_model: True (default) works on a copy; False converts ``model`` itself (no second copy of
             the weights in memory; ``model`` must not be used for anything else afterwards).
+        head: the output head's precision (one of the ``weights`` values); None: the default for
+            ``weights`` (:data:`rwkvkit.inference.quant.DEFAULT_HEAD`: int8 for q4, else ``weights``).
     """
     if weights not in WEIGHTS:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
@@ -186,7 +190,10 @@ def optimize(
     fast.__class__ = OptimizedRWKV  # same modules and parameters; only forward differs
     fast._kernels_on = kernels
     fold_ln0_(fast)
-    quantize_(fast, weights)
+    quantize_(fast, weights, head=head)
+    for m in fast.modules():
+        if isinstance(m, Q4Linear):
+            m.use_kernels = kernels
     if kernels:
         _wrap_linears(fast)
     return fast

@@ -13,10 +13,11 @@ Operators (``torch.ops.rwkvkit_kernels``; the .cpp file documents them in full):
 * ``wkv7_step(r, log_w, k, v, a, b, S_in, S_out, isa=0) -> o``: r, log_w, k, v, a, b ``[B, H, N]``,
   states ``[B, H, N, N]`` key-major, all fp32 contiguous; ``S_out`` may be ``S_in`` (in place).
 * ``rwkv7_block_decode(x, att_shift, S_in, S_out, ffn_shift, v_first, params, scales, layer_id,
-  isa=0) -> x_out``: x ``[B, C]``; ``att_shift``, ``ffn_shift`` ``[B, C]`` updated in place,
+  isa=0, dim_ffn=0) -> x_out``: x ``[B, C]``; ``att_shift``, ``ffn_shift`` ``[B, C]`` updated in place,
   ``S_out`` written (may be ``S_in``), ``v_first [B, C]`` written at layer 0 and read after.
   ``params`` is the list of 33 tensors built by :func:`pack_block` (order in :data:`PARAM_NAMES`),
-  ``scales`` 6 optional per-row scales of the projections ``W_r, W_k, W_v, W_o, ffn key, ffn value``.
+  ``scales`` 6 optional scales of the projections ``W_r, W_k, W_v, W_o, ffn key, ffn value`` (per-row
+  fp32 for int8 weights; the int16 block scales for 4-bit ones, :class:`~rwkvkit.inference.quant.Q4Linear`).
 
 Usage, one token for a model returned by :func:`rwkvkit.inference.optimize`::
 
@@ -38,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rwkvkit.inference.kernels.gemv import DecodeLinear
-from rwkvkit.inference.quant import Int8Linear
+from rwkvkit.inference.quant import Int8Linear, Q4Linear
 from rwkvkit.layers.rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
 from rwkvkit.models.rwkv.versions import spec_of
 from rwkvkit.ops.rwkv7.step import wkv7_step as _torch_wkv7_step
@@ -152,34 +153,33 @@ class PackedBlock:
     ln0: tuple[torch.Tensor, torch.Tensor, float] | None = field(default=None, repr=False)
 
 
-def _proj(module: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(weight [out, in], scale or None)`` of a projection: DecodeLinear, nn.Linear (fp32/bf16) or
-    Int8Linear, as the gemv kernel takes them."""
-    if isinstance(module, DecodeLinear):
-        w, s = module.weight_for_gemv, module.scale
-    elif isinstance(module, Int8Linear):
-        w, s = module.weight_int8, module.scale.float()
-    elif isinstance(module, nn.Linear):
-        w, s = module.weight, None
+def _proj(module: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """``(weight, scale or None, out_features)`` of a projection as the fused operator takes it:
+    DecodeLinear, nn.Linear (fp32/bf16, weight ``[out, in]``), Int8Linear (int8 weight, fp32 scale)
+    or Q4Linear (``qweight`` uint8 and its int16 ``scales``)."""
+    inner = module.inner if isinstance(module, DecodeLinear) else module
+    if isinstance(inner, Q4Linear):
+        w, s, out = inner.qweight, inner.scales, inner.out_features
+    elif isinstance(inner, Int8Linear):
+        w, s, out = inner.weight_int8, inner.scale.float(), inner.out_features
+    elif isinstance(inner, nn.Linear):
+        w, s, out = inner.weight, None, inner.out_features
     else:
         raise ValueError(f"pack_block: {name} is a {type(module).__name__}, not a linear layer")
-    if (
-        getattr(module, "bias", None) is not None
-        or getattr(getattr(module, "inner", None), "bias", None) is not None
-    ):
+    if getattr(inner, "bias", None) is not None:
         raise ValueError(f"pack_block: {name} has a bias; RWKV-7 projections have none")
-    if w.dtype not in (torch.float32, torch.bfloat16, torch.int8):
+    if w.dtype not in (torch.float32, torch.bfloat16, torch.int8, torch.uint8):
         raise ValueError(f"pack_block: {name} weight is {w.dtype}; optimize() the model first")
-    if w.dtype == torch.int8 and s is None:
-        raise ValueError(f"pack_block: {name} is int8 without a scale")
-    return w.detach().contiguous(), None if s is None else s.detach().float().contiguous()
+    if w.dtype == torch.int8:
+        s = s.detach().float().contiguous()
+    return w.detach().contiguous(), None if s is None else s.detach().contiguous(), out
 
 
 @torch.no_grad()
 def pack_block(block: nn.Module) -> PackedBlock:
     """Gather (once) what :func:`block_decode` needs from an RWKV-7 ``Block``.
 
-    Meant for blocks of a model returned by :func:`rwkvkit.inference.optimize` (fp32/bf16/int8
+    Meant for blocks of a model returned by :func:`rwkvkit.inference.optimize` (fp32/bf16/int8/q4
     projections; everything else fp32), but takes plain fp32 models too. The projection weights are
     referenced, not copied; the LoRA matrices are transposed to contiguous fp32 once; ``[1, 1, C]``
     parameters become ``[C]`` views. A block 0 whose ``ln0`` was not folded (no ``optimize``) gets it
@@ -207,12 +207,12 @@ def pack_block(block: nn.Module) -> PackedBlock:
     def lora_t(t: torch.Tensor) -> torch.Tensor:  # [in, out] -> [out, in]: a gemv weight
         return t.detach().float().t().contiguous()
 
-    Wr, sr = _proj(att.receptance, "att.receptance")
-    Wk, sk = _proj(att.key, "att.key")
-    Wv, sv = _proj(att.value, "att.value")
-    Wo, so = _proj(att.output, "att.output")
-    Fk, sfk = _proj(ffn.key, "ffn.key")
-    Fv, sfv = _proj(ffn.value, "ffn.value")
+    Wr, sr, _ = _proj(att.receptance, "att.receptance")
+    Wk, sk, _ = _proj(att.key, "att.key")
+    Wv, sv, _ = _proj(att.value, "att.value")
+    Wo, so, _ = _proj(att.output, "att.output")
+    Fk, sfk, dim_ffn = _proj(ffn.key, "ffn.key")
+    Fv, sfv, _ = _proj(ffn.value, "ffn.value")
     params = [
         vec(block.ln1.weight, "ln1.weight"), vec(block.ln1.bias, "ln1.bias"),
         vec(block.ln2.weight, "ln2.weight"), vec(block.ln2.bias, "ln2.bias"),
@@ -236,7 +236,7 @@ def pack_block(block: nn.Module) -> PackedBlock:
         n_embd=C,
         n_head=H,
         head_size=N,
-        dim_ffn=Fk.shape[0],
+        dim_ffn=dim_ffn,
         params=params,
         scales=[sr, sk, sv, so, sfk, sfv],
         ln0=packed_ln0,
@@ -330,7 +330,7 @@ def block_decode(
     else:
         vf = v_first.reshape(B, C).contiguous()
     out = ops.rwkv7_block_decode(
-        xin, att, S_in, S_out, ffn, vf, packed.params, packed.scales, packed.layer_id, 0
+        xin, att, S_in, S_out, ffn, vf, packed.params, packed.scales, packed.layer_id, 0, packed.dim_ffn
     )
     return out.view(x.shape), att, S_out, ffn, vf
 

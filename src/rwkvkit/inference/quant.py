@@ -59,6 +59,7 @@ dequant-bf16 also round the input to bf16).
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import torch
@@ -71,15 +72,22 @@ log = logging.getLogger("rwkvkit.inference")
 
 __all__ = [
     "WEIGHTS",
+    "DEFAULT_HEAD",
     "INT8PACK_MAX_ROWS",
     "DEQUANT_BLOCK_ROWS",
+    "Q4_BLOCK",
+    "Q4_PANEL",
     "BF16Linear",
     "Int8Linear",
+    "Q4Linear",
     "quantize_",
     "quantize_weight",
+    "quantize_q4_0",
 ]
 
-WEIGHTS = ("fp32", "bf16", "int8")
+WEIGHTS = ("fp32", "bf16", "int8", "q4")
+# The output head's precision when quantize_ is not told (others: the projections' own precision).
+DEFAULT_HEAD = {"q4": "int8"}
 # Up to this many input rows (tokens x batch) the int8pack kernel is used, above it dequant-bf16: the
 # measured crossover (module docstring) lies between 8 and 32 rows depending on the shape.
 INT8PACK_MAX_ROWS = 8
@@ -246,6 +254,243 @@ class Int8Linear(nn.Module):
         return F.linear(x2.to(dtype), self.weight_int8.to(dtype) * self.scale.to(dtype)[:, None])
 
 
+# ---- 4-bit weights: GGUF Q4_0 -------------------------------------------------------------------
+
+Q4_BLOCK = 32  # weights per scale along the input dimension (GGUF / llama.cpp QK4_0)
+Q4_PANEL = 16  # output rows interleaved in Q4Linear's packed layout (see Q4Linear)
+_Q4_0_BYTES = 2 + Q4_BLOCK // 2  # one GGUF Q4_0 block: fp16 d, then 16 bytes of 4-bit codes
+
+
+def quantize_q4_0(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[out, in]`` float weight -> ``(codes [out, in] uint8 in 0..15, d [out, in / 32] float16)``.
+
+    GGUF Q4_0 bit for bit, as llama.cpp's ``quantize_row_q4_0_ref`` and ``gguf.quants.quantize``: per
+    block of 32 inputs, ``m`` is the block's value of largest magnitude (the first one on ties), ``d =
+    m / -8`` in fp32, ``code = min(15, trunc(w * (1 / d) + 8.5))`` in fp32 (0 where ``d == 0``), and
+    ``d`` is stored as fp16. The weight represented is ``d_fp16 * (code - 8)``: the largest-magnitude
+    value maps to code 0 (``-8 d = m``), the others to ``round(w / d) + 8`` clipped to 15. ``in`` must
+    be a multiple of 32.
+    """
+    if weight.dim() != 2:
+        raise ValueError(f"expected a 2-D [out, in] weight, got shape {tuple(weight.shape)}")
+    N, K = weight.shape
+    if K % Q4_BLOCK:
+        raise ValueError(f"Q4_0 needs in_features divisible by {Q4_BLOCK}, got {K}")
+    w = weight.detach().float().reshape(N, K // Q4_BLOCK, Q4_BLOCK)
+    if not torch.isfinite(w).all():
+        raise ValueError("cannot quantize a weight with NaN or infinite values")
+    m = w.gather(-1, w.abs().argmax(dim=-1, keepdim=True))  # argmax: the first maximum, as llama.cpp
+    d = m / -8.0
+    inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
+    codes = (w * inv + 8.5).trunc_().clamp_(0, 15).to(torch.uint8)  # two fp32 roundings, as the C code
+    return codes.reshape(N, K), d.reshape(N, -1).to(torch.float16)
+
+
+def _q4_0_to_bytes(codes: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Codes ``[N, K]`` and fp16 ``d [N, K/32]`` -> the GGUF bytes ``[N, K/32 * 18]`` (uint8)."""
+    N, K = codes.shape
+    c = codes.reshape(N, K // Q4_BLOCK, 2, Q4_BLOCK // 2)
+    qs = c[:, :, 0] | (c[:, :, 1] << 4)  # byte j: element j (low nibble), element j + 16 (high)
+    db = d.contiguous().view(torch.uint8).reshape(N, K // Q4_BLOCK, 2)  # fp16, little-endian
+    return torch.cat([db, qs], dim=-1).reshape(N, -1)
+
+
+def _q4_0_from_bytes(data: torch.Tensor, N: int, K: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`_q4_0_to_bytes`."""
+    blocks = data.reshape(N, K // Q4_BLOCK, _Q4_0_BYTES)
+    d = blocks[..., :2].contiguous().view(torch.float16).reshape(N, K // Q4_BLOCK)
+    qs = blocks[..., 2:]
+    codes = torch.stack([qs & 15, qs >> 4], dim=2).reshape(N, K)
+    return codes, d
+
+
+def _q4_pack(codes: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes ``[N, K]`` (K a multiple of 32) and fp16 ``d [N, K/32]`` -> Q4Linear's buffers.
+
+    Rows are padded to a multiple of 16 with zero weights (code 8, d 0). See :class:`Q4Linear` for
+    the layout.
+    """
+    N, K = codes.shape
+    KB, P = K // Q4_BLOCK, -(-N // Q4_PANEL)
+    if P * Q4_PANEL != N:
+        codes = torch.cat([codes, codes.new_full((P * Q4_PANEL - N, K), 8)])
+        d = torch.cat([d, d.new_zeros(P * Q4_PANEL - N, KB)])
+    c = codes.reshape(P, Q4_PANEL, KB, 8, 4).permute(0, 2, 3, 1, 4)  # [panel, block, group g, row, j]
+    qweight = (c[:, :, :4] | (c[:, :, 4:] << 4)).reshape(P, KB, 256).contiguous()
+    scales = d.reshape(P, Q4_PANEL, KB).transpose(1, 2).contiguous().view(torch.int16)
+    return qweight, scales
+
+
+def _q4_unpack(qweight: torch.Tensor, scales: torch.Tensor, rows: slice | None = None):
+    """Q4Linear's buffers -> ``(codes [R, K_pad] uint8, d [R, K_pad/32] fp16)`` for the padded rows
+    ``rows`` (a slice of whole panels' rows; default all)."""
+    P, KB, _ = qweight.shape
+    if rows is not None:
+        p0, p1 = rows.start // Q4_PANEL, -(-rows.stop // Q4_PANEL)
+        qweight, scales = qweight[p0:p1], scales[p0:p1]
+        P = p1 - p0
+    q = qweight.reshape(P, KB, 4, Q4_PANEL, 4)
+    c = torch.cat([q & 15, q >> 4], dim=2)  # [panel, block, g (0..7), row, j]
+    codes = c.permute(0, 3, 1, 2, 4).reshape(P * Q4_PANEL, KB * Q4_BLOCK)
+    d = scales.view(torch.float16).transpose(1, 2).reshape(P * Q4_PANEL, KB)
+    if rows is not None:
+        r0 = rows.start - p0 * Q4_PANEL
+        codes, d = codes[r0 : r0 + rows.stop - rows.start], d[r0 : r0 + rows.stop - rows.start]
+    return codes, d
+
+
+def _q4_dequant(qweight: torch.Tensor, scales: torch.Tensor, rows: slice, in_features: int,
+                dtype: torch.dtype) -> torch.Tensor:  # fmt: skip
+    """Rows ``rows`` of a packed 4-bit weight, ``d * (code - 8)`` in fp32 (exact), then ``dtype``."""
+    codes, d = _q4_unpack(qweight, scales, rows)
+    w = (codes.float() - 8.0).reshape(codes.shape[0], d.shape[1], Q4_BLOCK) * d.float()[:, :, None]
+    return w.reshape(codes.shape[0], d.shape[1] * Q4_BLOCK)[:, :in_features].to(dtype)
+
+
+def _kernels_module():
+    """:mod:`rwkvkit.inference.kernels.gemv` (imported late: it imports this module)."""
+    return importlib.import_module("rwkvkit.inference.kernels.gemv")
+
+
+class Q4Linear(nn.Module):
+    """A linear layer with 4-bit weights: GGUF / llama.cpp Q4_0 values in a layout made for streaming.
+
+    The weight is ``w[n, k] = d[n, k // 32] * (code[n, k] - 8)``: per output row, groups of 32 inputs
+    share one fp16 scale ``d``, codes are 0..15. The values are GGUF Q4_0's exactly: build the layer
+    with :meth:`from_linear` (quantizes as llama.cpp does, :func:`quantize_q4_0`) or
+    :meth:`from_q4_0` (a GGUF tensor's bytes, no requantization); :meth:`to_q4_0` gives the bytes back.
+    ``in_features`` not divisible by 32 is padded with zero weights (such a layer has no GGUF form).
+
+    Buffers (the state dict), for P = ceil(out / 16) panels of 16 rows and KB = ceil(in / 32) blocks:
+
+    * ``qweight [P, KB, 256]`` uint8: panel p, block b holds the 16 x 32 codes of rows 16p..16p+15,
+      inputs 32b..32b+31, as 4 chunks of 64 bytes; byte ``64t + 4r + j`` holds row r's code of input
+      ``32b + 4t + j`` in its low nibble and of input ``32b + 16 + 4t + j`` in its high nibble.
+      Masking a 64-byte chunk with 0x0F (or shifting it right by 4) gives 4 consecutive inputs of 16
+      rows, which one ``vpdpbusd`` multiplies by 4 broadcast int8 activations into 16 row sums.
+    * ``scales [P, KB, 16]`` int16: the fp16 bit patterns of ``d`` (int16 so that ``model.to(dtype)``
+      leaves them alone), 16 rows of a panel per block.
+    * ``bias [out]`` (fp32) when the source layer had one.
+
+    ``forward`` takes any float input ``[..., in]`` and returns its dtype. On CPU with the kernel
+    extension: up to ``MAX_GEMV_ROWS`` rows go to the 4-bit matrix-vector kernel (activations
+    quantized to int8 per block of 32, :func:`rwkvkit.inference.kernels.gemv.gemv_q4`); more rows
+    (prefill) to blocks of :data:`DEQUANT_BLOCK_ROWS` rows dequantized to bf16 and multiplied by
+    oneDNN (weights rounded to bf16 on the way). Elsewhere (other devices, autograd, no kernel,
+    ``use_kernels = False``): ``F.linear`` with the fp32 :meth:`dequantize`, the reference.
+    """
+
+    qweight: torch.Tensor
+    scales: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        P, KB = -(-out_features // Q4_PANEL), -(-in_features // Q4_BLOCK)
+        # all codes 8 and scales 0: a zero weight
+        self.register_buffer("qweight", torch.full((P, KB, 256), 0x88, dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.zeros(P, KB, Q4_PANEL, dtype=torch.int16, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
+        self.use_kernels = True  # False: the PyTorch reference only (optimize(kernels=False))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Q4Linear:
+        """Quantize an ``nn.Linear`` (any float dtype, read in fp32) as llama.cpp quantizes to Q4_0."""
+        w = linear.weight.detach()
+        N, K = w.shape
+        pad = -K % Q4_BLOCK
+        if pad:  # zero inputs: the last block quantizes as if it were 32 wide
+            w = torch.cat([w.float(), w.new_zeros(N, pad, dtype=torch.float32)], dim=1)
+        m = cls(K, N, bias=False, device=w.device)
+        m.qweight, m.scales = _q4_pack(*quantize_q4_0(w))
+        if linear.bias is not None:
+            m.bias = linear.bias.detach().float().clone()
+        return m
+
+    @classmethod
+    def from_q4_0(cls, data, out_features: int, in_features: int) -> Q4Linear:
+        """The layer of a GGUF Q4_0 tensor, without requantization.
+
+        Args:
+            data: the tensor's raw bytes as GGUF stores them (a uint8 ``torch.Tensor`` or numpy array
+                of any shape with ``out * in / 32 * 18`` elements; ``gguf.GGUFReader`` gives
+                ``tensor.data`` as ``[out, in / 32 * 18]``): per row, ``in / 32`` blocks of an fp16
+                ``d`` (little-endian) and 16 bytes of codes (byte j: input j in the low nibble,
+                input j + 16 in the high one).
+            out_features, in_features: the weight's shape ``[out, in]`` (GGUF's ``ne`` is
+                ``(in, out)``); ``in`` must be a multiple of 32.
+        """
+        if in_features % Q4_BLOCK:
+            raise ValueError(f"Q4_0 needs in_features divisible by {Q4_BLOCK}, got {in_features}")
+        t = torch.as_tensor(data)  # a numpy array's memory is shared, not copied
+        if t.dtype not in (torch.uint8, torch.int8):
+            raise ValueError(f"from_q4_0: expected the raw uint8 bytes, got {t.dtype}")
+        expect = out_features * in_features // Q4_BLOCK * _Q4_0_BYTES
+        if t.numel() != expect:
+            raise ValueError(
+                f"from_q4_0: [{out_features}, {in_features}] needs {expect} bytes, got {t.numel()}"
+            )
+        t = t.reshape(-1).view(torch.uint8).cpu()
+        m = cls(in_features, out_features)
+        m.qweight, m.scales = _q4_pack(*_q4_0_from_bytes(t, out_features, in_features))
+        return m
+
+    def to_q4_0(self) -> torch.Tensor:
+        """The GGUF Q4_0 bytes of the weight, uint8 ``[out, in / 32 * 18]`` (see :meth:`from_q4_0`).
+
+        For a layer made by :meth:`from_linear`, equal to ``gguf.quants.quantize(w, Q4_0)`` of the
+        source weight ``w``. Raises ValueError when ``in_features`` is not a multiple of 32.
+        """
+        if self.in_features % Q4_BLOCK:
+            raise ValueError(f"Q4_0 needs in_features divisible by {Q4_BLOCK}, got {self.in_features}")
+        codes, d = _q4_unpack(self.qweight.cpu(), self.scales.cpu(), slice(0, self.out_features))
+        return _q4_0_to_bytes(codes.contiguous(), d.contiguous())
+
+    def dequantize(self, rows: slice | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight ``d * (code - 8)`` as ``[out, in]`` (or the rows ``rows`` of it) in ``dtype``.
+
+        Computed in fp32 (exact: a 4-bit integer times an fp16 number), then rounded to ``dtype``.
+        """
+        rows = slice(0, self.out_features) if rows is None else slice(*rows.indices(self.out_features)[:2])
+        return _q4_dequant(self.qweight, self.scales, rows, self.in_features, dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        )
+
+    # ---- forward --------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., in]`` -> ``[..., out]`` in ``x``'s dtype."""
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"Q4Linear expects inputs [..., {self.in_features}], got {tuple(x.shape)}")
+        x2 = x.reshape(-1, self.in_features)
+        kmod = _kernels_module()
+        grad = x.requires_grad and torch.is_grad_enabled()
+        if x.device.type != "cpu" or grad or x2.shape[0] == 0 or not self.use_kernels or not kmod.available():
+            y = F.linear(x2, self.dequantize(dtype=x2.dtype if x2.is_floating_point() else torch.float32))
+        elif x2.shape[0] <= kmod.MAX_GEMV_ROWS:
+            y = kmod.gemv_q4(x2.float(), self.qweight, self.scales, self.out_features)
+        else:
+            y = self._dequant_bf16(x2)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def _dequant_bf16(self, x2: torch.Tensor) -> torch.Tensor:
+        """``x_bf16 @ W_bf16^T`` in fp32, ``W`` dequantized (C++ kernel) a block of rows at a time."""
+        kmod = _kernels_module()
+        xb, n = x2.to(torch.bfloat16), self.out_features
+        y = torch.empty(xb.shape[0], n, dtype=torch.float32, device=xb.device)
+        for i in range(0, n, DEQUANT_BLOCK_ROWS):
+            j = min(i + DEQUANT_BLOCK_ROWS, n)
+            w = kmod.q4_dequant(self.qweight, self.scales, i, j, self.in_features)
+            y[:, i:j] = F.linear(xb, w)
+        return y
+
+
 class BF16Linear(nn.Linear):
     """An ``nn.Linear`` whose weight is bf16, for inputs of any float dtype.
 
@@ -272,23 +517,26 @@ class BF16Linear(nn.Linear):
 
 
 def _projections(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
-    """``(parent, attribute, module)`` for every linear layer (nn.Linear and its subclasses, Int8Linear)."""
+    """``(parent, attribute, module)`` for every linear layer (nn.Linear and its subclasses, Int8Linear,
+    Q4Linear)."""
     found = []
     for parent in model.modules():
         for name, child in parent.named_children():
-            if isinstance(child, (nn.Linear, Int8Linear)):
+            if isinstance(child, (nn.Linear, Int8Linear, Q4Linear)):
                 found.append((parent, name, child))
     return found
 
 
 @torch.no_grad()
-def quantize_(model: nn.Module, weights: str) -> nn.Module:
+def quantize_(model: nn.Module, weights: str, head: str | None = None) -> nn.Module:
     """Store ``model``'s projections in ``weights`` precision, in place; returns ``model``.
 
     Args:
         model: an RWKV model of any version (or any module: every ``nn.Linear`` is a projection).
-        weights: ``"fp32"`` (``nn.Linear``), ``"bf16"`` (:class:`BF16Linear`) or ``"int8"``
-            (:class:`Int8Linear`, the head included).
+        weights: ``"fp32"`` (``nn.Linear``), ``"bf16"`` (:class:`BF16Linear`), ``"int8"``
+            (:class:`Int8Linear`) or ``"q4"`` (:class:`Q4Linear`).
+        head: the precision of the output head (``model.head``), one of :data:`WEIGHTS`; None gives
+            :data:`DEFAULT_HEAD` for ``weights`` (``weights`` itself except for q4).
 
     Every other parameter and buffer (embedding, norms, decay/bonus/token-shift parameters, LoRA
     matrices) is kept in fp32, or brought to fp32 if it was in a lower precision (lossless; fp64 stays
@@ -296,11 +544,13 @@ def quantize_(model: nn.Module, weights: str) -> nn.Module:
     embedding's. The result is for inference: parameters no longer require grad.
 
     Raises:
-        ConfigError: ``weights`` is not one of :data:`WEIGHTS`, or int8 layers would be turned back
-            into floating-point ones (quantize the original model instead).
+        ConfigError: ``weights`` or ``head`` is not one of :data:`WEIGHTS`, or quantized (int8, q4)
+            layers would be turned into another precision (quantize the original model instead).
     """
-    if weights not in WEIGHTS:
-        raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    for what, value in (("weights", weights), ("head", weights if head is None else head)):
+        if value not in WEIGHTS:
+            raise ConfigError(f"{what} must be one of {', '.join(WEIGHTS)}, got {value!r}")
+    head = DEFAULT_HEAD.get(weights, weights) if head is None else head
     projections = _projections(model)
     inside = {id(t) for _, _, m in projections for t in [*m.parameters(), *m.buffers()]}
     for module in model.modules():
@@ -311,13 +561,17 @@ def quantize_(model: nn.Module, weights: str) -> nn.Module:
             if t.dtype != hi:
                 t.data = t.data.to(hi)  # .data keeps the Parameter object (and any references to it)
     for parent, name, m in projections:
-        if isinstance(m, Int8Linear):
-            if weights != "int8":
-                raise ConfigError(f"{name} is already int8; quantize the original model to {weights}")
+        want = head if (parent is model and name == "head") else weights
+        stored = {Int8Linear: "int8", Q4Linear: "q4"}.get(type(m))
+        if stored is not None:
+            if want != stored:
+                raise ConfigError(f"{name} is already {stored}; quantize the original model to {want}")
             continue
-        if weights == "int8":
-            new: nn.Module = Int8Linear.from_linear(m)
-        elif weights == "bf16":
+        if want == "q4":
+            new: nn.Module = Q4Linear.from_linear(m)
+        elif want == "int8":
+            new = Int8Linear.from_linear(m)
+        elif want == "bf16":
             new = m if isinstance(m, BF16Linear) else BF16Linear.from_linear(m)
         else:  # fp32 (fp64 stays fp64): a plain nn.Linear
             hi = torch.promote_types(m.weight.dtype, torch.float32)

@@ -364,6 +364,7 @@ bool cpu_has(Isa isa) {
     case kAvx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    case kAvx512Vnni: return cpu_has(kAvx512) && __builtin_cpu_supports("avx512vnni");
     default: return false;
   }
 }
@@ -381,7 +382,7 @@ PanelFn panel_fn(int64_t isa, at::ScalarType dt) {
       {avx2::panels<avx2::F32>, avx2::panels<avx2::BF16>, avx2::panels<avx2::I8>},
       {avx512::panels<avx512::F32>, avx512::panels<avx512::BF16>, avx512::panels<avx512::I8>},
   };
-  return table[isa - kScalar][which];
+  return table[std::min<int64_t>(isa, kAvx512) - kScalar][which];  // kAvx512Vnni: the AVX-512 kernels
 }
 
 namespace {

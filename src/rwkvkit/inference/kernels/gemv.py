@@ -25,14 +25,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rwkvkit.inference.quant import Int8Linear
+from rwkvkit.inference.quant import Q4_BLOCK, Int8Linear, Q4Linear, _q4_dequant
 from rwkvkit.ops.cpu.build import ENV_DISABLE, compile_extension, warn_build_failed
 from rwkvkit.ops.cpu.build import disabled as _disabled
 from rwkvkit.ops.cpu.build import ninja_on_path as _ninja_on_path  # noqa: F401  (tests use it)
 
 __all__ = [
     "ENV_DISABLE", "WEIGHT_DTYPES", "MAX_GEMV_ROWS", "available", "gemv", "gemv_reference", "kernel_isa",
-    "DecodeLinear",
+    "gemv_q4", "gemv_q4_reference", "quantize_activations", "q4_dequant", "DecodeLinear",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -40,12 +40,15 @@ log = logging.getLogger(__name__)
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
 MAX_GEMV_ROWS = 16  # up to this many rows (tokens x batch) a DecodeLinear product is a gemv call
 ISAS = {"auto": 0, "c++": 1, "avx2": 2, "avx512": 3}  # the kernel's ``isa`` argument
+# the q4 kernel's: also AVX-512 with VNNI (``"avx512"`` forces it off, for tests)
+Q4_ISAS = {**ISAS, "avx512vnni": 4}
 
 _SOURCE = Path(__file__).with_name("gemv.cpp")
 # Every source of the extension: gemv.cpp plus the RWKV-7 decoding operators (rwkv7_decode.cpp, which
 # uses gemv's panel kernels through gemv.h). One library, torch.ops.rwkvkit_kernels.*.
-_SOURCES = [_SOURCE, Path(__file__).with_name("rwkv7_decode.cpp")]
-_HEADERS = [Path(__file__).with_name("gemv.h")]  # not compiled; part of the rebuild key (extra_cflags)
+_SOURCES = [_SOURCE, Path(__file__).with_name("gemv_q4.cpp"), Path(__file__).with_name("rwkv7_decode.cpp")]
+# not compiled on their own; part of the rebuild key (extra_cflags)
+_HEADERS = [Path(__file__).with_name("gemv.h"), Path(__file__).with_name("gemv_q4_avx512.inc")]
 _EXT_NAME = "rwkvkit_gemv"  # torch rebuilds when the source or the flags change, whatever the name
 
 _lock = threading.Lock()
@@ -160,16 +163,107 @@ def _gemv_isa(x: torch.Tensor, W: torch.Tensor, scale: torch.Tensor | None, isa:
     return op(x.contiguous(), W, None if scale is None else scale.contiguous(), ISAS[isa])
 
 
+# ---- 4-bit weights ------------------------------------------------------------------------------
+
+
+def q4_dequant_reference(qweight: torch.Tensor, scales: torch.Tensor, row0: int, row1: int, in_features: int,
+                         dtype: torch.dtype = torch.float32) -> torch.Tensor:  # fmt: skip
+    """Rows ``[row0, row1)`` of a :class:`Q4Linear` weight, ``d * (code - 8)`` in fp32, then ``dtype``."""
+    return _q4_dequant(qweight, scales, slice(row0, row1), in_features, dtype)
+
+
+def gemv_q4_reference(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, out_features: int
+) -> torch.Tensor:
+    """The specification of :func:`gemv_q4`: ``F.linear(x, W)`` with the fp32 dequantized weight."""
+    return F.linear(x, q4_dequant_reference(qweight, scales, 0, out_features, x.shape[-1]))
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What :func:`gemv_q4` multiplies instead of ``x [M, K]``: ``(xq [M, KB*32] int8, xd [M, KB])``.
+
+    Per row and block of 32 inputs (the last one zero-padded): ``d = max|x| / 127``,
+    ``xq = round_half_even(x * (1 / d))`` (0 where ``d == 0``), all in fp32, so ``x ~= xq * d``
+    with an error of at most ``d / 2``. The kernel's rounding is this one bit for bit.
+    """
+    M, K = x.shape
+    KB = -(-K // Q4_BLOCK)
+    xb = F.pad(x.float(), (0, KB * Q4_BLOCK - K)).reshape(M, KB, Q4_BLOCK)
+    d = xb.abs().amax(dim=-1) / 127.0
+    inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
+    xq = torch.round(xb * inv[..., None]).to(torch.int8)  # torch.round: half to even, as the CPU's
+    return xq.reshape(M, KB * Q4_BLOCK), d
+
+
+def _check_q4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, out_features: int) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.dtype != torch.float32:
+        raise ValueError(f"gemv_q4: x must be a float32 [M, K] tensor, got {getattr(x, 'shape', type(x))}")
+    P, KB = -(-out_features // 16), -(-x.shape[1] // Q4_BLOCK)
+    if qweight.dtype != torch.uint8 or tuple(qweight.shape) != (P, KB, 256) or not qweight.is_contiguous():
+        raise ValueError(f"gemv_q4: qweight must be a contiguous uint8 [{P}, {KB}, 256] tensor (Q4Linear's), "
+                         f"got {qweight.dtype} {tuple(qweight.shape)}")  # fmt: skip
+    if scales.dtype != torch.int16 or tuple(scales.shape) != (P, KB, 16) or not scales.is_contiguous():
+        raise ValueError(f"gemv_q4: scales must be a contiguous int16 [{P}, {KB}, 16] tensor, "
+                         f"got {scales.dtype} {tuple(scales.shape)}")  # fmt: skip
+    devices = {t.device.type for t in (x, qweight, scales)}
+    if devices != {"cpu"}:
+        raise ValueError(f"gemv_q4: CPU tensors only, got devices {sorted(devices)}")
+
+
+def gemv_q4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, out_features: int) -> torch.Tensor:
+    """``y [M, N] = x [M, K] @ W^T`` in float32 for a :class:`Q4Linear` weight (``qweight``, ``scales``).
+
+    The kernel multiplies :func:`quantize_activations` of ``x`` (int8 per block of 32) by the 4-bit
+    codes in integer arithmetic (VNNI ``vpdpbusd`` where the CPU has it, ``vpmaddubsw`` otherwise),
+    then scales and sums the blocks in fp32: against :func:`gemv_q4_reference` (the exact product)
+    it differs by the rounding of ``x``, at most ``sum_k |w[n, k]| * d_x[block of k] / 2``. Without
+    the kernel (not built, ``RWKVKIT_NO_KERNELS=1``, autograd) the reference itself runs.
+    """
+    _check_q4(x, qweight, scales, out_features)
+    if _disabled() or (torch.is_grad_enabled() and x.requires_grad):
+        return gemv_q4_reference(x, qweight, scales, out_features)
+    if _load() is None:
+        return gemv_q4_reference(x, qweight, scales, out_features)
+    return torch.ops.rwkvkit_kernels.gemv_q4(x.contiguous(), qweight, scales, out_features, 0)
+
+
+def _gemv_q4_isa(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, out_features: int,
+                 isa: str) -> torch.Tensor:  # fmt: skip
+    """The q4 kernel with a forced instruction set (tests); RuntimeError if this CPU lacks it."""
+    _check_q4(x, qweight, scales, out_features)
+    if _load() is None:
+        raise RuntimeError("gemv_q4: the kernel is not available")
+    return torch.ops.rwkvkit_kernels.gemv_q4(x.contiguous(), qweight, scales, out_features, Q4_ISAS[isa])
+
+
+def q4_dequant(
+    qweight: torch.Tensor, scales: torch.Tensor, row0: int, row1: int, in_features: int
+) -> torch.Tensor:
+    """Rows ``[row0, row1)`` of a :class:`Q4Linear` weight as bfloat16 ``[row1 - row0, in]`` (prefill).
+
+    The kernel (parallel, ~20x faster than the PyTorch unpacking) where available, else
+    :func:`q4_dequant_reference`; the same bits either way (fp32 value rounded to nearest even).
+    """
+    if _disabled() or qweight.device.type != "cpu" or _load() is None:
+        return q4_dequant_reference(qweight, scales, row0, row1, in_features, torch.bfloat16)
+    return torch.ops.rwkvkit_kernels.q4_dequant(qweight, scales, row0, row1, in_features)
+
+
 class DecodeLinear(nn.Module):
     """A linear layer whose small-batch products go to the matrix-vector kernel.
 
-    Wraps an ``nn.Linear`` (fp32/bf16 weight) or an ``Int8Linear``; above ``MAX_GEMV_ROWS`` rows
-    (prefill) it calls the wrapped module unchanged.
+    Wraps an ``nn.Linear`` (fp32/bf16 weight), an ``Int8Linear`` or a ``Q4Linear``; above
+    ``MAX_GEMV_ROWS`` rows (prefill) it calls the wrapped module unchanged.
     """
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
+        self.q4 = isinstance(inner, Q4Linear)
+        if self.q4:  # the packed codes; gemv_q4 takes the scales from the module each call
+            self.weight_for_gemv, self.scale = inner.qweight, None
+            self.in_features = inner.in_features
+            return
         if isinstance(inner, Int8Linear):
             self.weight_for_gemv, self.scale = inner.weight_int8, inner.scale.float()
         else:
@@ -180,5 +274,11 @@ class DecodeLinear(nn.Module):
         rows = x.numel() // self.in_features
         if rows > MAX_GEMV_ROWS or x.requires_grad:
             return self.inner(x)
+        if self.q4:
+            if self.inner.bias is not None:
+                return self.inner(x)
+            y = gemv_q4(x.reshape(rows, self.in_features).float(), self.inner.qweight, self.inner.scales,
+                        self.inner.out_features)  # fmt: skip
+            return y.to(x.dtype).view(*x.shape[:-1], -1)
         y = gemv(x.reshape(rows, self.in_features).float(), self.weight_for_gemv, self.scale)
         return y.to(x.dtype).view(*x.shape[:-1], -1)

@@ -18,7 +18,8 @@
 // ------------------------------------------------------------------------------------------------
 // rwkvkit_kernels::rwkv7_block_decode(Tensor x, Tensor(a!) att_shift, Tensor S_in, Tensor(b!) S_out,
 //                                     Tensor(c!) ffn_shift, Tensor(d!) v_first, Tensor[] params,
-//                                     Tensor?[] scales, int layer_id, int isa=0) -> Tensor x_out
+//                                     Tensor?[] scales, int layer_id, int isa=0, int dim_ffn=0)
+//                                     -> Tensor x_out
 //
 //   Block.forward for one token (T = 1) with ln0 already folded into the embedding (optimize()):
 //       x [B, C] float32 -> returns the new x [B, C] (a new tensor).
@@ -38,14 +39,18 @@
 //       24 ln_x.weight [C]    25 ln_x.bias [C]
 //       26 W_r [C, C]   27 W_k [C, C]   28 W_v [C, C]   29 W_o [C, C]      float32, bfloat16 or int8
 //       30 ffn.x_k [C]  31 ffn W_key [F, C]   32 ffn W_value [C, F]        (weights likewise)
+//   or, for any of the six weights, 4-bit: Q4Linear's qweight (uint8 [ceil(rows / 16), ceil(cols / 32),
+//   256]; its input is quantized to int8 per block of 32 as gemv_q4 does).
 //   scales: 6 entries for W_r, W_k, W_v, W_o, W_key, W_value: float32 [rows] per-row scales (required
-//   for int8 weights) or None.
+//   for int8 weights), Q4Linear's int16 scales (required for 4-bit weights), or None.
+//   dim_ffn: F; 0 takes it from W_key's rows, which 4-bit weights do not give (padded to 16).
 //   Norm epsilons are RWKV-7's: LayerNorm 1e-5, GroupNorm ln_x 64e-5, L2 normalisation of kk 1e-12.
 //   All projections and LoRA products run through gemv's panel kernels (products of one stage share
 //   one parallel region); the elementwise work (B * C values) is plain loops on the calling thread;
 //   scratch memory is a per-thread buffer reused across calls (no allocation but the output).
 //
-// `isa`: 0 = best for this CPU, 1 = plain C++, 2 = AVX2, 3 = AVX-512 (tests; lacking it is an error).
+// `isa`: 0 = best for this CPU, 1 = plain C++, 2 = AVX2, 3 = AVX-512, 4 = AVX-512 with VNNI (which
+// only the 4-bit products use; tests; lacking it is an error).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -68,6 +73,11 @@ using rwkvkit_gemv::Isa;
 using rwkvkit_gemv::kPanel;
 using rwkvkit_gemv::PanelFn;
 using rwkvkit_gemv::Problem;
+using rwkvkit_gemv::QPanelFn;
+using rwkvkit_gemv::QProblem;
+using rwkvkit_gemv::kQ4Block;
+using rwkvkit_gemv::kQ4Panel;
+using rwkvkit_gemv::kQ4PanelBlockBytes;
 
 // One head of the WKV step (see the top of the file). d = exp(log_w), precomputed by the caller.
 // tmp: 2 * N floats of scratch. S and So may be the same pointer.
@@ -276,6 +286,7 @@ int64_t resolve_isa(int64_t isa, const char* op) {
 
 HeadFn head_fn(int64_t isa) {
   switch (isa) {
+    case rwkvkit_gemv::kAvx512Vnni:
     case rwkvkit_gemv::kAvx512: return avx512::head;
     case rwkvkit_gemv::kAvx2: return avx2::head;
     default: return head_scalar;
@@ -343,9 +354,11 @@ at::Tensor wkv7_step(const at::Tensor& r, const at::Tensor& log_w, const at::Ten
 // ------------------------------------------------------------------------------------------------
 struct Job {
   Problem p;
-  PanelFn fn;
-  int64_t panels;     // ceil(N / kPanel)
-  int64_t panel_cost;  // bytes of weights per panel
+  PanelFn fn = nullptr;    // float weights: p, fn
+  QProblem q;
+  QPanelFn qfn = nullptr;  // 4-bit weights: q, qfn (x already quantized)
+  int64_t panels;          // ceil(N / kPanel) (ceil(N / kQ4Panel) for 4-bit weights)
+  int64_t panel_cost;      // bytes of weights per panel
 };
 
 void run_jobs(const Job* jobs, int n) {
@@ -366,7 +379,12 @@ void run_jobs(const Job* jobs, int n) {
         return rel <= 0 ? int64_t{0} : std::min<int64_t>(jb.panels, (rel + c - 1) / c);
       };
       const int64_t q0 = first(lo), q1 = first(hi);
-      if (q0 < q1) jb.fn(jb.p, q0, q1);
+      if (q0 < q1) {
+        if (jb.qfn)
+          jb.qfn(jb.q, q0, q1);
+        else
+          jb.fn(jb.p, q0, q1);
+      }
       start += jb.panels * jb.panel_cost;
     }
   };
@@ -379,14 +397,57 @@ void run_jobs(const Job* jobs, int n) {
   });
 }
 
+// Scratch for the int8 activations of the 4-bit products of one stage (reset per stage).
+struct QArena {
+  std::vector<char>& buf;
+  size_t used = 0;
+  template <typename T>
+  T* take(int64_t n) {
+    T* p = reinterpret_cast<T*>(buf.data() + used);
+    used += (static_cast<size_t>(n) * sizeof(T) + 63) & ~size_t{63};
+    TORCH_INTERNAL_ASSERT(used <= buf.size(), "rwkv7_block_decode: q4 scratch too small");
+    return p;
+  }
+};
+// Bytes of QArena a 4-bit product with M rows of K inputs takes.
+inline size_t q_bytes(int64_t M, int64_t K) {
+  const int64_t KB = (K + kQ4Block - 1) / kQ4Block;
+  auto round = [](int64_t n) { return (static_cast<size_t>(n) + 63) & ~size_t{63}; };
+  return round(M * KB * kQ4Block) + 2 * round(M * KB * 4);
+}
+
 // A gemv weight from the parameter list: dtype, shape [rows, cols], contiguity; the scale if any.
+// 4-bit weights (uint8 [P, KB, 256], Q4Linear's qweight, with the int16 [P, KB, 16] scales) also
+// quantize x into `arena` (isa: q4_isa).
 Job make_job(int64_t isa, const at::Tensor& w, const c10::optional<at::Tensor>& scale, int64_t rows, int64_t cols,
-             const float* x, float* y, int64_t M, const char* name) {
+             const float* x, float* y, int64_t M, const char* name, int64_t q4_isa = 0, QArena* arena = nullptr) {
   const char* op = "rwkv7_block_decode";
   const at::ScalarType dt = w.scalar_type();
   TORCH_CHECK(w.device().is_cpu(), op, ": ", name, " must be a CPU tensor");
+  if (dt == at::kByte) {  // 4-bit
+    TORCH_CHECK(arena != nullptr, op, ": ", name, " cannot be a 4-bit weight");
+    const int64_t P = (rows + kQ4Panel - 1) / kQ4Panel, KB = (cols + kQ4Block - 1) / kQ4Block;
+    TORCH_CHECK(w.dim() == 3 && w.size(0) == P && w.size(1) == KB && w.size(2) == kQ4PanelBlockBytes &&
+                    w.is_contiguous(),
+                op, ": ", name, " (4-bit) must be a contiguous uint8 [", P, ", ", KB, ", 256] tensor, got ", w.sizes());
+    TORCH_CHECK(scale.has_value() && scale->defined() && scale->scalar_type() == at::kShort &&
+                    scale->device().is_cpu() && scale->is_contiguous() &&
+                    scale->sizes() == at::IntArrayRef({P, KB, kQ4Panel}),
+                op, ": ", name, " (4-bit) needs its int16 [", P, ", ", KB, ", 16] scales");
+    int8_t* xq = arena->take<int8_t>(M * KB * kQ4Block);
+    float* xd = arena->take<float>(M * KB);
+    int32_t* xs = arena->take<int32_t>(M * KB);
+    rwkvkit_gemv::quantize_rows(q4_isa, x, M, cols, xq, xd, xs);
+    Job j;
+    j.q = QProblem{xq, xd, xs, w.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(scale->data_ptr<int16_t>()),
+                   y, M, rows, KB};
+    j.qfn = rwkvkit_gemv::q4_panel_fn(q4_isa);
+    j.panels = P;
+    j.panel_cost = KB * (kQ4PanelBlockBytes + 2 * kQ4Panel) + 1;
+    return j;
+  }
   TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kChar, op, ": ", name,
-              " must be float32, bfloat16 or int8, got ", dt);
+              " must be float32, bfloat16, int8 or 4-bit (uint8), got ", dt);
   TORCH_CHECK(w.dim() == 2 && w.size(0) == rows && w.size(1) == cols, op, ": ", name, " must have shape [", rows,
               ", ", cols, "], got ", w.sizes());
   TORCH_CHECK(w.is_contiguous(), op, ": ", name, " must be contiguous");
@@ -424,7 +485,7 @@ constexpr int kNumScales = 6;
 at::Tensor block_decode(const at::Tensor& x, const at::Tensor& att_shift, const at::Tensor& S_in,
                         const at::Tensor& S_out, const at::Tensor& ffn_shift, const at::Tensor& v_first,
                         at::TensorList P, const c10::List<c10::optional<at::Tensor>>& scales, int64_t layer_id,
-                        int64_t isa_arg) {
+                        int64_t isa_arg, int64_t dim_ffn) {
   const char* op = "rwkv7_block_decode";
   TORCH_CHECK(P.size() == kNumParams, op, ": params must hold ", kNumParams, " tensors, got ", P.size());
   TORCH_CHECK(scales.size() == kNumScales, op, ": scales must hold ", kNumScales, " entries, got ", scales.size());
@@ -434,7 +495,8 @@ at::Tensor block_decode(const at::Tensor& x, const at::Tensor& att_shift, const 
   const int64_t H = P[23].size(0), N = P[23].size(1);
   TORCH_CHECK(H * N == C, op, ": r_k is [", H, ", ", N, "] but C = ", C);
   const int64_t Dw = P[11].size(0), Da = P[14].size(0), Dv = P[17].size(0), Dg = P[19].size(0);
-  const int64_t F = P[31].size(0);
+  TORCH_CHECK(dim_ffn > 0 || P[31].scalar_type() != at::kByte, op, ": a 4-bit ffn W_key needs dim_ffn");
+  const int64_t F = dim_ffn > 0 ? dim_ffn : P[31].size(0);
   check_f32(x, {B, C}, op, "x");
   check_f32(att_shift, {B, C}, op, "att_shift");
   check_f32(ffn_shift, {B, C}, op, "ffn_shift");
@@ -455,8 +517,18 @@ at::Tensor block_decode(const at::Tensor& x, const at::Tensor& att_shift, const 
   check_f32(P[20], {C, Dg}, op, names[20]);
   TORCH_CHECK(x.data_ptr() != att_shift.data_ptr() && x.data_ptr() != ffn_shift.data_ptr(), op,
               ": x must not be a state tensor");
-  const int64_t isa = resolve_isa(isa_arg, op);
+  // the float kernels' isa, and the 4-bit kernels' (isa 4 = AVX-512 with VNNI: 3 for the float ones)
+  const int64_t q4_isa = isa_arg == rwkvkit_gemv::kAuto ? rwkvkit_gemv::best_q4_isa() : isa_arg;
+  TORCH_CHECK(q4_isa >= rwkvkit_gemv::kScalar && q4_isa <= rwkvkit_gemv::kAvx512Vnni, op,
+              ": isa must be 0 (auto), 1, 2, 3 or 4");
+  TORCH_CHECK(rwkvkit_gemv::cpu_has(static_cast<Isa>(q4_isa)), op, ": this CPU lacks the requested instruction set");
+  const int64_t isa = isa_arg == rwkvkit_gemv::kAuto ? rwkvkit_gemv::best_isa()
+                                                     : std::min<int64_t>(isa_arg, rwkvkit_gemv::kAvx512);
   const bool first = layer_id == 0;
+  // int8 activations of the 4-bit products: r, k, v of stage 2 at once, then one input at a time
+  static thread_local std::vector<char> qbuf;
+  const size_t qneed = std::max(3 * q_bytes(B, C), q_bytes(B, F));
+  if (qbuf.size() < qneed) qbuf.resize(qneed);
 
   auto fp = [&](int i) { return P[i].data_ptr<float>(); };
   const float *ln1w = fp(0), *ln1b = fp(1), *ln2w = fp(2), *ln2b = fp(3);
@@ -507,11 +579,12 @@ at::Tensor block_decode(const at::Tensor& x, const at::Tensor& att_shift, const 
   // 2. r, k, v and the LoRA down-projections, in one parallel region.
   const auto none = c10::optional<at::Tensor>();
   {
+    QArena qa{qbuf};
     Job jobs[7];
     int n = 0;
-    jobs[n++] = make_job(isa, P[26], scales.get(0), C, C, xr, r, B, names[26]);
-    jobs[n++] = make_job(isa, P[27], scales.get(1), C, C, xk, k, B, names[27]);
-    jobs[n++] = make_job(isa, P[28], scales.get(2), C, C, xv, v, B, names[28]);
+    jobs[n++] = make_job(isa, P[26], scales.get(0), C, C, xr, r, B, names[26], q4_isa, &qa);
+    jobs[n++] = make_job(isa, P[27], scales.get(1), C, C, xk, k, B, names[27], q4_isa, &qa);
+    jobs[n++] = make_job(isa, P[28], scales.get(2), C, C, xv, v, B, names[28], q4_isa, &qa);
     jobs[n++] = make_job(isa, P[11], none, Dw, C, xw, hw, B, names[11]);
     jobs[n++] = make_job(isa, P[14], none, Da, C, xa, ha, B, names[14]);
     if (!first) jobs[n++] = make_job(isa, P[17], none, Dv, C, xv, hv, B, names[17]);
@@ -584,7 +657,8 @@ at::Tensor block_decode(const at::Tensor& x, const at::Tensor& att_shift, const 
 
   // 7. Output projection (into xv), residual (into out).
   {
-    Job job = make_job(isa, P[29], scales.get(3), C, C, xk, xv, B, names[29]);
+    QArena qa{qbuf};
+    Job job = make_job(isa, P[29], scales.get(3), C, C, xk, xv, B, names[29], q4_isa, &qa);
     run_jobs(&job, 1);
   }
   for (int64_t i = 0; i < BC; ++i) Xo[i] = X[i] + xv[i];
@@ -601,7 +675,8 @@ at::Tensor block_decode(const at::Tensor& x, const at::Tensor& att_shift, const 
     }
   }
   {
-    Job job = make_job(isa, P[31], scales.get(4), F, C, xr, hf, B, names[31]);
+    QArena qa{qbuf};
+    Job job = make_job(isa, P[31], scales.get(4), F, C, xr, hf, B, names[31], q4_isa, &qa);
     run_jobs(&job, 1);
   }
   for (int64_t i = 0; i < B * F; ++i) {
@@ -609,7 +684,8 @@ at::Tensor block_decode(const at::Tensor& x, const at::Tensor& att_shift, const 
     hf[i] = t * t;
   }
   {
-    Job job = make_job(isa, P[32], scales.get(5), C, F, hf, xv, B, names[32]);
+    QArena qa{qbuf};
+    Job job = make_job(isa, P[32], scales.get(5), C, F, hf, xv, B, names[32], q4_isa, &qa);
     run_jobs(&job, 1);
   }
   for (int64_t i = 0; i < BC; ++i) Xo[i] += xv[i];
@@ -625,7 +701,7 @@ TORCH_LIBRARY_FRAGMENT(rwkvkit_kernels, m) {
       "int isa=0) -> Tensor");
   m.def(
       "rwkv7_block_decode(Tensor x, Tensor(a!) att_shift, Tensor S_in, Tensor(b!) S_out, Tensor(c!) ffn_shift, "
-      "Tensor(d!) v_first, Tensor[] params, Tensor?[] scales, int layer_id, int isa=0) -> Tensor");
+      "Tensor(d!) v_first, Tensor[] params, Tensor?[] scales, int layer_id, int isa=0, int dim_ffn=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(rwkvkit_kernels, CPU, m) {
