@@ -134,11 +134,11 @@ def checkpoint(tmp_path_factory):
     return random_checkpoint(CONFIGS["7"], path, seed=5, dtype=torch.bfloat16)
 
 
-@pytest.mark.parametrize("weights", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("weights", ["fp32", "bf16", "int8", "q4"])
 def test_lean_loading_builds_what_optimize_builds(checkpoint, weights):
     lean = rwkvkit.load(checkpoint, weights=weights)
     assert isinstance(lean, OptimizedRWKV) and not lean.training
-    assert isinstance(lean.emb, Int8Embedding if weights == "int8" else FloatEmbedding)
+    assert isinstance(lean.emb, Int8Embedding if weights in ("int8", "q4") else FloatEmbedding)
     fast = optimize(rwkvkit.load(checkpoint), weights=weights)
     ref = rwkvkit.load(checkpoint, dtype="fp32")
     ids = tokens(24)
@@ -147,24 +147,31 @@ def test_lean_loading_builds_what_optimize_builds(checkpoint, weights):
     got_fast, dec_fast = run(fast, ids)
     # the same stored weights, but lean applies ln0 to the embedding rows where optimize folds it into
     # the (here bf16) table, which rounds the folded rows, and int8 keeps an int8 table: measured
-    # lean vs optimize 2.0e-3 (fp32), 6.6e-3 (bf16), 1.0e-2 (int8)
+    # lean vs optimize 2.0e-3 (fp32), 6.6e-3 (bf16), 1.0e-2 (int8), 1.1e-2 (q4)
     assert rel_rms(got_fast, got_lean) < 2e-2
     assert rel_rms(dec_fast, dec_lean) < 2e-2
     # and against the fp32 model (a bf16 file: the fp32 model holds the same numbers): measured
-    # 3.3e-7 (fp32), 4.4e-3 (bf16), 1.5e-2 (int8; optimize's int8: 1.3e-2)
-    assert rel_rms(want, got_lean) < {"fp32": 2e-6, "bf16": 1e-2, "int8": 3e-2}[weights]
+    # 3.3e-7 (fp32), 4.4e-3 (bf16), 1.5e-2 (int8; optimize's int8: 1.3e-2), 0.128 (q4 on this
+    # random 64-wide model, as optimize's q4: 0.128; the trained model's figures: test_q4.py)
+    assert rel_rms(want, got_lean) < {"fp32": 2e-6, "bf16": 1e-2, "int8": 3e-2, "q4": 0.2}[weights]
 
 
-def test_lean_int8_equals_whole_matrix_quantisation(checkpoint, monkeypatch):
+@pytest.mark.parametrize("weights", ["int8", "q4"])
+def test_lean_quantisation_in_blocks_equals_whole_matrix_quantisation(checkpoint, monkeypatch, weights):
     """Quantising in blocks of rows gives the same bytes as quantising the whole matrix at once."""
     import rwkvkit.inference.loading as loading
 
-    monkeypatch.setattr(loading, "QUANT_BLOCK_ROWS", 7)  # several blocks, a ragged last one
-    lean = rwkvkit.load(checkpoint, weights="int8")
-    whole = optimize(rwkvkit.load(checkpoint), weights="int8")
+    # several blocks and a ragged last one (96 rows: int8 in blocks of 7, q4 of one 16-row panel)
+    monkeypatch.setattr(loading, "QUANT_BLOCK_ROWS", 7)
+    lean = rwkvkit.load(checkpoint, weights=weights, head=weights)
+    whole = optimize(rwkvkit.load(checkpoint), weights=weights, head=weights)
     assert QUANT_BLOCK_ROWS > 7
-    assert torch.equal(lean.head.inner.weight_int8, whole.head.inner.weight_int8)
-    assert torch.equal(lean.head.inner.scale, whole.head.inner.scale)
+    for a, b in zip(lean.head.inner.buffers(), whole.head.inner.buffers(), strict=True):
+        assert torch.equal(a, b)
+    w_lean = lean.blocks[1].ffn.key.inner
+    w_whole = whole.blocks[1].ffn.key.inner
+    for a, b in zip(w_lean.buffers(), w_whole.buffers(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_lean_bf16_from_a_bf16_file_copies_no_projection(checkpoint):

@@ -217,6 +217,7 @@ def load(
     verify: bool = True,
     *,
     weights: str | None = None,
+    head: str | None = None,
 ) -> RWKV:
     """Load an RWKV checkpoint of any supported format, detecting the version from its keys.
 
@@ -238,6 +239,8 @@ def load(
             a wider copy of the model (:mod:`rwkvkit.inference.loading`); the same model as
             ``rwkvkit.inference.optimize(load(path), weights)``, in less memory. CPU only; not with
             ``dtype``.
+        head: with ``weights``, the output head's precision (same choices; None: int8 for q4, else
+            ``weights``: the measured trade-off in :mod:`rwkvkit.inference.quant`).
 
     Returns:
         An :class:`rwkvkit.models.rwkv.model.RWKV` in eval mode (with ``weights``, its inference
@@ -249,7 +252,9 @@ def load(
         UnsupportedVersionError: a version (or architecture) rwkvkit cannot run.
     """
     if weights is not None:
-        return _load_for_inference(path, weights, dtype, device, verify)
+        return _load_for_inference(path, weights, dtype, device, verify, head)
+    if head is not None:
+        raise ConfigError("head= sets the output head's precision of an inference model: pass weights= too")
     family_model = _load_family(path, dtype, device, verify)
     if family_model is not None:
         return family_model
@@ -258,7 +263,7 @@ def load(
     return build_model(ckpt.config, ckpt.state_dict, dtype, device, str(ckpt.path))
 
 
-def _load_for_inference(path, weights: str, dtype, device, verify: bool) -> RWKV:
+def _load_for_inference(path, weights: str, dtype, device, verify: bool, head: str | None) -> RWKV:
     if dtype is not None:
         raise ConfigError(
             f"pass either dtype ({dtype!r}: the model as stored) or weights ({weights!r}: the CPU "
@@ -275,7 +280,7 @@ def _load_for_inference(path, weights: str, dtype, device, verify: bool) -> RWKV
 
     config, sd, file = ckpt.config, dict(ckpt.state_dict), Path(ckpt.path)
     del ckpt  # its references to the tensors go: build_inference_model drops them one at a time
-    return build_inference_model(config, sd, weights, file, str(path))
+    return build_inference_model(config, sd, weights, file, str(path), head=head)
 
 
 def _load_family(path: str | Path, dtype, device, verify: bool = True):

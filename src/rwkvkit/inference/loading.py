@@ -74,6 +74,25 @@ def _int8_linear(w: torch.Tensor, done: Callable[[torch.Tensor], None] | None) -
     return m
 
 
+def _q4_linear(w: torch.Tensor, done: Callable[[torch.Tensor], None] | None) -> nn.Module:
+    """A :class:`~rwkvkit.inference.quant.Q4Linear` of ``w``, quantised a block of whole panels of
+    rows at a time (groups run along a row, panels stack rows: the same bytes as the whole matrix)."""
+    out, inp = w.shape
+    m = quant.Q4Linear(inp, out, bias=False)
+    step = max(quant.Q4_PANEL, QUANT_BLOCK_ROWS // quant.Q4_PANEL * quant.Q4_PANEL)
+    for i in range(0, out, step):
+        j = min(i + step, out)
+        lin = nn.Linear(inp, j - i, bias=False, device="meta")
+        lin.weight = _fixed(w[i:j])
+        part = quant.Q4Linear.from_linear(lin)
+        p0 = i // quant.Q4_PANEL
+        m.qweight[p0 : p0 + part.qweight.shape[0]] = part.qweight
+        m.scales[p0 : p0 + part.scales.shape[0]] = part.scales
+        if done is not None:
+            done(w[i:j])
+    return m
+
+
 def _int8_embedding(w: torch.Tensor, done: Callable[[torch.Tensor], None] | None) -> nn.Module:
     """The embedding table as int8 rows with a scale per row, quantised a block of rows at a time."""
     lin = _int8_linear(w, done)
@@ -100,9 +119,7 @@ def convert_projection(
         m.weight = _fixed(w.to(torch.bfloat16))
         return m
     if weights == "q4":
-        lin = nn.Linear(inp, out, bias=False, device="meta")
-        lin.weight = _fixed(w)
-        return quant.Q4Linear.from_linear(lin)
+        return _q4_linear(w, done)
     raise ConfigError(f"weights must be one of {', '.join(quant.WEIGHTS)}, got {weights!r}")
 
 
@@ -172,15 +189,19 @@ def build_inference_model(
     path: Path,
     source: str,
     kernels: bool = True,
+    head: str | None = None,
 ) -> RWKV:
     """An :class:`~rwkvkit.inference.OptimizedRWKV` of the checkpoint's tensors ``sd`` (rwkvkit names,
     checked), with projections in ``weights`` precision, built one tensor at a time (module docstring).
-    ``sd`` is emptied as the tensors are used."""
+    ``head``: the output head's precision (None: :data:`rwkvkit.inference.quant.DEFAULT_HEAD`, int8
+    for q4, else ``weights``). ``sd`` is emptied as the tensors are used."""
     from rwkvkit.formats import blinkdl  # deferred: rwkvkit.formats calls this module on load
     from rwkvkit.inference import OptimizedRWKV, tune_allocator  # deferred: the package imports this module
 
-    if weights not in quant.WEIGHTS:
-        raise ConfigError(f"weights must be one of {', '.join(quant.WEIGHTS)}, got {weights!r}")
+    head = quant.DEFAULT_HEAD.get(weights, weights) if head is None else head
+    for what, value in (("weights", weights), ("head", head)):
+        if value not in quant.WEIGHTS:
+            raise ConfigError(f"{what} must be one of {', '.join(quant.WEIGHTS)}, got {value!r}")
     with on_meta():
         model = RWKV(config, dtype=torch.float32)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -193,11 +214,13 @@ def build_inference_model(
 
     for key in expected:
         t = sd.pop(key)
-        _check_finite(t, key, source, pages if key in projections and weights in ("int8", "q4") else None)
+        quantised = (head if key == "head.weight" else weights) in ("int8", "q4")
+        _check_finite(t, key, source, pages if key in projections and quantised else None)
         *parents, leaf = key.split(".")
         owner = model.get_submodule(".".join(parents))
         if key in projections:
-            new = convert_projection(t, weights, pages.release)
+            fmt = head if key == "head.weight" else weights
+            new = convert_projection(t, fmt, pages.release)
             if kernels:
                 new = DecodeLinear(new)
             grand = model.get_submodule(".".join(parents[:-1])) if len(parents) > 1 else model
