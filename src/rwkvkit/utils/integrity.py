@@ -210,7 +210,14 @@ def check_zip_crc(path: str | Path, error: type[RWKVKitError] = CheckpointError)
         def crc_of(record) -> int:
             _, first, n, _ = record
             with memoryview(m) as view:
-                return _crc32(view[first : first + n])
+                crc = _crc32(view[first : first + n])
+            # hand the record's pages back: checked bytes need not stay in this process's memory
+            # (a model loaded after the check would otherwise peak at its size plus the whole file)
+            lo = -(-first // mmap.PAGESIZE) * mmap.PAGESIZE
+            hi = (first + n) // mmap.PAGESIZE * mmap.PAGESIZE
+            if hi > lo and hasattr(mmap, "MADV_DONTNEED"):
+                m.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            return crc
 
         # the big records in parallel threads (both CRC implementations release the GIL)
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
