@@ -130,7 +130,7 @@ from rwkvkit.formats.keymap import IDENTITY, SQUEEZE, TRANSPOSE, Transform
 from rwkvkit.models.rwkv.config import RWKVConfig
 from rwkvkit.tokenizer import WorldTokenizer, world_vocab_path
 from rwkvkit.tokenizer import read_vocab as read_world_vocab
-from rwkvkit.utils.integrity import ALGORITHM, Verified
+from rwkvkit.utils.integrity import ALGORITHM, Verified, check_record
 
 MAGIC = b"GGUF"
 ARCHITECTURES = {"6": "rwkv6", "7": "rwkv7"}
@@ -752,28 +752,11 @@ def _check_checksums(f: GGUFFile) -> Verified:
     t0, path = time.perf_counter(), f.path
     if CHECKSUM_KEY not in f.kv:
         return Verified(path, "", 0, 0, 0.0)
-    try:
-        record = json.loads(f.string(CHECKSUM_KEY) or "")
-        algorithm, digests, meta = record["algorithm"], record["tensors"], record["metadata"]
-        if not isinstance(digests, dict):
-            raise TypeError
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise CheckpointError(
-            f"{path}: its checksum record is damaged; the file is corrupt, copy it again"
-        ) from None
-    if algorithm != ALGORITHM:
-        raise CheckpointError(f"{path}: checksums of an unknown algorithm {algorithm!r}; upgrade rwkvkit")
     found = _tensor_digests(f)
-    bad = sorted(k for k in found if digests.get(k) != found[k])
-    bad += sorted(f"{k} (missing)" for k in digests if k not in found)
-    if meta != _metadata_digest(f):
-        bad.append("the metadata (hyperparameters or vocabulary)")
-    if bad:
-        listed = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
-        raise CheckpointError(
-            f"{path} is corrupt: {listed} {'does' if len(bad) == 1 else 'do'} not match the checksums "
-            "recorded when it was written (damaged on disk or in a copy); copy or convert it again"
-        )
+    check_record(
+        f.string(CHECKSUM_KEY) or "", found, _metadata_digest(f), path,
+        "the metadata (hyperparameters or vocabulary)", "copy or convert it again",
+    )  # fmt: skip
     nbytes = sum(t.nbytes for t in f.tensors)
     return Verified(path, ALGORITHM, len(found), nbytes, time.perf_counter() - t0)
 

@@ -121,31 +121,46 @@ def verify_tensors(
     t0 = time.perf_counter()
     if META_KEY not in metadata:
         return Verified(path, "", 0, 0, 0.0)
+    check_record(
+        metadata[META_KEY], _digests(tensors), _metadata_digest(metadata), path,
+        "the metadata (config)", "copy or download it again", error,
+    )  # fmt: skip
+    nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    return Verified(path, ALGORITHM, len(tensors), nbytes, time.perf_counter() - t0)
+
+
+def check_record(
+    record_text: str,
+    found: Mapping[str, str],
+    metadata_digest: str,
+    path: Path,
+    metadata_name: str,
+    remedy: str,
+    error: type[RWKVKitError] = CheckpointError,
+) -> None:
+    """Compare a checksum record (JSON: ``algorithm``, ``tensors`` digests, ``metadata`` digest, as
+    written beside a file's tensors) with the digests ``found`` now; raise ``error`` naming every
+    tensor (and the metadata, called ``metadata_name``) that differs, ending with ``remedy``."""
     try:
-        record = json.loads(metadata[META_KEY])
+        record = json.loads(record_text or "")
         algorithm, digests, meta_digest = record["algorithm"], record["tensors"], record["metadata"]
         if not isinstance(digests, dict):
             raise TypeError
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise error(
-            f"{path}: its checksum record is damaged; the file is corrupt, copy or save it again"
-        ) from None
+        raise error(f"{path}: its checksum record is damaged; the file is corrupt, {remedy}") from None
     if algorithm != ALGORITHM:
         raise error(f"{path}: checksums of an unknown algorithm {algorithm!r}; upgrade rwkvkit")
-    found = _digests(tensors)
-    bad = sorted(k for k in tensors if digests.get(k) != found[k])
-    bad += sorted(f"{k} (missing)" for k in digests if k not in tensors)
-    if meta_digest != _metadata_digest(metadata):
-        bad.append("the metadata (config)")
+    bad = sorted(k for k in found if digests.get(k) != found[k])
+    bad += sorted(f"{k} (missing)" for k in digests if k not in found)
+    if meta_digest != metadata_digest:
+        bad.append(metadata_name)
     if bad:
         listed = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
         verb = "does" if len(bad) == 1 else "do"
         raise error(
             f"{path} is corrupt: {listed} {verb} not match the checksums recorded when it was written "
-            "(damaged on disk or in a copy); copy or download it again"
+            f"(damaged on disk or in a copy); {remedy}"
         )
-    nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
-    return Verified(path, ALGORITHM, len(tensors), nbytes, time.perf_counter() - t0)
 
 
 def save_safetensors(
