@@ -11,8 +11,12 @@ every precision in turn; a round's "% of bound" is ``bytes / (time per token x b
 the round's own bandwidth (the best of the measurements just before and just after). Printed: the
 median over rounds of the time per token, tok/s and % of bound, and the best round.
 
-``--profile`` adds, per precision, the median time of the parts of a token: the 12 fused block
-calls, the output head (``ln_out`` + product), and the rest (embedding, state copies, Python).
+``--profile`` adds, per precision, the median time of the parts of a token: the decoding operator
+(``fused.model_decode``: embedding, every block, ``ln_out`` and the head) and the rest (state copies,
+Python); and inside the operator (its own timers, thread 0, barrier waits included, summed over the
+blocks) the stages: LN1 + mixes + r/k/v + LoRA down, the per-head work (LoRA up, WKV, GroupNorm),
+the output projection, LN2 + FFN key, FFN value (+ the barrier after the block), the head, and the
+end of the parallel region.
 
 All precisions live in one process (the models share nothing; the 0.1B shape needs ~1.5 GB for
 fp32 embeddings x 3 models).
@@ -56,7 +60,8 @@ class Decoder:
             logits, self.state = model(torch.randint(0, model.config.vocab_size, (1, 16), generator=g))
         self.tok = logits[:, -1:].argmax(-1)
         self.nbytes = weight_bytes_read(model)
-        self.parts: dict[str, list[float]] = {"blocks": [], "head": [], "rest": []}
+        self.parts: dict[str, list[float]] = {"model op": [], "rest": []}
+        self.stages: list[list[float]] = []  # per token: seconds per stage, all blocks together
 
     @torch.inference_mode()
     def step(self) -> float:
@@ -72,26 +77,23 @@ class Decoder:
         """``OptimizedRWKV._decode_fused`` spelt out with timers around its parts."""
         from rwkvkit.inference import fused
 
-        m, state = self.model, self.state
+        m, state, ops = self.model, self.state, torch.ops.rwkvkit_kernels
         t0 = time.perf_counter()
         att = state["att_shift"].float().contiguous().clone()
         ffn = state["ffn_shift"].float().contiguous().clone()
         wkv_in = state["wkv"].float().contiguous()
         wkv = torch.empty_like(wkv_in)
-        x = m.emb(self.tok[:, 0]).float()
-        v_first = torch.empty_like(x)
+        plan = m._packed_model()
+        ops.rwkv7_decode_profile(True)
         t1 = time.perf_counter()
-        for i, packed in enumerate(m._packed_blocks()):
-            x = fused.block_decode(packed, x, att[i], wkv_in[i], ffn[i], v_first, wkv[i], inplace=True)[0]
+        logits = fused.model_decode(m, plan, self.tok[:, 0], att, wkv_in, wkv, ffn).unsqueeze(1)
         t2 = time.perf_counter()
-        logits = m.head(m.ln_out(x)).float().unsqueeze(1)
-        t3 = time.perf_counter()
+        self.stages.append((ops.rwkv7_decode_profile(False)[:-1].double() * 1e-9).tolist())
         self.state = m._end({"att_shift": att, "wkv": wkv, "ffn_shift": ffn}, logits)
         self.tok = logits[:, -1].argmax(-1, keepdim=True)
-        t4 = time.perf_counter()
-        self.parts["blocks"].append(t2 - t1)
-        self.parts["head"].append(t3 - t2)
-        self.parts["rest"].append(t1 - t0 + t4 - t3)
+        t3 = time.perf_counter()
+        self.parts["model op"].append(t2 - t1)
+        self.parts["rest"].append(t1 - t0 + t3 - t2)
 
 
 def main() -> None:
@@ -145,10 +147,15 @@ def main() -> None:
         print(f"{w:8} {d.nbytes / 1e6:9.1f} {1e3 * t:9.2f} {1 / t:7.1f} "
               f"{100 * statistics.median(ratios[w]):7.0f}% {100 * max(ratios[w]):6.0f}%")  # fmt: skip
     if args.profile:
-        print("\nmedian ms per token part (blocks = the fused block calls, head = ln_out + head product):")
+        print("\nmedian ms per token part:")
         for w, d in decoders.items():
             cells = "  ".join(f"{k} {1e3 * statistics.median(v):6.2f}" for k, v in d.parts.items())
             print(f"  {w:8} {cells}")
+        names = ("ln1+rkv+lora_down", "heads", "output", "ln2+ffn_key", "ffn_value", "head", "join")
+        print("\nmedian ms per token in the fused blocks' stages (thread 0, barrier waits included):")
+        for w, d in decoders.items():
+            med = [statistics.median(s[i] for s in d.stages) for i in range(len(names))]
+            print(f"  {w:8} " + "  ".join(f"{n} {1e3 * v:5.2f}" for n, v in zip(names, med)))
 
 
 if __name__ == "__main__":

@@ -62,17 +62,37 @@ def test_fp32_fast_path_equals_the_reference(small):
 
 # Relative RMS error of the logits against fp32, per weight precision, on random models (their logits
 # are sums of many equally large random terms, the hardest case for rounding). Measured: bf16
-# 0.0024-0.0102, int8 0.0088-0.0245 (v5.0, head size 16, is the worst).
-RANDOM_BOUND = {"bf16": 0.02, "int8": 0.05}
+# 0.0024-0.0102, int8 0.0088-0.0245 (v5.0, head size 16, is the worst); q4 (int8 head) 0.09-0.59:
+# random weights turn the ~8 % rounding of 4-bit weights into large logit changes (v5/v6 decoding
+# after 40 tokens of prefill is the worst), so for q4 this bound only catches gross errors; the
+# trained default model below is q4's real test.
+RANDOM_BOUND = {"bf16": 0.02, "int8": 0.05, "q4": 0.8}
 
 
-@pytest.mark.parametrize("weights", ["bf16", "int8"])
+@pytest.mark.parametrize("weights", ["bf16", "int8", "q4"])
 def test_low_precision_logits_within_stated_error(small, weights):
     name, model, tokens, (ref_prefill, ref_decode) = small
     fast = optimize(model, weights=weights)
     prefill, decode = run(fast, tokens)
     assert rel_rms(prefill, ref_prefill) <= RANDOM_BOUND[weights], name
     assert rel_rms(decode, ref_decode) <= RANDOM_BOUND[weights], name
+
+
+@pytest.mark.parametrize("weights", ["int8", "q4"])
+def test_quantized_decoding_agrees_with_its_prefill(small, weights):
+    """The decoding path (int8 activations, fused blocks or DecodeLinear) against the prefill path
+    (bf16 products of the dequantized weights) of the same quantized model, every version: they
+    differ by bf16 and int8 rounding of the activations only (measured 0.9-2.0 %), where both
+    differ from fp32 by much more for q4 (above)."""
+    name, model, tokens, _ = small
+    fast = optimize(model, weights=weights)
+    with torch.inference_mode():
+        prefill, _ = fast(tokens[:, :24])
+        state, steps = None, []
+        for t in range(24):
+            out, state = fast(tokens[:, t : t + 1], state)
+            steps.append(out)
+    assert rel_rms(torch.cat(steps, dim=1), prefill) <= 0.04, name
 
 
 def test_optimize_leaves_the_model_alone_and_checks_its_arguments():
@@ -115,12 +135,13 @@ def val_loss(model, tokens: torch.Tensor) -> float:
     return float(F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()))
 
 
-# Measured on this model: relative RMS error bf16 0.0022, int8 0.0049; validation loss (8 x 1024
-# tokens) 2.82601 in fp32, +0.001 % with bf16 weights, +0.028 % with int8 weights.
-DEFAULT_BOUND = {"bf16": 0.01, "int8": 0.02}
+# Measured on this model: relative RMS error bf16 0.0022, int8 0.0049, q4 (int8 head) 0.035;
+# validation loss (8 x 1024 tokens) 2.82601 in fp32, +0.004 % with bf16 weights, +0.023 % with int8
+# weights, +0.27 % with q4 (+0.39 % with a q4 head too: see quant.py).
+DEFAULT_BOUND = {"bf16": 0.01, "int8": 0.02, "q4": 0.06}
 
 
-@pytest.mark.parametrize("weights", ["bf16", "int8"])
+@pytest.mark.parametrize("weights", ["bf16", "int8", "q4"])
 def test_default_model_logits_and_validation_loss(default, val_tokens, weights):
     model, _ = default
     tokens = val_tokens[:2, :512]
@@ -129,7 +150,7 @@ def test_default_model_logits_and_validation_loss(default, val_tokens, weights):
         fast = optimize(model, weights=weights)
         out, _ = fast(tokens)
     assert rel_rms(out, ref) <= DEFAULT_BOUND[weights]
-    # the issue's bar: int8 weights change the validation loss by <= 1 %
+    # the issue's bar: int8 (and q4) weights change the validation loss by <= 1 %
     ref_loss, loss = val_loss(model, val_tokens), val_loss(fast, val_tokens)
     assert abs(loss - ref_loss) <= 0.01 * ref_loss, (weights, ref_loss, loss)
 
@@ -146,3 +167,19 @@ def test_default_model_greedy_fast_fp32_and_bf16_agree_on_32_tokens(default):
         "".join(gen)
         tokens[weights] = gen.tokens
     assert len(tokens["fp32"]) == 32 and tokens["fp32"] == tokens["bf16"]
+
+
+def test_default_model_greedy_q4_follows_fp32(default):
+    """q4 weights (int8 head) decode the same greedy continuation as fp32 (measured: all 32 tokens);
+    asserted for the first 24, leaving room for a near-tie flipping late."""
+    model, tok = default
+    prompt = "import os\n\n\ndef main():\n"
+    tokens = {}
+    for weights in ("fp32", "q4"):
+        gen = rwkvkit.generate(
+            optimize(model, weights=weights), tok, prompt, max_new_tokens=32, temperature=0, stop_tokens=(),
+            stream=True,
+        )  # fmt: skip
+        "".join(gen)
+        tokens[weights] = gen.tokens
+    assert tokens["q4"][:24] == tokens["fp32"][:24]

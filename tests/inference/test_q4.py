@@ -1,6 +1,6 @@
-"""4-bit weights: the GGUF Q4_0 format of :class:`rwkvkit.inference.quant.Q4Linear`, the 4-bit kernels
-(``gemv_q4``, ``q4_dequant``, the activation quantization) and the fused RWKV-7 block with 4-bit
-projections.
+"""4-bit weights: the GGUF Q4_0 format of :class:`rwkvkit.inference.quant.Q4Linear`, the kernels with
+int8 activations (``gemv_q4``, ``gemv_int8``, ``quantize_activations``), ``q4_dequant``, and a q4 model
+(the fused RWKV-7 block with q4 projections is tested with the others in ``test_fused.py``).
 
 Error measures, each next to the tensors it applies to:
 
@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rwkvkit.inference import fused, optimize
+from rwkvkit.inference import optimize
 from rwkvkit.inference.quant import Q4Linear, _q4_unpack, quantize_, quantize_q4_0
 from rwkvkit.models.rwkv.config import RWKVConfig
 from rwkvkit.models.rwkv.init import random_model
@@ -206,6 +206,42 @@ def test_gemv_q4_every_isa(kernel, M: int, N: int, K: int) -> None:
         assert ((y.double() - ref.double()).abs() <= rounding * (1 + 1e-5) + 1e-5 * mag).all(), isa
 
 
+I8_SHAPES = [(1, 768, 768), (3, 33, 96), (5, 17, 70), (16, 30, 256), (2, 1, 1), (7, 25, 33), (1, 13, 3072)]
+
+
+@pytest.mark.parametrize(("M", "N", "K"), I8_SHAPES)
+def test_gemv_int8_every_isa(kernel, M: int, N: int, K: int) -> None:
+    """int8 weights (the full range -128..127) with int8 activations: the same two bounds as q4."""
+    g = torch.Generator().manual_seed(M * N + K)
+    W = torch.randint(-128, 128, (N, K), dtype=torch.int8, generator=g)
+    scale = torch.rand(N, generator=g) + 0.5
+    x = torch.randn(M, K, generator=g) * torch.logspace(-2, 2, K)
+    xq, xd = kmod.quantize_activations(x)
+    KB = xd.shape[1]
+    Wp = F.pad(W.double(), (0, KB * 32 - K)).reshape(N, KB, 32)
+    xs = xq.double().reshape(M, KB, 32)
+    s = scale.double()
+    exact = (torch.einsum("nbk,mbk->mnb", Wp, xs) * xd.double()[:, None]).sum(-1) * s
+    mag = (torch.einsum("nbk,mbk->mnb", Wp.abs(), xs.abs()) * xd.double()[:, None]).sum(-1) * s
+    ref = kmod.gemv_reference(x, W, scale).double()
+    dx = xd.double().repeat_interleave(32, dim=1)[:, :K]
+    rounding = (W.double().abs() * s[:, None] @ dx.T).T / 2  # |x - xq * d_x| <= d_x / 2
+    for isa in _q4_isas():
+        y = torch.ops.rwkvkit_kernels.gemv_int8(x, W, scale, kmod.Q4_ISAS[isa])
+        assert y.shape == (M, N) and y.dtype == torch.float32
+        assert ((y.double() - exact).abs() / mag.clamp_min(1e-30)).max() <= 1e-5, isa  # fp32 sums only
+        assert ((y.double() - ref).abs() <= rounding * (1 + 1e-5) + 1e-5 * mag).all(), isa
+    assert torch.equal(kmod.gemv_int8(x, W, scale), torch.ops.rwkvkit_kernels.gemv_int8(x, W, scale, 0))
+
+
+def test_gemv_int8_fallback_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    W, scale, x = torch.randint(-127, 128, (20, 64), dtype=torch.int8), torch.rand(20), torch.randn(3, 64)
+    with pytest.raises(ValueError, match="int8 with its float32 scale"):
+        kmod.gemv_int8(x, W.float(), scale)
+    monkeypatch.setenv(kmod.ENV_DISABLE, "1")
+    assert torch.equal(kmod.gemv_int8(x, W, scale), kmod.gemv_reference(x, W, scale))
+
+
 def test_gemv_q4_same_bits_for_any_thread_count(kernel) -> None:
     m = Q4Linear.from_linear(linear(torch.randn(2000, 256)))
     x = torch.randn(3, 256)
@@ -268,37 +304,6 @@ def test_optimize_q4_stores_every_projection_in_4_bits(q4_model) -> None:
     assert isinstance(getattr(head, "inner", head), Q4Linear)
     with pytest.raises(Exception, match="already q4"):
         quantize_(q4_model, "int8")
-
-
-def rel(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
-
-
-@pytest.mark.parametrize("B", [1, 2, 16])
-@pytest.mark.parametrize("layer", [0, 1])
-def test_block_decode_q4_matches_block(kernel, q4_model, B: int, layer: int) -> None:
-    """The fused block against the Python block (its projections through gemv_q4), same inputs.
-
-    Both quantize their projection inputs to int8 with the same rule, but their fp32 inputs differ in
-    the last bits (other summation orders), which now and then moves an int8 activation by one step
-    (~1 in 1e4): most outputs agree to fp32 rounding, and a moved activation shifts the outputs that
-    depend on it by up to one step times a weight (observed <= 4.7e-3 of the largest output over 40
-    draws; bound 3e-2), the whole tensors within 5e-3 relative RMS (observed <= 1.6e-3).
-    """
-    block = q4_model.blocks[layer]
-    packed = fused.pack_block(block)
-    assert packed.dim_ffn == 200
-    g = torch.Generator().manual_seed(B + 10 * layer)
-    C, H, N = CFG.n_embd, CFG.n_embd // CFG.head_size, CFG.head_size
-    x, att, ffn, vf = (torch.randn(B, C, generator=g) for _ in range(4))
-    S = torch.randn(B, H, N, N, generator=g) * 0.3
-    with torch.no_grad():
-        want = block(x[:, None], att, S, ffn, None if layer == 0 else vf[:, None])
-    y, att_new, S_new, ffn_new, _ = fused.block_decode(packed, x, att, S, ffn, vf)
-    for got, ref in ((y, want[0][:, 0]), (S_new, want[2])):
-        assert rel(got, ref) <= 3e-2
-        assert ((got - ref).norm() / ref.norm()).item() <= 5e-3
-    assert rel(att_new, want[1].reshape(B, -1)) <= 1e-5  # LN1 output: no quantized product before it
 
 
 def test_q4_model_decodes_like_its_prefill(kernel, q4_model) -> None:

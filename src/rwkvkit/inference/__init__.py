@@ -141,6 +141,16 @@ class OptimizedRWKV(RWKV):
             self._packed = [fused.pack_block(b) for b in self.blocks]
         return self._packed
 
+    _plan: fused.PackedModel | None = None
+    _plan_failed = False
+
+    def _packed_model(self) -> fused.PackedModel | None:
+        """The whole-model decoding plan (built once; None: decode block by block)."""
+        if self._plan is None and not self._plan_failed:
+            self._plan = fused.pack_model(self)
+            self._plan_failed = self._plan is None
+        return self._plan
+
     def _decode_fused(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         # the new state: copies of the small shift tensors (updated in place below), a fresh WKV
         # tensor that each block writes its layer's new state into (the input state stays untouched)
@@ -148,6 +158,10 @@ class OptimizedRWKV(RWKV):
         ffn = state["ffn_shift"].float().contiguous().clone()
         wkv_in = state["wkv"].float().contiguous()
         wkv = torch.empty_like(wkv_in)
+        plan = self._packed_model()
+        if plan is not None:  # one operator call for all blocks and the head
+            logits = fused.model_decode(self, plan, tokens[:, 0], att, wkv_in, wkv, ffn).unsqueeze(1)
+            return logits, self._end({"att_shift": att, "wkv": wkv, "ffn_shift": ffn}, logits)
         x = self.emb(tokens[:, 0]).float()
         v_first = torch.empty_like(x)
         for i, packed in enumerate(self._packed_blocks()):

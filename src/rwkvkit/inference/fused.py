@@ -47,7 +47,10 @@ from rwkvkit.ops.rwkv7.step import wkv7_step as _torch_wkv7_step
 log = logging.getLogger("rwkvkit.inference")
 _kmod = importlib.import_module("rwkvkit.inference.kernels.gemv")  # the module (kernels.gemv is a function)
 
-__all__ = ["PARAM_NAMES", "PackedBlock", "pack_block", "block_decode", "wkv7_step", "available"]
+__all__ = [
+    "PARAM_NAMES", "PackedBlock", "pack_block", "block_decode", "wkv7_step", "available", "PackedModel",
+    "pack_model", "model_decode",
+]  # fmt: skip
 
 # The order of ``params`` in ``rwkv7_block_decode``: the RWKV-7 version spec's packing.
 PARAM_NAMES = spec_of("7").fused_params
@@ -360,3 +363,67 @@ def _block_fallback(packed, x, x2, att_shift, S_in, S_out, ffn_shift, v_first, i
     else:
         att, ffn, vf = att.contiguous().clone(), ffn.contiguous().clone(), vf.contiguous()
     return y.view(x.shape), att, S_out, ffn, vf
+
+
+# ---- the whole model -------------------------------------------------------------------------------
+
+
+@dataclass
+class PackedModel:
+    """A model's decoding step as one C++ call (``torch.classes.rwkvkit_kernels.Rwkv7Plan``): every
+    block, then ``ln_out`` and the head when ``head`` (else those run in Python)."""
+
+    plan: object = field(repr=False)
+    n_layer: int
+    head: bool
+
+
+@torch.no_grad()
+def pack_model(model: nn.Module) -> PackedModel | None:
+    """The decoding plan of an RWKV-7 model returned by :func:`rwkvkit.inference.optimize`, or None
+    where the C++ operators are unavailable or a block cannot be packed (block 0 with its ``ln0``).
+
+    The plan checks every tensor once and keeps references to them; per token it then costs one
+    operator call and one parallel region for the whole model, where calling :func:`block_decode`
+    per block costs ~40 us of Python and checks per block. It reads the weights in place: rebuild
+    it (``optimize`` again) after changing them.
+    """
+    if _kernels() is None:
+        return None
+    blocks = [pack_block(b) for b in model.blocks]
+    if any(p.ln0 is not None for p in blocks):
+        return None
+    params = [t for p in blocks for t in p.params]
+    scales = [s for p in blocks for s in p.scales]
+    head: list[torch.Tensor] = []
+    rows = 0
+    ln = getattr(model, "ln_out", None)
+    if isinstance(ln, nn.LayerNorm) and ln.weight is not None and ln.bias is not None:
+        try:
+            w, s, rows = _proj(model.head, "head")
+        except ValueError:
+            pass  # a head the operator cannot take: ln_out and the head run in Python
+        else:
+            head = [ln.weight.detach().float().contiguous(), ln.bias.detach().float().contiguous(), w]
+            head += [s] if s is not None else []
+    eps = float(ln.eps) if head else 1e-5
+    plan = torch.classes.rwkvkit_kernels.Rwkv7Plan(params, scales, blocks[0].dim_ffn, head, rows, eps, 0)
+    return PackedModel(plan=plan, n_layer=len(blocks), head=bool(head))
+
+
+@torch.no_grad()
+def model_decode(
+    model: nn.Module,
+    packed: PackedModel,
+    tokens: torch.Tensor,
+    att_shift: torch.Tensor,
+    S_in: torch.Tensor,
+    S_out: torch.Tensor,
+    ffn_shift: torch.Tensor,
+) -> torch.Tensor:
+    """Logits ``[B, V]`` (fp32) of one token per sequence ``tokens [B]``; ``att_shift``, ``ffn_shift``
+    ``[L, B, C]`` updated in place, the WKV state read from ``S_in [L, B, H, N, N]`` and written to
+    ``S_out`` (may be ``S_in``); all fp32 contiguous, checked by the operator."""
+    x = model.emb(tokens).float()
+    out = packed.plan.step(x, att_shift, S_in, S_out, ffn_shift)
+    return out if packed.head else model.head(model.ln_out(out)).float()

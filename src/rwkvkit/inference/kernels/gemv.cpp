@@ -73,7 +73,7 @@ void panels(const Problem& p, int64_t p0, int64_t p1) {
       const float* xr = p.x + m * p.K;
       float acc = 0.0f;
       for (int64_t k = 0; k < p.K; ++k) acc += xr[k] * widen(wr[k]);
-      p.y[m * p.N + n] = p.scale ? acc * s : acc;
+      p.y[m * p.ldy + n] = p.scale ? acc * s : acc;
     }
   }
 }
@@ -157,11 +157,11 @@ template <class L, int MB, int RB>
 static void rows(const Problem& p, int64_t m0, int64_t n0, int64_t n1) {
   const auto* W = static_cast<const typename L::T*>(p.w);
   const float* x = p.x + m0 * p.K;
-  float* y = p.y + m0 * p.N;
+  float* y = p.y + m0 * p.ldy;
   const float* sc = p.scale;
   int64_t n = n0;
-  for (; n + RB <= n1; n += RB) tile<L, MB, RB>(x, W + n * p.K, sc ? sc + n : nullptr, y + n, p.K, p.N);
-  for (; n < n1; ++n) tile<L, MB, 1>(x, W + n * p.K, sc ? sc + n : nullptr, y + n, p.K, p.N);
+  for (; n + RB <= n1; n += RB) tile<L, MB, RB>(x, W + n * p.K, sc ? sc + n : nullptr, y + n, p.K, p.ldy);
+  for (; n < n1; ++n) tile<L, MB, 1>(x, W + n * p.K, sc ? sc + n : nullptr, y + n, p.K, p.ldy);
 }
 
 
@@ -278,11 +278,11 @@ template <class L, int MB, int RB>
 static void rows(const Problem& p, int64_t m0, int64_t n0, int64_t n1) {
   const auto* W = static_cast<const typename L::T*>(p.w);
   const float* x = p.x + m0 * p.K;
-  float* y = p.y + m0 * p.N;
+  float* y = p.y + m0 * p.ldy;
   const float* sc = p.scale;
   int64_t n = n0;
-  for (; n + RB <= n1; n += RB) tile<L, MB, RB>(x, W + n * p.K, sc ? sc + n : nullptr, y + n, p.K, p.N);
-  for (; n < n1; ++n) tile<L, MB, 1>(x, W + n * p.K, sc ? sc + n : nullptr, y + n, p.K, p.N);
+  for (; n + RB <= n1; n += RB) tile<L, MB, RB>(x, W + n * p.K, sc ? sc + n : nullptr, y + n, p.K, p.ldy);
+  for (; n < n1; ++n) tile<L, MB, 1>(x, W + n * p.K, sc ? sc + n : nullptr, y + n, p.K, p.ldy);
 }
 
 // One row of x (M = 1, batch-1 decoding): the weight rows are read one after the other, so each
@@ -294,7 +294,7 @@ template <class L>
 static void rows_m1(const Problem& p, int64_t m0, int64_t n0, int64_t n1) {
   const auto* W = static_cast<const typename L::T*>(p.w);
   const float* x = p.x + m0 * p.K;
-  float* y = p.y + m0 * p.N;
+  float* y = p.y + m0 * p.ldy;
   const int64_t K = p.K;
   for (int64_t n = n0; n < n1; ++n) {
     const typename L::T* w = W + n * K;
@@ -414,7 +414,7 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& w, const c10::optional<at
   if (M == 0 || N == 0) return y;
   if (K == 0) return y.zero_();
 
-  const Problem p{x.data_ptr<float>(), w.data_ptr(), sp, y.data_ptr<float>(), M, N, K};
+  const Problem p{x.data_ptr<float>(), w.data_ptr(), sp, y.data_ptr<float>(), M, N, K, N};
   const PanelFn fn = panel_fn(isa, dt);
   const int64_t n_panels = (N + kPanel - 1) / kPanel;
   // Grain: a thread gets at least ~64 KB of weights; below that the OpenMP fork/join (a few us)

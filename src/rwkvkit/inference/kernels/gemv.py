@@ -32,7 +32,7 @@ from rwkvkit.ops.cpu.build import ninja_on_path as _ninja_on_path  # noqa: F401 
 
 __all__ = [
     "ENV_DISABLE", "WEIGHT_DTYPES", "MAX_GEMV_ROWS", "available", "gemv", "gemv_reference", "kernel_isa",
-    "gemv_q4", "gemv_q4_reference", "quantize_activations", "q4_dequant", "DecodeLinear",
+    "gemv_q4", "gemv_q4_reference", "gemv_int8", "quantize_activations", "q4_dequant", "DecodeLinear",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,9 @@ Q4_ISAS = {**ISAS, "avx512vnni": 4}
 _SOURCE = Path(__file__).with_name("gemv.cpp")
 # Every source of the extension: gemv.cpp plus the RWKV-7 decoding operators (rwkv7_decode.cpp, which
 # uses gemv's panel kernels through gemv.h). One library, torch.ops.rwkvkit_kernels.*.
-_SOURCES = [_SOURCE, Path(__file__).with_name("gemv_q4.cpp"), Path(__file__).with_name("rwkv7_decode.cpp")]
+_SOURCES = [_SOURCE, Path(__file__).with_name("qgemv.cpp"), Path(__file__).with_name("rwkv7_decode.cpp")]
 # not compiled on their own; part of the rebuild key (extra_cflags)
-_HEADERS = [Path(__file__).with_name("gemv.h"), Path(__file__).with_name("gemv_q4_avx512.inc")]
+_HEADERS = [Path(__file__).with_name("gemv.h"), Path(__file__).with_name("qgemv_avx512.inc")]
 _EXT_NAME = "rwkvkit_gemv"  # torch rebuilds when the source or the flags change, whatever the name
 
 _lock = threading.Lock()
@@ -227,6 +227,23 @@ def gemv_q4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, out_fe
     return torch.ops.rwkvkit_kernels.gemv_q4(x.contiguous(), qweight, scales, out_features, 0)
 
 
+def gemv_int8(x: torch.Tensor, W: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``y [M, N] = (x [M, K] @ W^T) * scale`` for int8 ``W [N, K]``, with ``x`` quantized to int8.
+
+    Like :func:`gemv_q4`: the kernel multiplies :func:`quantize_activations` of ``x`` by the int8
+    weights in integer arithmetic (VNNI where the CPU has it), so it differs from the exact product
+    (:func:`gemv_reference`, which runs where the kernel cannot) by the rounding of ``x``, at most
+    ``sum_k |W[n, k]| * scale[n] * d_x[block of k] / 2``. 2-4x less arithmetic per weight than the
+    exact :func:`gemv` (which widens every weight to fp32), which on AVX-512 CPUs is what bounds it.
+    """
+    _check(x, W, scale)
+    if W.dtype != torch.int8 or scale is None:
+        raise ValueError("gemv_int8: W must be int8 with its float32 scale")
+    if _disabled() or (torch.is_grad_enabled() and x.requires_grad) or _load() is None:
+        return gemv_reference(x, W, scale)
+    return torch.ops.rwkvkit_kernels.gemv_int8(x.contiguous(), W, scale.contiguous(), 0)
+
+
 def _gemv_q4_isa(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, out_features: int,
                  isa: str) -> torch.Tensor:  # fmt: skip
     """The q4 kernel with a forced instruction set (tests); RuntimeError if this CPU lacks it."""
@@ -250,10 +267,11 @@ def q4_dequant(
 
 
 class DecodeLinear(nn.Module):
-    """A linear layer whose small-batch products go to the matrix-vector kernel.
+    """A linear layer whose small-batch products go to the matrix-vector kernels.
 
-    Wraps an ``nn.Linear`` (fp32/bf16 weight), an ``Int8Linear`` or a ``Q4Linear``; above
-    ``MAX_GEMV_ROWS`` rows (prefill) it calls the wrapped module unchanged.
+    Wraps an ``nn.Linear`` (fp32/bf16 weight: :func:`gemv`, exact), an ``Int8Linear``
+    (:func:`gemv_int8`) or a ``Q4Linear`` (:func:`gemv_q4`), the last two with int8 activations;
+    above ``MAX_GEMV_ROWS`` rows (prefill) it calls the wrapped module unchanged.
     """
 
     def __init__(self, inner: nn.Module) -> None:
@@ -269,6 +287,7 @@ class DecodeLinear(nn.Module):
         else:
             self.weight_for_gemv, self.scale = inner.weight, None
         self.in_features = self.weight_for_gemv.shape[1]
+        self.int8 = self.weight_for_gemv.dtype == torch.int8  # int8 activations: gemv_int8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
@@ -280,5 +299,6 @@ class DecodeLinear(nn.Module):
             y = gemv_q4(x.reshape(rows, self.in_features).float(), self.inner.qweight, self.inner.scales,
                         self.inner.out_features)  # fmt: skip
             return y.to(x.dtype).view(*x.shape[:-1], -1)
-        y = gemv(x.reshape(rows, self.in_features).float(), self.weight_for_gemv, self.scale)
+        product = gemv_int8 if self.int8 else gemv
+        y = product(x.reshape(rows, self.in_features).float(), self.weight_for_gemv, self.scale)
         return y.to(x.dtype).view(*x.shape[:-1], -1)

@@ -55,11 +55,15 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <torch/custom_class.h>
 #include <torch/library.h>
 
 #include <immintrin.h>
+#include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -73,6 +77,8 @@ using rwkvkit_gemv::Isa;
 using rwkvkit_gemv::kPanel;
 using rwkvkit_gemv::PanelFn;
 using rwkvkit_gemv::Problem;
+using rwkvkit_gemv::I8PanelFn;
+using rwkvkit_gemv::I8Problem;
 using rwkvkit_gemv::QPanelFn;
 using rwkvkit_gemv::QProblem;
 using rwkvkit_gemv::kQ4Block;
@@ -349,123 +355,196 @@ at::Tensor wkv7_step(const at::Tensor& r, const at::Tensor& log_w, const at::Ten
 }
 
 // ------------------------------------------------------------------------------------------------
-// Several gemv products in one parallel region: the panels of all of them, split over the threads
-// in ranges of equal weight bytes (so a thread streams its share of every matrix of the stage).
+// The products of a stage, shared out over the threads of the block's parallel region: the panels
+// of all of a stage's products are split in ranges of equal weight bytes, so each thread streams its
+// share of every matrix of the stage. An epilogue is applied to the rows a thread computed.
 // ------------------------------------------------------------------------------------------------
+enum class Epi { kNone, kTanh, kSigmoid, kReluSq, kAdd };
+
 struct Job {
   Problem p;
   PanelFn fn = nullptr;    // float weights: p, fn
   QProblem q;
   QPanelFn qfn = nullptr;  // 4-bit weights: q, qfn (x already quantized)
-  int64_t panels;          // ceil(N / kPanel) (ceil(N / kQ4Panel) for 4-bit weights)
-  int64_t panel_cost;      // bytes of weights per panel
+  I8Problem i8;
+  I8PanelFn i8fn = nullptr;  // int8 weights: i8, i8fn (x already quantized)
+  int64_t panels = 0;      // ceil(N / kPanel) (ceil(N / kQ4Panel) for 4-bit weights)
+  int64_t panel_rows = 0;  // kPanel or kQ4Panel
+  int64_t panel_cost = 0;  // bytes of weights per panel (+1: never 0)
+  Epi epi = Epi::kNone;
+  const float* add = nullptr;  // kAdd: out[m, n] = add[m, n] + y[m, n] (row stride ldo for both)
+  float* out = nullptr;
+  int64_t ldo = 0;
 };
 
-void run_jobs(const Job* jobs, int n) {
+inline float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
+
+// Rows [q0, q1) of panels of job j, then its epilogue on those rows.
+void run_panels(const Job& j, int64_t q0, int64_t q1) {
+  int64_t M, N, ldy;
+  float* y;
+  if (j.qfn) {
+    j.qfn(j.q, q0, q1);
+    M = j.q.M, N = j.q.N, ldy = j.q.ldy, y = j.q.y;
+  } else if (j.i8fn) {
+    j.i8fn(j.i8, q0, q1);
+    M = j.i8.M, N = j.i8.N, ldy = j.i8.ldy, y = j.i8.y;
+  } else {
+    j.fn(j.p, q0, q1);
+    M = j.p.M, N = j.p.N, ldy = j.p.ldy, y = j.p.y;
+  }
+  if (j.epi == Epi::kNone) return;
+  const int64_t n0 = q0 * j.panel_rows, n1 = std::min(N, q1 * j.panel_rows);
+  for (int64_t m = 0; m < M; ++m) {
+    float* yr = y + m * ldy;
+    switch (j.epi) {
+      case Epi::kTanh:
+        for (int64_t n = n0; n < n1; ++n) yr[n] = std::tanh(yr[n]);
+        break;
+      case Epi::kSigmoid:
+        for (int64_t n = n0; n < n1; ++n) yr[n] = sigmoid(yr[n]);
+        break;
+      case Epi::kReluSq:
+        for (int64_t n = n0; n < n1; ++n) {
+          const float t = std::max(yr[n], 0.0f);
+          yr[n] = t * t;
+        }
+        break;
+      case Epi::kAdd:
+        for (int64_t n = n0; n < n1; ++n) j.out[m * j.ldo + n] = j.add[m * j.ldo + n] + yr[n];
+        break;
+      default: break;
+    }
+  }
+}
+
+// Thread t's share (of T) of the jobs: the panels whose cost range starts in [total t / T, total (t+1) / T).
+void run_share(const Job* jobs, int n, int t, int T) {
   int64_t total = 0;
   for (int j = 0; j < n; ++j) total += jobs[j].panels * jobs[j].panel_cost;
-  if (total == 0) return;
-  // >= 64 KB of weights per thread (as gemv): below, the fork/join costs more than a core saves
-  const int64_t T = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total / (64 * 1024)));
-  auto task = [&](int64_t t) {
-    const int64_t lo = total * t / T, hi = total * (t + 1) / T;
-    int64_t start = 0;  // cost before job j
-    for (int j = 0; j < n; ++j) {
-      const Job& jb = jobs[j];
-      const int64_t c = std::max<int64_t>(1, jb.panel_cost);
-      // panel q belongs to task t when its start cost start + q * c lies in [lo, hi)
-      auto first = [&](int64_t bound) {
-        const int64_t rel = bound - start;
-        return rel <= 0 ? int64_t{0} : std::min<int64_t>(jb.panels, (rel + c - 1) / c);
-      };
-      const int64_t q0 = first(lo), q1 = first(hi);
-      if (q0 < q1) {
-        if (jb.qfn)
-          jb.qfn(jb.q, q0, q1);
-        else
-          jb.fn(jb.p, q0, q1);
-      }
-      start += jb.panels * jb.panel_cost;
-    }
-  };
-  if (T == 1) {
-    task(0);
-    return;
+  const int64_t lo = total * t / T, hi = total * (t + 1) / T;
+  int64_t start = 0;  // cost before job j
+  for (int j = 0; j < n; ++j) {
+    const Job& jb = jobs[j];
+    const int64_t c = jb.panel_cost;
+    auto first = [&](int64_t bound) {  // the first panel whose start cost is >= bound
+      const int64_t rel = bound - start;
+      return rel <= 0 ? int64_t{0} : std::min<int64_t>(jb.panels, (rel + c - 1) / c);
+    };
+    const int64_t q0 = first(lo), q1 = first(hi);
+    if (q0 < q1) run_panels(jb, q0, q1);
+    start += jb.panels * c;
   }
-  at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) task(t);
-  });
 }
 
-// Scratch for the int8 activations of the 4-bit products of one stage (reset per stage).
-struct QArena {
-  std::vector<char>& buf;
-  size_t used = 0;
-  template <typename T>
-  T* take(int64_t n) {
-    T* p = reinterpret_cast<T*>(buf.data() + used);
-    used += (static_cast<size_t>(n) * sizeof(T) + 63) & ~size_t{63};
-    TORCH_INTERNAL_ASSERT(used <= buf.size(), "rwkv7_block_decode: q4 scratch too small");
-    return p;
+// A projection weight as the operator takes it (checked before the parallel region: no exception
+// may leave an OpenMP region): float32 / bfloat16 / int8 [rows, cols] (int8: with its float32
+// [rows] scale), or 4-bit: Q4Linear's uint8 [ceil(rows / 16), ceil(cols / 32), 256] codes and
+// int16 [.., .., 16] scales.
+struct Weight {
+  const void* w = nullptr;
+  const float* scale = nullptr;   // float weights
+  const uint16_t* d = nullptr;    // 4-bit weights
+  at::ScalarType dt = at::kFloat;
+  int64_t rows = 0, cols = 0;
+  bool q4() const { return dt == at::kByte; }
+  bool i8() const { return dt == at::kChar; }
+  int64_t cost() const {  // bytes streamed per product
+    return q4() ? ((rows + kQ4Panel - 1) / kQ4Panel) * ((cols + kQ4Block - 1) / kQ4Block) *
+                      (kQ4PanelBlockBytes + 2 * kQ4Panel)
+                : rows * cols * static_cast<int64_t>(at::elementSize(dt));
   }
 };
-// Bytes of QArena a 4-bit product with M rows of K inputs takes.
-inline size_t q_bytes(int64_t M, int64_t K) {
-  const int64_t KB = (K + kQ4Block - 1) / kQ4Block;
-  auto round = [](int64_t n) { return (static_cast<size_t>(n) + 63) & ~size_t{63}; };
-  return round(M * KB * kQ4Block) + 2 * round(M * KB * 4);
-}
 
-// A gemv weight from the parameter list: dtype, shape [rows, cols], contiguity; the scale if any.
-// 4-bit weights (uint8 [P, KB, 256], Q4Linear's qweight, with the int16 [P, KB, 16] scales) also
-// quantize x into `arena` (isa: q4_isa).
-Job make_job(int64_t isa, const at::Tensor& w, const c10::optional<at::Tensor>& scale, int64_t rows, int64_t cols,
-             const float* x, float* y, int64_t M, const char* name, int64_t q4_isa = 0, QArena* arena = nullptr) {
+Weight check_weight(const at::Tensor& w, const c10::optional<at::Tensor>& scale, int64_t rows, int64_t cols,
+                    const char* name) {
   const char* op = "rwkv7_block_decode";
   const at::ScalarType dt = w.scalar_type();
   TORCH_CHECK(w.device().is_cpu(), op, ": ", name, " must be a CPU tensor");
+  Weight r;
+  r.w = w.data_ptr();
+  r.dt = dt;
+  r.rows = rows;
+  r.cols = cols;
+  const bool has_scale = scale.has_value() && scale->defined();
   if (dt == at::kByte) {  // 4-bit
-    TORCH_CHECK(arena != nullptr, op, ": ", name, " cannot be a 4-bit weight");
     const int64_t P = (rows + kQ4Panel - 1) / kQ4Panel, KB = (cols + kQ4Block - 1) / kQ4Block;
     TORCH_CHECK(w.dim() == 3 && w.size(0) == P && w.size(1) == KB && w.size(2) == kQ4PanelBlockBytes &&
                     w.is_contiguous(),
                 op, ": ", name, " (4-bit) must be a contiguous uint8 [", P, ", ", KB, ", 256] tensor, got ", w.sizes());
-    TORCH_CHECK(scale.has_value() && scale->defined() && scale->scalar_type() == at::kShort &&
-                    scale->device().is_cpu() && scale->is_contiguous() &&
-                    scale->sizes() == at::IntArrayRef({P, KB, kQ4Panel}),
+    TORCH_CHECK(has_scale && scale->scalar_type() == at::kShort && scale->device().is_cpu() &&
+                    scale->is_contiguous() && scale->sizes() == at::IntArrayRef({P, KB, kQ4Panel}),
                 op, ": ", name, " (4-bit) needs its int16 [", P, ", ", KB, ", 16] scales");
-    int8_t* xq = arena->take<int8_t>(M * KB * kQ4Block);
-    float* xd = arena->take<float>(M * KB);
-    int32_t* xs = arena->take<int32_t>(M * KB);
-    rwkvkit_gemv::quantize_rows(q4_isa, x, M, cols, xq, xd, xs);
-    Job j;
-    j.q = QProblem{xq, xd, xs, w.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(scale->data_ptr<int16_t>()),
-                   y, M, rows, KB};
-    j.qfn = rwkvkit_gemv::q4_panel_fn(q4_isa);
-    j.panels = P;
-    j.panel_cost = KB * (kQ4PanelBlockBytes + 2 * kQ4Panel) + 1;
-    return j;
+    r.d = reinterpret_cast<const uint16_t*>(scale->data_ptr<int16_t>());
+    return r;
   }
   TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kChar, op, ": ", name,
               " must be float32, bfloat16, int8 or 4-bit (uint8), got ", dt);
   TORCH_CHECK(w.dim() == 2 && w.size(0) == rows && w.size(1) == cols, op, ": ", name, " must have shape [", rows,
               ", ", cols, "], got ", w.sizes());
   TORCH_CHECK(w.is_contiguous(), op, ": ", name, " must be contiguous");
-  const float* sp = nullptr;
-  if (scale.has_value() && scale->defined()) {
+  if (has_scale) {
     check_f32(*scale, {rows}, op, "a scale");
-    sp = scale->data_ptr<float>();
+    r.scale = scale->data_ptr<float>();
   }
-  TORCH_CHECK(dt != at::kChar || sp != nullptr, op, ": ", name, " is int8 and needs its float32 scale");
-  Job j;
-  j.p = Problem{x, w.data_ptr(), sp, y, M, rows, cols};
-  j.fn = rwkvkit_gemv::panel_fn(isa, dt);
-  j.panels = (rows + kPanel - 1) / kPanel;
-  j.panel_cost = kPanel * cols * static_cast<int64_t>(w.element_size()) + 1;
-  return j;
+  TORCH_CHECK(dt != at::kChar || r.scale != nullptr, op, ": ", name, " is int8 and needs its float32 scale");
+  return r;
 }
 
-inline float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
+// Bytes of int8 activations (xq, xd, xs, each 64-byte aligned) of a 4-bit product of M rows of K.
+inline size_t q_bytes(int64_t M, int64_t K) {
+  const int64_t KB = (K + kQ4Block - 1) / kQ4Block;
+  auto round = [](int64_t n) { return (static_cast<size_t>(n) + 63) & ~size_t{63}; };
+  return round(M * KB * kQ4Block) + 2 * round(M * KB * 4);
+}
+
+// The job of y = x @ W^T for rows [row0, row0 + rows) of W (all of them by default). 4-bit weights
+// quantize x into `qbuf` (q_bytes(M, cols) of this thread's scratch) first.
+Job make_job(const Weight& W, const float* x, float* y, int64_t M, int64_t ldy, int64_t isa, int64_t q4_isa,
+             char* qbuf, Epi epi = Epi::kNone, int64_t row0 = 0, int64_t rows = -1) {
+  if (rows < 0) rows = W.rows;
+  Job j;
+  j.epi = epi;
+  if (W.q4()) {  // row0: a multiple of 16 (whole panels)
+    const int64_t KB = (W.cols + kQ4Block - 1) / kQ4Block;
+    auto round = [](int64_t n) { return (n + 63) & ~int64_t{63}; };
+    int8_t* xq = reinterpret_cast<int8_t*>(qbuf);
+    float* xd = reinterpret_cast<float*>(qbuf + round(M * KB * kQ4Block));
+    int32_t* xs = reinterpret_cast<int32_t*>(qbuf + round(M * KB * kQ4Block) + round(M * KB * 4));
+    rwkvkit_gemv::quantize_rows(q4_isa, x, M, W.cols, xq, xd, xs);
+    const int64_t p0 = row0 / kQ4Panel;
+    j.q = QProblem{xq,     xd,   xs, static_cast<const uint8_t*>(W.w) + p0 * KB * kQ4PanelBlockBytes,
+                   W.d + p0 * KB * kQ4Panel, y + row0, M, rows, KB, ldy};
+    j.qfn = rwkvkit_gemv::q4_panel_fn(q4_isa);
+    j.panel_rows = kQ4Panel;
+    j.panels = (rows + kQ4Panel - 1) / kQ4Panel;
+    j.panel_cost = KB * (kQ4PanelBlockBytes + 2 * kQ4Panel) + 1;
+    return j;
+  }
+  if (W.i8()) {  // int8 activations too (the exact int8 x fp32 product is compute-bound)
+    const int64_t KB = (W.cols + kQ4Block - 1) / kQ4Block;
+    auto round = [](int64_t n) { return (n + 63) & ~int64_t{63}; };
+    int8_t* xq = reinterpret_cast<int8_t*>(qbuf);
+    float* xd = reinterpret_cast<float*>(qbuf + round(M * KB * kQ4Block));
+    int32_t* xs = reinterpret_cast<int32_t*>(qbuf + round(M * KB * kQ4Block) + round(M * KB * 4));
+    rwkvkit_gemv::quantize_rows(q4_isa, x, M, W.cols, xq, xd, xs);
+    j.i8 = I8Problem{xq, xd, xs, static_cast<const int8_t*>(W.w) + row0 * W.cols, W.scale + row0, y + row0, M, rows,
+                     W.cols, ldy};
+    j.i8fn = rwkvkit_gemv::i8_panel_fn(q4_isa);
+    j.panel_rows = kPanel;
+    j.panels = (rows + kPanel - 1) / kPanel;
+    j.panel_cost = kPanel * W.cols + 1;
+    return j;
+  }
+  const int64_t es = static_cast<int64_t>(at::elementSize(W.dt));
+  j.p = Problem{x, static_cast<const char*>(W.w) + row0 * W.cols * es, W.scale ? W.scale + row0 : nullptr,
+                y + row0, M, rows, W.cols, ldy};
+  j.fn = rwkvkit_gemv::panel_fn(isa, W.dt);
+  j.panel_rows = kPanel;
+  j.panels = (rows + kPanel - 1) / kPanel;
+  j.panel_cost = kPanel * W.cols * es + 1;
+  return j;
+}
 
 // y = LayerNorm(x) over n values (biased variance, two passes), weight w, bias b.
 void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t n, float eps) {
@@ -479,24 +558,321 @@ void layer_norm(const float* x, const float* w, const float* b, float* y, int64_
   for (int64_t i = 0; i < n; ++i) y[i] = (x[i] - mean) * rstd * w[i] + b[i];
 }
 
+// ------------------------------------------------------------------------------------------------
+// Optional per-stage timers (rwkvkit_kernels::rwkv7_decode_profile): thread 0's time in each stage
+// (barrier waits included), summed over the layers and calls.
+// ------------------------------------------------------------------------------------------------
+constexpr int kStages = 7;  // ln1+rkv+lora_down, heads, output, ln2+ffn_key, ffn_value, head, join
+std::atomic<bool> g_profile{false};
+std::atomic<int64_t> g_stage_ns[kStages + 1];  // + the number of calls
+
+struct StageClock {
+  bool on = g_profile.load(std::memory_order_relaxed);
+  std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
+  void mark(int stage) {
+    if (!on) return;
+    const auto now = std::chrono::steady_clock::now();
+    g_stage_ns[stage].fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(now - last).count(),
+                                std::memory_order_relaxed);
+    last = now;
+  }
+};
+
+at::Tensor decode_profile(bool enable) {
+  at::Tensor out = at::empty({kStages + 1}, at::TensorOptions().dtype(at::kLong));
+  for (int i = 0; i <= kStages; ++i) out.data_ptr<int64_t>()[i] = g_stage_ns[i].exchange(0);
+  g_profile.store(enable);
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------
+// One block, checked once (check_layer) and run by every thread of a parallel region (layer_step).
+// ------------------------------------------------------------------------------------------------
 constexpr int kNumParams = 33;
 constexpr int kNumScales = 6;
+
+struct Dims {
+  int64_t C = 0, H = 0, N = 0, F = 0, Dw = 0, Da = 0, Dv = 0, Dg = 0;
+  bool operator==(const Dims& o) const {
+    return C == o.C && H == o.H && N == o.N && F == o.F && Dw == o.Dw && Da == o.Da && Dv == o.Dv && Dg == o.Dg;
+  }
+};
+
+struct LayerParams {
+  const float *ln1w, *ln1b, *ln2w, *ln2b, *mix_r, *mix_w, *mix_k, *mix_v, *mix_a, *mix_g;
+  const float *w0, *a0, *v0, *k_k, *k_a, *r_k, *gnw, *gnb, *fmix;
+  Weight Wr, Wk, Wv, Wo, Fk, Fv, w1, w2, a1, a2, v1, v2, g1, g2;
+  bool first;
+  int64_t bytes() const {  // weights streamed per token
+    return Wr.cost() + Wk.cost() + Wv.cost() + Wo.cost() + Fk.cost() + Fv.cost() + w1.cost() + w2.cost() +
+           a1.cost() + a2.cost() + (first ? 0 : v1.cost() + v2.cost()) + g1.cost() + g2.cost();
+  }
+};
+
+// The checks of the 33 parameters and 6 scales of a block (see the top of the file).
+LayerParams check_layer(at::TensorList P, const c10::List<c10::optional<at::Tensor>>& scales, int64_t layer_id,
+                        int64_t dim_ffn, Dims& d, const char* op) {
+  TORCH_CHECK(P.size() == kNumParams, op, ": params must hold ", kNumParams, " tensors, got ", P.size());
+  TORCH_CHECK(scales.size() == kNumScales, op, ": scales must hold ", kNumScales, " entries, got ", scales.size());
+  TORCH_CHECK(P[23].dim() == 2, op, ": r_k (params[23]) must be [H, N], got ", P[23].sizes());
+  d.H = P[23].size(0), d.N = P[23].size(1), d.C = d.H * d.N;
+  d.Dw = P[11].size(0), d.Da = P[14].size(0), d.Dv = P[17].size(0), d.Dg = P[19].size(0);
+  TORCH_CHECK(dim_ffn > 0 || P[31].scalar_type() != at::kByte, op, ": a 4-bit ffn W_key needs dim_ffn");
+  d.F = dim_ffn > 0 ? dim_ffn : P[31].size(0);
+  const int64_t C = d.C;
+  static const char* names[kNumParams] = {
+      "ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "w1^T",
+      "w2^T", "a0", "a1^T", "a2^T", "v0", "v1^T", "v2^T", "g1^T", "g2^T", "k_k", "k_a", "r_k", "ln_x.weight",
+      "ln_x.bias", "W_r", "W_k", "W_v", "W_o", "ffn.x_k", "ffn W_key", "ffn W_value"};
+  for (int i : {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 16, 21, 22, 24, 25, 30}) check_f32(P[i], {C}, op, names[i]);
+  check_f32(P[23], {d.H, d.N}, op, names[23]);
+  for (int i : {11, 14, 17, 19}) check_f32(P[i], {P[i].size(0), C}, op, names[i]);
+  check_f32(P[12], {C, d.Dw}, op, names[12]);
+  check_f32(P[15], {C, d.Da}, op, names[15]);
+  check_f32(P[18], {C, d.Dv}, op, names[18]);
+  check_f32(P[20], {C, d.Dg}, op, names[20]);
+  const auto none = c10::optional<at::Tensor>();
+  auto fp = [&](int i) { return P[i].data_ptr<float>(); };
+  LayerParams L{fp(0),  fp(1),  fp(2),  fp(3),  fp(4),  fp(5),  fp(6),  fp(7),  fp(8),  fp(9),
+                fp(10), fp(13), fp(16), fp(21), fp(22), fp(23), fp(24), fp(25), fp(30),
+                check_weight(P[26], scales.get(0), C, C, names[26]),
+                check_weight(P[27], scales.get(1), C, C, names[27]),
+                check_weight(P[28], scales.get(2), C, C, names[28]),
+                check_weight(P[29], scales.get(3), C, C, names[29]),
+                check_weight(P[31], scales.get(4), d.F, C, names[31]),
+                check_weight(P[32], scales.get(5), C, d.F, names[32]),
+                check_weight(P[11], none, d.Dw, C, names[11]),
+                check_weight(P[12], none, C, d.Dw, names[12]),
+                check_weight(P[14], none, d.Da, C, names[14]),
+                check_weight(P[15], none, C, d.Da, names[15]),
+                check_weight(P[17], none, d.Dv, C, names[17]),
+                check_weight(P[18], none, C, d.Dv, names[18]),
+                check_weight(P[19], none, d.Dg, C, names[19]),
+                check_weight(P[20], none, C, d.Dg, names[20]),
+                layer_id == 0};
+  return L;
+}
+
+// The isa arguments: the float kernels' and the 4-bit kernels' (isa 4 = AVX-512 with VNNI: the float
+// kernels take 3).
+std::pair<int64_t, int64_t> resolve_isas(int64_t isa_arg, const char* op) {
+  const int64_t q4_isa = isa_arg == rwkvkit_gemv::kAuto ? rwkvkit_gemv::best_q4_isa() : isa_arg;
+  TORCH_CHECK(q4_isa >= rwkvkit_gemv::kScalar && q4_isa <= rwkvkit_gemv::kAvx512Vnni, op,
+              ": isa must be 0 (auto), 1, 2, 3 or 4");
+  TORCH_CHECK(rwkvkit_gemv::cpu_has(static_cast<Isa>(q4_isa)), op, ": this CPU lacks the requested instruction set");
+  const int64_t isa = isa_arg == rwkvkit_gemv::kAuto ? rwkvkit_gemv::best_isa()
+                                                     : std::min<int64_t>(isa_arg, rwkvkit_gemv::kAvx512);
+  return {isa, q4_isa};
+}
+
+// Scratch for B sequences and T threads: shared buffers (the products' outputs), then per thread the
+// inputs it multiplies (every thread computes all of them, which costs less than a barrier) and
+// their int8 forms. A per-thread vector of the calling thread, reused across calls (grows only).
+struct Scratch {
+  float *r, *k, *v, *wl, *al, *vl, *g, *xo, *yo, *yf, *hw, *ha, *hv, *hg, *hf, *xa_, *xb_, *vf;
+  char* priv;
+  size_t priv_bytes, priv_floats;
+  struct Private {
+    float *xr, *xw, *xk, *xv, *xa, *xg, *xl, *xf, *dec;
+    char* qb;
+  };
+  Private mine(int t, int64_t BC) const {
+    float* pf = reinterpret_cast<float*>(priv + t * priv_bytes);
+    return {pf, pf + BC, pf + 2 * BC, pf + 3 * BC, pf + 4 * BC, pf + 5 * BC, pf + 6 * BC, pf + 7 * BC, pf + 8 * BC,
+            priv + t * priv_bytes + priv_floats * 4};
+  }
+};
+
+Scratch make_scratch(const Dims& d, int64_t B, int T) {
+  static thread_local std::vector<char> buf;
+  const int64_t BC = B * d.C;
+  const size_t shared_floats = static_cast<size_t>(13 * BC + B * (d.Dw + d.Da + d.Dv + d.Dg + d.F));
+  const size_t priv_floats = static_cast<size_t>(8 * BC + 3 * d.N);
+  const size_t priv_q = std::max(3 * q_bytes(B, d.C), q_bytes(B, d.F));
+  const size_t priv_bytes = (priv_floats * 4 + priv_q + 63) & ~size_t{63};
+  const size_t shared_bytes = (shared_floats * 4 + 63) & ~size_t{63};
+  const size_t need = 64 + shared_bytes + T * priv_bytes;
+  if (buf.size() < need) buf.resize(need);
+  char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63});
+  float* sp = reinterpret_cast<float*>(base);
+  auto take = [&](int64_t n) {
+    float* q = sp;
+    sp += n;
+    return q;
+  };
+  Scratch s;
+  s.r = take(BC), s.k = take(BC), s.v = take(BC), s.wl = take(BC), s.al = take(BC), s.vl = take(BC);
+  s.g = take(BC), s.xo = take(BC), s.yo = take(BC), s.yf = take(BC), s.xa_ = take(BC), s.xb_ = take(BC);
+  s.vf = take(BC);
+  s.hw = take(B * d.Dw), s.ha = take(B * d.Da), s.hv = take(B * d.Dv), s.hg = take(B * d.Dg), s.hf = take(B * d.F);
+  s.priv = base + shared_bytes;
+  s.priv_bytes = priv_bytes;
+  s.priv_floats = priv_floats;
+  return s;
+}
+
+// One block's inputs and outputs: x [B, C] in, Xo out; the state (updated in place); v_first.
+struct LayerIO {
+  const float* X;
+  float* Xo;
+  float *sh_att, *sh_ffn, *vf;
+  const float* Sin;
+  float* Sout;
+};
+
+// Block.forward for one token, all B sequences, by thread t of the nt threads of a parallel region
+// (every thread calls it). Barriers inside; it returns after this thread's share of the last product
+// (FFN value, added into Xo): the caller's barrier (or the region's end) completes Xo.
+void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s, const LayerIO& io, int64_t isa,
+                int64_t q4_isa, HeadFn wkv_head, int t, int nt, StageClock& clock) {
+  const int64_t C = d.C, H = d.H, N = d.N, BC = B * C;
+  const Scratch::Private p = s.mine(t, BC);
+  float *xr = p.xr, *xw = p.xw, *xk = p.xk, *xv = p.xv, *xa = p.xa, *xg = p.xg, *xl = p.xl, *xf = p.xf;
+  float *r = s.r, *k = s.k, *v = s.v, *wl = s.wl, *al = s.al, *vl = s.vl, *g = s.g, *xo = s.xo;
+  const float* X = io.X;
+  float* Xo = io.Xo;
+  const int64_t c0 = BC * t / nt, c1 = BC * (t + 1) / nt;  // this thread's share of the state writes
+  const float neg_exp_half = static_cast<float>(-std::exp(-0.5));
+
+  // 1. LN1, token shift, the six mixes (every thread, all values: its private inputs); then r, k, v
+  //    and the LoRA down-projections (with their nonlinearities), shared out.
+  for (int64_t bb = 0; bb < B; ++bb) {
+    const int64_t o = bb * C;
+    layer_norm(X + o, L.ln1w, L.ln1b, xl + o, C, 1e-5f);
+    for (int64_t c = 0; c < C; ++c) {
+      const float xc = xl[o + c], dc = io.sh_att[o + c] - xc;
+      xr[o + c] = xc + dc * L.mix_r[c];
+      xw[o + c] = xc + dc * L.mix_w[c];
+      xk[o + c] = xc + dc * L.mix_k[c];
+      xv[o + c] = xc + dc * L.mix_v[c];
+      xa[o + c] = xc + dc * L.mix_a[c];
+      xg[o + c] = xc + dc * L.mix_g[c];
+    }
+  }
+  {
+    Job jobs[7];
+    int n = 0;
+    const size_t qc = q_bytes(B, C);
+    jobs[n++] = make_job(L.Wr, xr, r, B, C, isa, q4_isa, p.qb);
+    jobs[n++] = make_job(L.Wk, xk, k, B, C, isa, q4_isa, p.qb + qc);
+    jobs[n++] = make_job(L.Wv, xv, v, B, C, isa, q4_isa, p.qb + 2 * qc);
+    jobs[n++] = make_job(L.w1, xw, s.hw, B, d.Dw, isa, q4_isa, nullptr, Epi::kTanh);
+    jobs[n++] = make_job(L.a1, xa, s.ha, B, d.Da, isa, q4_isa, nullptr);
+    if (!L.first) jobs[n++] = make_job(L.v1, xv, s.hv, B, d.Dv, isa, q4_isa, nullptr);
+    jobs[n++] = make_job(L.g1, xg, s.hg, B, d.Dg, isa, q4_isa, nullptr, Epi::kSigmoid);
+    run_share(jobs, n, t, nt);
+  }
+#pragma omp barrier
+  // every thread has read the old att_shift: the new one (the LN1 output) can be written
+  for (int64_t i = c0; i < c1; ++i) io.sh_att[i] = xl[i];
+  if (t == 0) clock.mark(0);
+
+  // 2. Per head, for this thread's heads: the LoRA up-projections of the head's channels, decay,
+  //    in-context rate, kk, k, value residual, the WKV step, GroupNorm and bonus, times g (into xo).
+  const int64_t h0 = H * t / nt, h1 = H * (t + 1) / nt;
+  if (h0 < h1) {
+    const int64_t n0 = h0 * N, nr = (h1 - h0) * N;
+    Job jobs[4];
+    int n = 0;
+    jobs[n++] = make_job(L.w2, s.hw, wl, B, C, isa, q4_isa, nullptr, Epi::kNone, n0, nr);
+    jobs[n++] = make_job(L.a2, s.ha, al, B, C, isa, q4_isa, nullptr, Epi::kNone, n0, nr);
+    if (!L.first) jobs[n++] = make_job(L.v2, s.hv, vl, B, C, isa, q4_isa, nullptr, Epi::kNone, n0, nr);
+    jobs[n++] = make_job(L.g2, s.hg, g, B, C, isa, q4_isa, nullptr, Epi::kNone, n0, nr);
+    run_share(jobs, n, 0, 1);
+  }
+  for (int64_t bb = 0; bb < B; ++bb) {
+    for (int64_t h = h0; h < h1; ++h) {
+      const int64_t o = bb * C + h * N;
+      // decay, in-context rate, kk, k, value residual; WKV inputs a = -kk (in xw), b = kk * a (in xa)
+      float ss = 0.0f;
+      for (int64_t j = 0; j < N; ++j) {
+        const float tk = k[o + j] * L.k_k[h * N + j];
+        xr[o + j] = tk;  // k * k_k (xr, this thread's private copy, is free after stage 1)
+        ss += tk * tk;
+      }
+      const float inv = 1.0f / std::max(std::sqrt(ss), 1e-12f);
+      for (int64_t j = 0; j < N; ++j) {
+        const int64_t c = h * N + j, i = o + j;
+        const float kk = xr[i] * inv;
+        wl[i] = neg_exp_half * sigmoid(L.w0[c] + wl[i]);  // log_w
+        const float ai = sigmoid(L.a0[c] + al[i]);
+        k[i] = k[i] * (1.0f + (ai - 1.0f) * L.k_a[c]);
+        xw[i] = -kk;
+        xa[i] = kk * ai;
+        if (L.first)
+          io.vf[i] = v[i];
+        else
+          v[i] = v[i] + (io.vf[i] - v[i]) * sigmoid(L.v0[c] + vl[i]);
+      }
+      // the WKV step of head (bb, h): output into xl (free: the LN1 output is in att_shift now)
+      for (int64_t j = 0; j < N; ++j) p.dec[j] = std::exp(wl[o + j]);
+      const int64_t s_off = (bb * H + h) * N * N;
+      wkv_head(r + o, p.dec, k + o, v + o, xw + o, xa + o, io.Sin + s_off, io.Sout + s_off, xl + o, N, p.dec + N);
+      // GroupNorm of the head + bonus, times g
+      float mean = 0.0f, var = 0.0f, bonus = 0.0f;
+      for (int64_t j = 0; j < N; ++j) mean += xl[o + j];
+      mean /= static_cast<float>(N);
+      for (int64_t j = 0; j < N; ++j) var += (xl[o + j] - mean) * (xl[o + j] - mean);
+      var /= static_cast<float>(N);
+      const float rstd = 1.0f / std::sqrt(var + 64e-5f);
+      for (int64_t j = 0; j < N; ++j) bonus += r[o + j] * k[o + j] * L.r_k[h * N + j];
+      for (int64_t j = 0; j < N; ++j) {
+        const int64_t c = h * N + j;
+        const float gn = (xl[o + j] - mean) * rstd * L.gnw[c] + L.gnb[c];
+        xo[o + j] = (gn + bonus * v[o + j]) * g[o + j];
+      }
+    }
+  }
+#pragma omp barrier
+  if (t == 0) clock.mark(1);
+
+  // 3. Output projection, residual: Xo = X + xo @ W_o^T.
+  {
+    Job job = make_job(L.Wo, xo, s.yo, B, C, isa, q4_isa, p.qb, Epi::kAdd);
+    job.add = X, job.out = Xo, job.ldo = C;
+    run_share(&job, 1, t, nt);
+  }
+#pragma omp barrier
+  if (t == 0) clock.mark(2);
+
+  // 4. Channel mix: LN2, token shift (every thread, all values), relu(key)^2 (shared out).
+  for (int64_t bb = 0; bb < B; ++bb) {
+    const int64_t o = bb * C;
+    layer_norm(Xo + o, L.ln2w, L.ln2b, xl + o, C, 1e-5f);
+    for (int64_t c = 0; c < C; ++c) xf[o + c] = xl[o + c] + (io.sh_ffn[o + c] - xl[o + c]) * L.fmix[c];
+  }
+  {
+    Job job = make_job(L.Fk, xf, s.hf, B, d.F, isa, q4_isa, p.qb, Epi::kReluSq);
+    run_share(&job, 1, t, nt);
+  }
+#pragma omp barrier
+  for (int64_t i = c0; i < c1; ++i) io.sh_ffn[i] = xl[i];  // every thread has read the old ffn_shift
+  if (t == 0) clock.mark(3);
+
+  // 5. Value projection, residual: Xo += hf @ W_value^T.
+  {
+    Job job = make_job(L.Fv, s.hf, s.yf, B, C, isa, q4_isa, p.qb, Epi::kAdd);
+    job.add = Xo, job.out = Xo, job.ldo = C;
+    run_share(&job, 1, t, nt);
+  }
+}
+
+// Threads for `bytes` of weights per token: >= ~64 KB each (below, a fork/join costs more than a
+// core saves), at most torch's thread count.
+int pick_threads(int64_t bytes) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), bytes / (64 * 1024))));
+}
 
 at::Tensor block_decode(const at::Tensor& x, const at::Tensor& att_shift, const at::Tensor& S_in,
                         const at::Tensor& S_out, const at::Tensor& ffn_shift, const at::Tensor& v_first,
                         at::TensorList P, const c10::List<c10::optional<at::Tensor>>& scales, int64_t layer_id,
                         int64_t isa_arg, int64_t dim_ffn) {
   const char* op = "rwkv7_block_decode";
-  TORCH_CHECK(P.size() == kNumParams, op, ": params must hold ", kNumParams, " tensors, got ", P.size());
-  TORCH_CHECK(scales.size() == kNumScales, op, ": scales must hold ", kNumScales, " entries, got ", scales.size());
+  Dims d;
+  const LayerParams L = check_layer(P, scales, layer_id, dim_ffn, d, op);
   TORCH_CHECK(x.dim() == 2, op, ": x must be [B, C], got ", x.sizes());
-  const int64_t B = x.size(0), C = x.size(1);
-  TORCH_CHECK(P[23].dim() == 2, op, ": r_k (params[23]) must be [H, N], got ", P[23].sizes());
-  const int64_t H = P[23].size(0), N = P[23].size(1);
-  TORCH_CHECK(H * N == C, op, ": r_k is [", H, ", ", N, "] but C = ", C);
-  const int64_t Dw = P[11].size(0), Da = P[14].size(0), Dv = P[17].size(0), Dg = P[19].size(0);
-  TORCH_CHECK(dim_ffn > 0 || P[31].scalar_type() != at::kByte, op, ": a 4-bit ffn W_key needs dim_ffn");
-  const int64_t F = dim_ffn > 0 ? dim_ffn : P[31].size(0);
+  const int64_t B = x.size(0), C = d.C, H = d.H, N = d.N;
+  TORCH_CHECK(x.size(1) == C, op, ": r_k is [", H, ", ", N, "] but x is ", x.sizes());
   check_f32(x, {B, C}, op, "x");
   check_f32(att_shift, {B, C}, op, "att_shift");
   check_f32(ffn_shift, {B, C}, op, "ffn_shift");
@@ -504,193 +880,136 @@ at::Tensor block_decode(const at::Tensor& x, const at::Tensor& att_shift, const 
   check_f32(S_in, {B, H, N, N}, op, "S_in");
   check_f32(S_out, {B, H, N, N}, op, "S_out");
   check_alias(S_in, S_out, op);
-  static const char* names[kNumParams] = {
-      "ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "w1^T",
-      "w2^T", "a0", "a1^T", "a2^T", "v0", "v1^T", "v2^T", "g1^T", "g2^T", "k_k", "k_a", "r_k", "ln_x.weight",
-      "ln_x.bias", "W_r", "W_k", "W_v", "W_o", "ffn.x_k", "ffn W_key", "ffn W_value"};
-  for (int i : {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 16, 21, 22, 24, 25, 30}) check_f32(P[i], {C}, op, names[i]);
-  check_f32(P[23], {H, N}, op, names[23]);
-  for (int i : {11, 14, 17, 19}) check_f32(P[i], {P[i].size(0), C}, op, names[i]);
-  check_f32(P[12], {C, Dw}, op, names[12]);
-  check_f32(P[15], {C, Da}, op, names[15]);
-  check_f32(P[18], {C, Dv}, op, names[18]);
-  check_f32(P[20], {C, Dg}, op, names[20]);
   TORCH_CHECK(x.data_ptr() != att_shift.data_ptr() && x.data_ptr() != ffn_shift.data_ptr(), op,
               ": x must not be a state tensor");
-  // the float kernels' isa, and the 4-bit kernels' (isa 4 = AVX-512 with VNNI: 3 for the float ones)
-  const int64_t q4_isa = isa_arg == rwkvkit_gemv::kAuto ? rwkvkit_gemv::best_q4_isa() : isa_arg;
-  TORCH_CHECK(q4_isa >= rwkvkit_gemv::kScalar && q4_isa <= rwkvkit_gemv::kAvx512Vnni, op,
-              ": isa must be 0 (auto), 1, 2, 3 or 4");
-  TORCH_CHECK(rwkvkit_gemv::cpu_has(static_cast<Isa>(q4_isa)), op, ": this CPU lacks the requested instruction set");
-  const int64_t isa = isa_arg == rwkvkit_gemv::kAuto ? rwkvkit_gemv::best_isa()
-                                                     : std::min<int64_t>(isa_arg, rwkvkit_gemv::kAvx512);
-  const bool first = layer_id == 0;
-  // int8 activations of the 4-bit products: r, k, v of stage 2 at once, then one input at a time
-  static thread_local std::vector<char> qbuf;
-  const size_t qneed = std::max(3 * q_bytes(B, C), q_bytes(B, F));
-  if (qbuf.size() < qneed) qbuf.resize(qneed);
-
-  auto fp = [&](int i) { return P[i].data_ptr<float>(); };
-  const float *ln1w = fp(0), *ln1b = fp(1), *ln2w = fp(2), *ln2b = fp(3);
-  const float *mix_r = fp(4), *mix_w = fp(5), *mix_k = fp(6), *mix_v = fp(7), *mix_a = fp(8), *mix_g = fp(9);
-  const float *w0 = fp(10), *a0 = fp(13), *v0 = fp(16), *k_k = fp(21), *k_a = fp(22), *r_k = fp(23);
-  const float *gnw = fp(24), *gnb = fp(25), *fmix = fp(30);
-
-  // Scratch, reused across calls (grows only): [B, C] buffers, the LoRA hiddens, the FFN hidden.
-  static thread_local std::vector<float> scratch;
-  const int64_t BC = B * C;
-  const size_t need = static_cast<size_t>(14 * BC + B * (Dw + Da + Dv + Dg + F));
-  if (scratch.size() < need) scratch.resize(need);
-  float* p = scratch.data();
-  auto take = [&](int64_t n) {
-    float* q = p;
-    p += n;
-    return q;
-  };
-  float *xr = take(BC), *xw = take(BC), *xk = take(BC), *xv = take(BC), *xa = take(BC), *xg = take(BC);
-  float *r = take(BC), *k = take(BC), *v = take(BC), *wl = take(BC), *al = take(BC), *vl = take(BC), *g = take(BC);
-  float* y = take(BC);
-  float *hw = take(B * Dw), *ha = take(B * Da), *hv = take(B * Dv), *hg = take(B * Dg), *hf = take(B * F);
-
+  const auto [isa, q4_isa] = resolve_isas(isa_arg, op);
+  const HeadFn wkv_head = head_fn(isa);
+  const int T = pick_threads(L.bytes());
+  const Scratch s = make_scratch(d, B, T);
   at::Tensor out = at::empty({B, C}, x.options());
-  const float* X = x.data_ptr<float>();
-  float* Xo = out.data_ptr<float>();
-  float* sh_att = att_shift.data_ptr<float>();
-  float* sh_ffn = ffn_shift.data_ptr<float>();
-  float* vf = v_first.data_ptr<float>();
-
-  // 1. LN1, token shift (the new att_shift is the LN1 output), the six mixes.
-  for (int64_t bb = 0; bb < B; ++bb) {
-    const int64_t o = bb * C;
-    float* xl = y + o;  // LN1 output, temporarily in y
-    layer_norm(X + o, ln1w, ln1b, xl, C, 1e-5f);
-    for (int64_t c = 0; c < C; ++c) {
-      const float xc = xl[c], dc = sh_att[o + c] - xc;
-      xr[o + c] = xc + dc * mix_r[c];
-      xw[o + c] = xc + dc * mix_w[c];
-      xk[o + c] = xc + dc * mix_k[c];
-      xv[o + c] = xc + dc * mix_v[c];
-      xa[o + c] = xc + dc * mix_a[c];
-      xg[o + c] = xc + dc * mix_g[c];
-      sh_att[o + c] = xc;
-    }
-  }
-
-  // 2. r, k, v and the LoRA down-projections, in one parallel region.
-  const auto none = c10::optional<at::Tensor>();
+  const LayerIO io{x.data_ptr<float>(), out.data_ptr<float>(),   att_shift.data_ptr<float>(),
+                   ffn_shift.data_ptr<float>(), v_first.data_ptr<float>(), S_in.data_ptr<float>(),
+                   S_out.data_ptr<float>()};
+  StageClock clock;
+#pragma omp parallel num_threads(T)
   {
-    QArena qa{qbuf};
-    Job jobs[7];
-    int n = 0;
-    jobs[n++] = make_job(isa, P[26], scales.get(0), C, C, xr, r, B, names[26], q4_isa, &qa);
-    jobs[n++] = make_job(isa, P[27], scales.get(1), C, C, xk, k, B, names[27], q4_isa, &qa);
-    jobs[n++] = make_job(isa, P[28], scales.get(2), C, C, xv, v, B, names[28], q4_isa, &qa);
-    jobs[n++] = make_job(isa, P[11], none, Dw, C, xw, hw, B, names[11]);
-    jobs[n++] = make_job(isa, P[14], none, Da, C, xa, ha, B, names[14]);
-    if (!first) jobs[n++] = make_job(isa, P[17], none, Dv, C, xv, hv, B, names[17]);
-    jobs[n++] = make_job(isa, P[19], none, Dg, C, xg, hg, B, names[19]);
-    run_jobs(jobs, n);
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();  // nt < T in a nested region
+    layer_step(L, d, B, s, io, isa, q4_isa, wkv_head, t, nt, clock);
+    if (t == 0) clock.mark(4);
   }
-  for (int64_t i = 0; i < B * Dw; ++i) hw[i] = std::tanh(hw[i]);
-  for (int64_t i = 0; i < B * Dg; ++i) hg[i] = sigmoid(hg[i]);
-
-  // 3. The LoRA up-projections.
-  {
-    Job jobs[4];
-    int n = 0;
-    jobs[n++] = make_job(isa, P[12], none, C, Dw, hw, wl, B, names[12]);
-    jobs[n++] = make_job(isa, P[15], none, C, Da, ha, al, B, names[15]);
-    if (!first) jobs[n++] = make_job(isa, P[18], none, C, Dv, hv, vl, B, names[18]);
-    jobs[n++] = make_job(isa, P[20], none, C, Dg, hg, g, B, names[20]);
-    run_jobs(jobs, n);
-  }
-
-  // 4. Decay, in-context rate, kk, k, value residual; WKV inputs a = -kk (in xw), b = kk * a (in xa).
-  const float neg_exp_half = static_cast<float>(-std::exp(-0.5));
-  for (int64_t bb = 0; bb < B; ++bb) {
-    for (int64_t h = 0; h < H; ++h) {
-      const int64_t o = bb * C + h * N;
-      float ss = 0.0f;
-      for (int64_t j = 0; j < N; ++j) {
-        const float t = k[o + j] * k_k[h * N + j];
-        xr[o + j] = t;  // k * k_k (xr is free after stage 2)
-        ss += t * t;
-      }
-      const float inv = 1.0f / std::max(std::sqrt(ss), 1e-12f);
-      for (int64_t j = 0; j < N; ++j) {
-        const int64_t c = h * N + j, i = o + j;
-        const float kk = xr[i] * inv;
-        wl[i] = neg_exp_half * sigmoid(w0[c] + wl[i]);  // log_w
-        const float ai = sigmoid(a0[c] + al[i]);
-        k[i] = k[i] * (1.0f + (ai - 1.0f) * k_a[c]);
-        xw[i] = -kk;
-        xa[i] = kk * ai;
-        if (first)
-          vf[i] = v[i];
-        else
-          v[i] = v[i] + (vf[i] - v[i]) * sigmoid(v0[c] + vl[i]);
-      }
-    }
-  }
-
-  // 5. WKV step: output into y.
-  wkv_heads(head_fn(isa), B * H, N, r, wl, k, v, xw, xa, S_in.data_ptr<float>(), S_out.data_ptr<float>(), y);
-
-  // 6. GroupNorm per head + bonus, times g (into xk).
-  for (int64_t bb = 0; bb < B; ++bb) {
-    for (int64_t h = 0; h < H; ++h) {
-      const int64_t o = bb * C + h * N;
-      float mean = 0.0f, var = 0.0f, bonus = 0.0f;
-      for (int64_t j = 0; j < N; ++j) mean += y[o + j];
-      mean /= static_cast<float>(N);
-      for (int64_t j = 0; j < N; ++j) var += (y[o + j] - mean) * (y[o + j] - mean);
-      var /= static_cast<float>(N);
-      const float rstd = 1.0f / std::sqrt(var + 64e-5f);
-      for (int64_t j = 0; j < N; ++j) bonus += r[o + j] * k[o + j] * r_k[h * N + j];
-      for (int64_t j = 0; j < N; ++j) {
-        const int64_t c = h * N + j;
-        const float gn = (y[o + j] - mean) * rstd * gnw[c] + gnb[c];
-        xk[o + j] = (gn + bonus * v[o + j]) * g[o + j];
-      }
-    }
-  }
-
-  // 7. Output projection (into xv), residual (into out).
-  {
-    QArena qa{qbuf};
-    Job job = make_job(isa, P[29], scales.get(3), C, C, xk, xv, B, names[29], q4_isa, &qa);
-    run_jobs(&job, 1);
-  }
-  for (int64_t i = 0; i < BC; ++i) Xo[i] = X[i] + xv[i];
-
-  // 8. Channel mix: LN2, token shift (the new ffn_shift is the LN2 output), relu(key)^2, value.
-  for (int64_t bb = 0; bb < B; ++bb) {
-    const int64_t o = bb * C;
-    float* xl = y + o;
-    layer_norm(Xo + o, ln2w, ln2b, xl, C, 1e-5f);
-    for (int64_t c = 0; c < C; ++c) {
-      const float xc = xl[c];
-      xr[o + c] = xc + (sh_ffn[o + c] - xc) * fmix[c];
-      sh_ffn[o + c] = xc;
-    }
-  }
-  {
-    QArena qa{qbuf};
-    Job job = make_job(isa, P[31], scales.get(4), F, C, xr, hf, B, names[31], q4_isa, &qa);
-    run_jobs(&job, 1);
-  }
-  for (int64_t i = 0; i < B * F; ++i) {
-    const float t = std::max(hf[i], 0.0f);
-    hf[i] = t * t;
-  }
-  {
-    QArena qa{qbuf};
-    Job job = make_job(isa, P[32], scales.get(5), C, F, hf, xv, B, names[32], q4_isa, &qa);
-    run_jobs(&job, 1);
-  }
-  for (int64_t i = 0; i < BC; ++i) Xo[i] += xv[i];
+  clock.mark(6);
+  if (clock.on) g_stage_ns[kStages].fetch_add(1);
   return out;
 }
+
+// ------------------------------------------------------------------------------------------------
+// A whole model's decoding step: every block, then (optionally) ln_out and the head, in one parallel
+// region. The parameters are checked once, when the plan is made (Rwkv7Plan's constructor); the plan
+// keeps references to its tensors.
+// ------------------------------------------------------------------------------------------------
+struct Rwkv7Plan : torch::CustomClassHolder {
+  std::vector<at::Tensor> keep;  // every tensor the pointers below point into
+  std::vector<LayerParams> layers;
+  Dims d;
+  bool has_head = false;
+  const float *lnw = nullptr, *lnb = nullptr;
+  double ln_eps = 1e-5;
+  Weight head;
+  int64_t V = 0, isa = 0, q4_isa = 0, bytes = 0;
+
+  // params: the 33 tensors of every block in order (pack_block's); scales: their 6 scales each;
+  // head: empty, or [ln_out.weight, ln_out.bias, head weight (+ its scale)] with head_rows rows.
+  Rwkv7Plan(std::vector<at::Tensor> params, std::vector<c10::optional<at::Tensor>> scales, int64_t dim_ffn,
+            std::vector<at::Tensor> head_params, int64_t head_rows, double eps, int64_t isa_arg) {
+    const char* op = "Rwkv7Plan";
+    TORCH_CHECK(!params.empty() && params.size() % kNumParams == 0, op, ": params must hold ", kNumParams,
+                " tensors per block, got ", params.size());
+    const size_t n_layer = params.size() / kNumParams;
+    TORCH_CHECK(scales.size() == n_layer * kNumScales, op, ": scales must hold ", kNumScales, " per block");
+    keep = params;
+    for (const auto& sc : scales)
+      if (sc.has_value()) keep.push_back(*sc);
+    for (size_t l = 0; l < n_layer; ++l) {
+      const std::vector<at::Tensor> P(params.begin() + l * kNumParams, params.begin() + (l + 1) * kNumParams);
+      c10::List<c10::optional<at::Tensor>> S;
+      for (int i = 0; i < kNumScales; ++i) S.push_back(scales[l * kNumScales + i]);
+      Dims dl;
+      layers.push_back(check_layer(P, S, static_cast<int64_t>(l), dim_ffn, dl, op));
+      TORCH_CHECK(l == 0 || dl == d, op, ": block ", l, " has other dimensions than block 0");
+      d = dl;
+      bytes += layers.back().bytes();
+    }
+    TORCH_CHECK(head_params.empty() || head_params.size() == 3 || head_params.size() == 4, op,
+                ": head must be [] or [ln_out.weight, ln_out.bias, weight(, scale)]");
+    if (!head_params.empty()) {
+      check_f32(head_params[0], {d.C}, op, "ln_out.weight");
+      check_f32(head_params[1], {d.C}, op, "ln_out.bias");
+      const c10::optional<at::Tensor> hs =
+          head_params.size() == 4 ? c10::optional<at::Tensor>(head_params[3]) : c10::nullopt;
+      head = check_weight(head_params[2], hs, head_rows, d.C, "head");
+      for (const auto& t : head_params) keep.push_back(t);
+      lnw = head_params[0].data_ptr<float>(), lnb = head_params[1].data_ptr<float>();
+      has_head = true, V = head_rows, ln_eps = eps;
+      bytes += head.cost();
+    }
+    std::tie(isa, q4_isa) = resolve_isas(isa_arg, op);
+  }
+
+  int64_t n_layer() const { return static_cast<int64_t>(layers.size()); }
+
+  // x [B, C] (the embeddings) -> the logits [B, V] (or the last block's output [B, C] without a head).
+  // att_shift, ffn_shift [L, B, C] updated in place; the WKV state read from S_in [L, B, H, N, N],
+  // written to S_out (may be S_in).
+  at::Tensor step(const at::Tensor& x, const at::Tensor& att_shift, const at::Tensor& S_in, const at::Tensor& S_out,
+                  const at::Tensor& ffn_shift) {
+    const char* op = "Rwkv7Plan.step";
+    const int64_t L = n_layer(), C = d.C, H = d.H, N = d.N;
+    TORCH_CHECK(x.dim() == 2 && x.size(1) == C, op, ": x must be [B, ", C, "], got ", x.sizes());
+    const int64_t B = x.size(0), BC = B * C;
+    check_f32(x, {B, C}, op, "x");
+    check_f32(att_shift, {L, B, C}, op, "att_shift");
+    check_f32(ffn_shift, {L, B, C}, op, "ffn_shift");
+    check_f32(S_in, {L, B, H, N, N}, op, "S_in");
+    check_f32(S_out, {L, B, H, N, N}, op, "S_out");
+    check_alias(S_in, S_out, op);
+    const HeadFn wkv_head = head_fn(isa);
+    const int T = pick_threads(bytes / L);
+    const Scratch s = make_scratch(d, B, T);
+    at::Tensor out = at::empty({B, has_head ? V : C}, x.options());
+    const float* X0 = x.data_ptr<float>();
+    float* att = att_shift.data_ptr<float>();
+    float* ffn = ffn_shift.data_ptr<float>();
+    const float* Sin = S_in.data_ptr<float>();
+    float* Sout = S_out.data_ptr<float>();
+    float* o = out.data_ptr<float>();
+    const int64_t SN = B * H * N * N;
+    StageClock clock;
+#pragma omp parallel num_threads(T)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      const float* X = X0;
+      for (int64_t l = 0; l < L; ++l) {
+        float* Xo = (l == L - 1 && !has_head) ? o : (l % 2 ? s.xb_ : s.xa_);
+        const LayerIO io{X, Xo, att + l * BC, ffn + l * BC, s.vf, Sin + l * SN, Sout + l * SN};
+        layer_step(layers[l], d, B, s, io, isa, q4_isa, wkv_head, t, nt, clock);
+#pragma omp barrier
+        if (t == 0) clock.mark(4);
+        X = Xo;
+      }
+      if (has_head) {  // ln_out (every thread, all values), the head's rows shared out
+        const Scratch::Private p = s.mine(t, BC);
+        for (int64_t bb = 0; bb < B; ++bb)
+          layer_norm(X + bb * C, lnw, lnb, p.xl + bb * C, C, static_cast<float>(ln_eps));
+        Job job = make_job(head, p.xl, o, B, V, isa, q4_isa, p.qb);
+        run_share(&job, 1, t, nt);
+        if (t == 0) clock.mark(5);
+      }
+    }
+    clock.mark(6);
+    if (clock.on) g_stage_ns[kStages].fetch_add(1);
+    return out;
+  }
+};
 
 }  // namespace
 }  // namespace rwkvkit_rwkv7
@@ -702,6 +1021,12 @@ TORCH_LIBRARY_FRAGMENT(rwkvkit_kernels, m) {
   m.def(
       "rwkv7_block_decode(Tensor x, Tensor(a!) att_shift, Tensor S_in, Tensor(b!) S_out, Tensor(c!) ffn_shift, "
       "Tensor(d!) v_first, Tensor[] params, Tensor?[] scales, int layer_id, int isa=0, int dim_ffn=0) -> Tensor");
+  m.def("rwkv7_decode_profile(bool enable) -> Tensor", &rwkvkit_rwkv7::decode_profile);
+  m.class_<rwkvkit_rwkv7::Rwkv7Plan>("Rwkv7Plan")
+      .def(torch::init<std::vector<at::Tensor>, std::vector<c10::optional<at::Tensor>>, int64_t, std::vector<at::Tensor>,
+                       int64_t, double, int64_t>())
+      .def("n_layer", &rwkvkit_rwkv7::Rwkv7Plan::n_layer)
+      .def("step", &rwkvkit_rwkv7::Rwkv7Plan::step);
 }
 
 TORCH_LIBRARY_IMPL(rwkvkit_kernels, CPU, m) {

@@ -7,8 +7,11 @@
 //   rwkvkit_kernels::q4_dequant(Tensor qweight, Tensor scales, int row0, int row1, int K) -> Tensor
 //       rows [row0, row1) of W as bfloat16 [row1 - row0, K]: d * (code - 8) in fp32, rounded to
 //       nearest even (what torch's .to(torch.bfloat16) does).
+//   rwkvkit_kernels::gemv_int8(Tensor x, Tensor w, Tensor scale, int isa=0) -> Tensor y
+//       y [M, N] float32 = (x [M, K] @ w^T) * scale for int8 w [N, K] (Int8Linear's) and per-row
+//       float32 scale [N], x quantized to int8 per block of 32 as for gemv_q4.
 //   rwkvkit_kernels::quantize_activations(Tensor x, int isa=0) -> (Tensor xq, Tensor xd)
-//       the int8 activations gemv_q4 multiplies (tests): xq [M, KB * 32] int8, xd [M, KB] float32.
+//       the int8 activations gemv_q4 / gemv_int8 multiply (tests): xq [M, KB * 32] int8, xd [M, KB].
 //
 // How gemv_q4 computes (llama.cpp's Q4_0 x Q8_0 dot product, rearranged for 16 rows at a time):
 //
@@ -137,8 +140,26 @@ void q4_panels(const QProblem& p, int64_t p0, int64_t p1) {
           const float dw = half_to_float(p.d[(q * KB + b) * kQ4Panel + r]);
           acc += static_cast<float>(s) * (dw * p.xd[m * KB + b]);
         }
-        p.y[m * p.N + q * kQ4Panel + r] = acc;
+        p.y[m * p.ldy + q * kQ4Panel + r] = acc;
       }
+    }
+  }
+}
+
+void i8_panels(const I8Problem& p, int64_t p0, int64_t p1) {
+  const int64_t KB = (p.K + kQ4Block - 1) / kQ4Block, Kp = KB * kQ4Block;
+  const int64_t n1 = std::min(p.N, p1 * kPanel);
+  for (int64_t n = p0 * kPanel; n < n1; ++n) {
+    const int8_t* wr = p.w + n * p.K;
+    for (int64_t m = 0; m < p.M; ++m) {
+      const int8_t* xr = p.xq + m * Kp;
+      float acc = 0.0f;
+      for (int64_t b = 0; b < KB; ++b) {
+        int32_t s = 0;
+        for (int64_t k = b * kQ4Block; k < std::min(p.K, (b + 1) * kQ4Block); ++k) s += wr[k] * xr[k];
+        acc += static_cast<float>(s) * p.xd[m * KB + b];
+      }
+      p.y[m * p.ldy + n] = acc * p.scale[n];
     }
   }
 }
@@ -239,7 +260,7 @@ static inline void q4_panel(const QProblem& p, int64_t q, int64_t m0) {
   }
   const int64_t n0 = q * kQ4Panel, rows = std::min<int64_t>(kQ4Panel, p.N - n0);
   for (int m = 0; m < MB; ++m) {
-    float* y = p.y + (m0 + m) * p.N + n0;
+    float* y = p.y + (m0 + m) * p.ldy + n0;
     if (rows == kQ4Panel) {
       _mm256_storeu_ps(y, acc[m][0]);
       _mm256_storeu_ps(y + 8, acc[m][1]);
@@ -265,11 +286,68 @@ void q4_panels(const QProblem& p, int64_t p0, int64_t p1) {
   }
 }
 
+// int8 weights: RB rows x MB (<= 2) rows of x, one block of 32 inputs (one ymm) at a time. vpmaddubsw
+// needs an unsigned operand: |w| times x with w's sign (|pair| <= 2 * 128 * 127 < 2^15: no saturation).
+template <int MB, int RB>
+static inline void i8_tile(const I8Problem& p, int64_t n, int64_t m0) {
+  const int64_t K = p.K, KB = (K + kQ4Block - 1) / kQ4Block, Kp = KB * kQ4Block;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[MB][RB];
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < RB; ++r) acc[m][r] = _mm256_setzero_ps();
+  alignas(32) int8_t tail[RB][kQ4Block];
+  const char* pf = reinterpret_cast<const char*>(p.w + (n + RB) * K);  // the next tile (see the AVX-512 one)
+  for (int64_t b = 0; b < KB; ++b, pf += RB * kQ4Block) {
+    const int64_t k0 = b * kQ4Block;
+    for (int r = 0; r < RB; r += 2) _mm_prefetch(pf + 64 * (r / 2), _MM_HINT_T0);
+    __m256i w[RB];
+    if (k0 + kQ4Block <= K) {
+      for (int r = 0; r < RB; ++r) w[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.w + (n + r) * K + k0));
+    } else {  // the last, partial block: zero padded (x is zero there too)
+      for (int r = 0; r < RB; ++r) {
+        std::memset(tail[r], 0, kQ4Block);
+        std::memcpy(tail[r], p.w + (n + r) * K + k0, K - k0);
+        w[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail[r]));
+      }
+    }
+    __m256i aw[RB];
+    for (int r = 0; r < RB; ++r) aw[r] = _mm256_sign_epi8(w[r], w[r]);
+    for (int m = 0; m < MB; ++m) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.xq + (m0 + m) * Kp + k0));
+      const __m256 xd = _mm256_set1_ps(p.xd[(m0 + m) * KB + b]);
+      for (int r = 0; r < RB; ++r) {
+        const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(x, w[r])), ones);
+        acc[m][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), xd, acc[m][r]);
+      }
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < RB; ++r) {
+      __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[m][r]), _mm256_extractf128_ps(acc[m][r], 1));
+      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_add_ss(h, _mm_movehdup_ps(h));
+      p.y[(m0 + m) * p.ldy + n + r] = _mm_cvtss_f32(h) * p.scale[n + r];
+    }
+}
+
+void i8_panels(const I8Problem& p, int64_t p0, int64_t p1) {
+  const int64_t nc = (p.M + 1) / 2;
+  for (int64_t q = p0; q < p1; ++q) {
+    const int64_t n0 = q * kPanel, n1 = std::min(p.N, n0 + kPanel);
+    for (int64_t c = 0; c < nc; ++c) {
+      const int64_t m0 = p.M * c / nc, mb = p.M * (c + 1) / nc - m0;
+      int64_t n = n0;
+      for (; n + 4 <= n1; n += 4) mb == 1 ? i8_tile<1, 4>(p, n, m0) : i8_tile<2, 4>(p, n, m0);
+      for (; n < n1; ++n) mb == 1 ? i8_tile<1, 1>(p, n, m0) : i8_tile<2, 1>(p, n, m0);
+    }
+  }
+}
+
 }  // namespace avx2
 #pragma GCC pop_options
 
 // ------------------------------------------------------------------------------------------------
-// AVX-512 paths: the kernel body (gemv_q4_avx512.inc) with and without VNNI.
+// AVX-512 paths: the kernel body (qgemv_avx512.inc) with and without VNNI.
 // ------------------------------------------------------------------------------------------------
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
@@ -303,7 +381,15 @@ static inline __m512i dot(__m512i acc, __m512i w, __m512i x) {
   return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), _mm512_set1_epi16(1)));
 }
 
-#include "gemv_q4_avx512.inc"
+// Signed int8 weights: |w| times x with w's sign (as the AVX2 path); no bias.
+constexpr int32_t kI8Bias = 0;
+static inline __m512i i8_unsigned(__m512i w) { return _mm512_abs_epi8(w); }
+static inline __m512i dot_i8(__m512i acc, __m512i w, __m512i aw, __m512i x) {
+  const __m512i sx = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x);
+  return dot(acc, aw, sx);
+}
+
+#include "qgemv_avx512.inc"
 
 }  // namespace avx512
 #pragma GCC pop_options
@@ -314,7 +400,13 @@ namespace avx512vnni {
 
 static inline __m512i dot(__m512i acc, __m512i w, __m512i x) { return _mm512_dpbusd_epi32(acc, w, x); }
 
-#include "gemv_q4_avx512.inc"
+// Signed int8 weights: w + 128 (flipping the sign bit) is unsigned, and sum (w + 128) x = sum w x +
+// 128 sum x: the bias -128 * xs removes the second term.
+constexpr int32_t kI8Bias = 128;
+static inline __m512i i8_unsigned(__m512i w) { return _mm512_xor_si512(w, _mm512_set1_epi8(static_cast<char>(0x80))); }
+static inline __m512i dot_i8(__m512i acc, __m512i, __m512i uw, __m512i x) { return _mm512_dpbusd_epi32(acc, uw, x); }
+
+#include "qgemv_avx512.inc"
 
 }  // namespace avx512vnni
 #pragma GCC pop_options
@@ -405,12 +497,42 @@ at::Tensor gemv_q4(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
                    y.data_ptr<float>(),
                    M,
                    N,
-                   KB};
+                   KB,
+                   N};
   const QPanelFn fn = q4_panel_fn(isa);
   const int64_t P = (N + kQ4Panel - 1) / kQ4Panel;
   // >= ~64 KB of weights per thread (see gemv.cpp)
   const int64_t panel_bytes = KB * (kQ4PanelBlockBytes + 2 * kQ4Panel);
   const int64_t grain = std::max<int64_t>(1, (64 * 1024) / panel_bytes);
+  at::parallel_for(0, P, grain, [&](int64_t p0, int64_t p1) { fn(p, p0, p1); });
+  return y;
+}
+
+// y = (x @ w^T) * scale for int8 weights w [N, K] with int8 activations (see gemv.h's I8Problem).
+at::Tensor gemv_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, int64_t isa) {
+  const char* op = "gemv_int8";
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), op,
+              ": x must be a contiguous float32 [M, K] CPU tensor");
+  TORCH_CHECK(w.device().is_cpu() && w.dim() == 2 && w.scalar_type() == at::kChar && w.is_contiguous(), op,
+              ": w must be a contiguous int8 [N, K] CPU tensor");
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0), KB = (K + kQ4Block - 1) / kQ4Block;
+  TORCH_CHECK(w.size(1) == K, op, ": x is [M, ", K, "] but w is ", w.sizes());
+  TORCH_CHECK(scale.device().is_cpu() && scale.scalar_type() == at::kFloat && scale.is_contiguous() &&
+                  scale.dim() == 1 && scale.size(0) == N,
+              op, ": scale must be a contiguous float32 [N] tensor");
+  isa = resolve_q4_isa(isa, op);
+  at::Tensor y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  if (K == 0) return y.zero_();
+  at::Tensor xq = at::empty({M * KB * kQ4Block}, x.options().dtype(at::kChar));
+  at::Tensor xd = at::empty({M * KB}, x.options());
+  at::Tensor xs = at::empty({M * KB}, x.options().dtype(at::kInt));
+  quantize_rows(isa, x.data_ptr<float>(), M, K, xq.data_ptr<int8_t>(), xd.data_ptr<float>(), xs.data_ptr<int32_t>());
+  const I8Problem p{xq.data_ptr<int8_t>(), xd.data_ptr<float>(), xs.data_ptr<int32_t>(), w.data_ptr<int8_t>(),
+                    scale.data_ptr<float>(), y.data_ptr<float>(), M, N, K, N};
+  const I8PanelFn fn = i8_panel_fn(isa);
+  const int64_t P = (N + kPanel - 1) / kPanel;
+  const int64_t grain = std::max<int64_t>(1, (64 * 1024) / std::max<int64_t>(1, kPanel * K));
   at::parallel_for(0, P, grain, [&](int64_t p0, int64_t p1) { fn(p, p0, p1); });
   return y;
 }
@@ -453,6 +575,15 @@ QPanelFn q4_panel_fn(int64_t isa) {
   }
 }
 
+I8PanelFn i8_panel_fn(int64_t isa) {
+  switch (isa) {
+    case kAvx512Vnni: return avx512vnni::i8_panels;
+    case kAvx512: return avx512::i8_panels;
+    case kAvx2: return avx2::i8_panels;
+    default: return scalar::i8_panels;
+  }
+}
+
 void quantize_rows(int64_t isa, const float* x, int64_t M, int64_t K, int8_t* xq, float* xd, int32_t* xs) {
   switch (isa) {
     case kAvx512Vnni:
@@ -468,10 +599,12 @@ TORCH_LIBRARY_FRAGMENT(rwkvkit_kernels, m) {
   m.def("gemv_q4(Tensor x, Tensor qweight, Tensor scales, int N, int isa=0) -> Tensor");
   m.def("q4_dequant(Tensor qweight, Tensor scales, int row0, int row1, int K) -> Tensor");
   m.def("quantize_activations(Tensor x, int isa=0) -> (Tensor, Tensor)");
+  m.def("gemv_int8(Tensor x, Tensor w, Tensor scale, int isa=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(rwkvkit_kernels, CPU, m) {
   m.impl("gemv_q4", &rwkvkit_gemv::gemv_q4);
   m.impl("q4_dequant", &rwkvkit_gemv::q4_dequant);
   m.impl("quantize_activations", &rwkvkit_gemv::quantize_activations);
+  m.impl("gemv_int8", &rwkvkit_gemv::gemv_int8);
 }
