@@ -376,12 +376,15 @@ class PackedModel:
     plan: object = field(repr=False)
     n_layer: int
     head: bool
+    # block 0's LayerNorm when it was not folded into the embedding (the inference twin, lean loading
+    # keep the table as stored): applied to the embedding rows in Python before the operator
+    ln0: tuple[torch.Tensor, torch.Tensor, float] | None = field(default=None, repr=False)
 
 
 @torch.no_grad()
 def pack_model(model: nn.Module) -> PackedModel | None:
-    """The decoding plan of an RWKV-7 model returned by :func:`rwkvkit.inference.optimize`, or None
-    where the C++ operators are unavailable or a block cannot be packed (block 0 with its ``ln0``).
+    """The decoding plan of an RWKV-7 model returned by :func:`rwkvkit.inference.optimize` (or by
+    lean loading, or the inference twin), or None where the C++ operators are unavailable.
 
     The plan checks every tensor once and keeps references to them; per token it then costs one
     operator call and one parallel region for the whole model, where calling :func:`block_decode`
@@ -391,8 +394,8 @@ def pack_model(model: nn.Module) -> PackedModel | None:
     if _kernels() is None:
         return None
     blocks = [pack_block(b) for b in model.blocks]
-    if any(p.ln0 is not None for p in blocks):
-        return None
+    if any(p.ln0 is not None for p in blocks[1:]):
+        return None  # only block 0 has an ln0
     params = [t for p in blocks for t in p.params]
     scales = [s for p in blocks for s in p.scales]
     head: list[torch.Tensor] = []
@@ -408,7 +411,7 @@ def pack_model(model: nn.Module) -> PackedModel | None:
             head += [s] if s is not None else []
     eps = float(ln.eps) if head else 1e-5
     plan = torch.classes.rwkvkit_kernels.Rwkv7Plan(params, scales, blocks[0].dim_ffn, head, rows, eps, 0)
-    return PackedModel(plan=plan, n_layer=len(blocks), head=bool(head))
+    return PackedModel(plan=plan, n_layer=len(blocks), head=bool(head), ln0=blocks[0].ln0)
 
 
 @torch.no_grad()
@@ -425,5 +428,8 @@ def model_decode(
     ``[L, B, C]`` updated in place, the WKV state read from ``S_in [L, B, H, N, N]`` and written to
     ``S_out`` (may be ``S_in``); all fp32 contiguous, checked by the operator."""
     x = model.emb(tokens).float()
+    if packed.ln0 is not None:
+        w0, b0, eps = packed.ln0
+        x = F.layer_norm(x, (x.shape[-1],), w0, b0, eps)
     out = packed.plan.step(x, att_shift, S_in, S_out, ffn_shift)
     return out if packed.head else model.head(model.ln_out(out)).float()
