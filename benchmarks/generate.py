@@ -5,11 +5,12 @@
 
 Every configuration runs in its own process (so peak memory is its own): the official package with
 strategies ``cpu fp32`` and ``cpu bf16``, and rwkvkit's fast path (``rwkvkit.inference.optimize``)
-with fp32, bf16 and int8 weights. Printed: decode tokens/s at batch 1, prefill tokens/s for a
-1024-token prompt, aggregate decode tokens/s at batch 1/8/32/64 (rwkvkit), peak resident memory,
-memory after 1 k and after 100 k tokens of context, the machine's measured read bandwidth and bf16
-matrix-product peak, and the ratios: rwkvkit / official fp32, and rwkvkit as a percentage of its
-bound (decode: bandwidth / bytes of weights read per token; prefill: bf16 peak / FLOPs per token).
+with fp32, bf16, int8 and q4 weights (``--head`` sets q4's output-head precision). Printed: decode
+tokens/s at batch 1, prefill tokens/s for a 1024-token prompt, aggregate decode tokens/s at batch
+1/8/32/64 (rwkvkit), peak resident memory, memory after 1 k and after 100 k tokens of context, the
+machine's measured read bandwidth and bf16 matrix-product peak, and the ratios: rwkvkit / official
+fp32, and rwkvkit as a percentage of its bound (decode: bandwidth / bytes of weights read per token;
+prefill: bf16 peak / FLOPs per token).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def official_worker(ckpt: str, strategy: str, prefill: int, decode: int) -> dict
 
 
 def rwkvkit_worker(
-    ckpt: str, weights: str, prefill: int, decode: int, batches: list[int], long_ctx: int
+    ckpt: str, weights: str, prefill: int, decode: int, batches: list[int], long_ctx: int, head: str = ""
 ) -> dict:
     import torch
 
@@ -75,7 +76,8 @@ def rwkvkit_worker(
     from rwkvkit.inference import optimize
 
     # the checkpoint's own dtype (no fp32 copy of a bf16 file), converted in place: one copy in memory
-    model = optimize(rwkvkit.load(ckpt), weights=weights, copy_model=False)
+    kw = {"head": head} if head and weights == "q4" else {}
+    model = optimize(rwkvkit.load(ckpt), weights=weights, copy_model=False, **kw)
     V = model.config.vocab_size
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, V, (1, prefill), generator=g)
@@ -173,7 +175,10 @@ def main() -> None:
     p.add_argument(
         "--batches", type=int, nargs="+", default=[1, 8, 32, 64], help="batch sizes for aggregate decode"
     )
-    p.add_argument("--weights", nargs="+", default=["fp32", "bf16", "int8"], help="rwkvkit weight precisions")
+    p.add_argument(
+        "--weights", nargs="+", default=["fp32", "bf16", "int8", "q4"], help="rwkvkit weight precisions"
+    )
+    p.add_argument("--head", default="", help="q4 runs: the output head's precision (default: optimize's)")
     p.add_argument("--long-context", type=int, default=100_000, help="tokens for the memory test (0: skip)")
     p.add_argument("--skip-official", action="store_true", help="do not run the official package")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -185,7 +190,7 @@ def main() -> None:
             out = official_worker(rest[0], rest[1], int(rest[2]), int(rest[3]))
         else:
             out = rwkvkit_worker(
-                rest[0], rest[1], int(rest[2]), int(rest[3]), json.loads(rest[4]), int(rest[5])
+                rest[0], rest[1], int(rest[2]), int(rest[3]), json.loads(rest[4]), int(rest[5]), rest[6]
             )
         print(json.dumps(out))
         return
@@ -236,6 +241,7 @@ def main() -> None:
                 str(args.decode),
                 json.dumps(args.batches),
                 str(long_ctx),
+                args.head,
             ]  # fmt: skip
         )
 
