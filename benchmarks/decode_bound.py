@@ -2,6 +2,7 @@
 
     python benchmarks/decode_bound.py                          # bf16, int8, q4 on the RWKV-7 0.1B shape
     python benchmarks/decode_bound.py --weights q4 --profile   # + where a token's time goes
+    python benchmarks/decode_bound.py --weights q4:q4 q4:int8 q4:bf16   # q4 with three heads
 
 Decoding one token at batch 1 reads every weight once, so its time is bounded below by
 ``bytes of weights read / read bandwidth``. On a shared machine both numbers move from second to
@@ -100,7 +101,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="runs/bench/rwkv7-0.1b-random.pth",
                    help="checkpoint (if missing: a random RWKV-7 0.1B one is made)")  # fmt: skip
-    p.add_argument("--weights", nargs="+", default=["bf16", "int8", "q4"], help="precisions to compare")
+    p.add_argument("--weights", nargs="+", default=["bf16", "int8", "q4"],
+                   help="precisions to compare; WEIGHTS:HEAD sets the head's (q4:bf16)")  # fmt: skip
     p.add_argument("--head", default=None, help="output-head precision for q4 (default: optimize's)")
     p.add_argument("--rounds", type=int, default=9, help="interleaved rounds (default 9)")
     p.add_argument("--tokens", type=int, default=16, help="tokens decoded per precision and round")
@@ -121,9 +123,11 @@ def main() -> None:
         print(f"creating a random official-format checkpoint of the RWKV-7 0.1B shape at {ckpt}", flush=True)
         random_checkpoint(RWKVConfig.from_name("rwkv7-0.1b"), ckpt, seed=0, dtype=torch.bfloat16)
     decoders = {}
-    for w in args.weights:
-        kw = {"head": args.head} if (args.head and w == "q4") else {}
-        decoders[w] = Decoder(optimize(rwkvkit.load(ckpt), weights=w, copy_model=False, **kw), args.profile)
+    for spec in args.weights:  # "q4" or "q4:bf16" (weights:head)
+        w, _, head = spec.partition(":")
+        head = head or (args.head if w == "q4" else "") or None
+        model = optimize(rwkvkit.load(ckpt), weights=w, copy_model=False, head=head)
+        decoders[spec] = Decoder(model, args.profile)
     buf = torch.ones(2**26, dtype=torch.float32)  # 256 MB
     times: dict[str, list[float]] = {w: [] for w in decoders}
     ratios: dict[str, list[float]] = {w: [] for w in decoders}
@@ -141,10 +145,10 @@ def main() -> None:
             ratios[w].append(decoders[w].nbytes / (t * bw))
     print(f"{torch.get_num_threads()} threads; read bandwidth per round (GB/s): "
           + " ".join(f"{b / 1e9:.1f}" for b in bws))  # fmt: skip
-    print(f"{'weights':8} {'MB/token':>9} {'ms/token':>9} {'tok/s':>7} {'% bound':>8} {'best %':>7}")
+    print(f"{'weights':10} {'MB/token':>9} {'ms/token':>9} {'tok/s':>7} {'% bound':>8} {'best %':>7}")
     for w, d in decoders.items():
         t = statistics.median(times[w])
-        print(f"{w:8} {d.nbytes / 1e6:9.1f} {1e3 * t:9.2f} {1 / t:7.1f} "
+        print(f"{w:10} {d.nbytes / 1e6:9.1f} {1e3 * t:9.2f} {1 / t:7.1f} "
               f"{100 * statistics.median(ratios[w]):7.0f}% {100 * max(ratios[w]):6.0f}%")  # fmt: skip
     if args.profile:
         print("\nmedian ms per token part:")
