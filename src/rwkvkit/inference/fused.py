@@ -55,6 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rwkvkit.inference.kernels.gemv import DecodeLinear
+from rwkvkit.inference.pages import to_huge_pages
 from rwkvkit.inference.quant import Int8Linear, Q4Linear
 from rwkvkit.layers.rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
 from rwkvkit.models.rwkv.versions import spec_of
@@ -409,6 +410,13 @@ def pack_model(model: nn.Module) -> PackedModel | None:
     blocks = [pack_block(b) for b in model.blocks]
     if any(p.ln0 is not None for p in blocks):
         return None
+    # the transposed LoRA matrices are pack_block's own copies: into 2 MB pages too (pages.py)
+    lora = [i for i, n in enumerate(PARAM_NAMES) if n.endswith("^T")]
+    moved = to_huge_pages([p.params[i] for p in blocks for i in lora], min_bytes=8 * 2**20)
+    if moved is not None:
+        for j, p in enumerate(blocks):
+            for k, i in enumerate(lora):
+                p.params[i] = moved[j * len(lora) + k]
     params = [t for p in blocks for t in p.params]
     scales = [s for p in blocks for s in p.scales]
     head: list[torch.Tensor] = []
