@@ -70,7 +70,7 @@ def official_worker(ckpt: str, strategy: str, prefill: int, decode: int) -> dict
 
 
 def rwkvkit_worker(
-    ckpt: str, weights: str, prefill: int, decode: int, batches: list[int], long_ctx: int
+    ckpt: str, weights: str, prefill: int, decode: int, batches: list[int], long_ctx: int, head: str = ""
 ) -> dict:
     import torch
 
@@ -82,7 +82,8 @@ def rwkvkit_worker(
         # the README's first example: load(path, dtype=...) then generate, which runs this twin
         model = fast_view(rwkvkit.load(ckpt, dtype=weights.removeprefix("readme-")))
     else:
-        model = rwkvkit.load(ckpt, weights=weights)  # lean loading straight into the fast path
+        # lean loading straight into the fast path; head: q4's output-head precision (None: default)
+        model = rwkvkit.load(ckpt, weights=weights, head=head or None if weights == "q4" else None)
     V = model.config.vocab_size
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, V, (1, prefill), generator=g)
@@ -195,6 +196,7 @@ def main() -> None:
         "(rwkvkit.load(path, weights=...)); readme-bf16 / readme-fp32 are the README's first example "
         "(rwkvkit.load(path, dtype=...) run by generate through its inference twin)",
     )
+    p.add_argument("--head", default="", help="q4 runs: the output head's precision (default: load's, int8)")
     p.add_argument("--long-context", type=int, default=100_000, help="tokens for the memory test (0: skip)")
     p.add_argument("--skip-official", action="store_true", help="do not run the official package")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -206,7 +208,7 @@ def main() -> None:
             out = official_worker(rest[0], rest[1], int(rest[2]), int(rest[3]))
         else:
             out = rwkvkit_worker(
-                rest[0], rest[1], int(rest[2]), int(rest[3]), json.loads(rest[4]), int(rest[5])
+                rest[0], rest[1], int(rest[2]), int(rest[3]), json.loads(rest[4]), int(rest[5]), rest[6]
             )
         print(json.dumps(out))
         return
@@ -250,7 +252,7 @@ def main() -> None:
         try:
             rows[f"rwkvkit {w}"] = run_worker(
                 ["--worker", "rwkvkit", str(ckpt), w, str(args.prefill), str(args.decode),
-                 json.dumps(args.batches), str(long_ctx)]
+                 json.dumps(args.batches), str(long_ctx), args.head]
             )  # fmt: skip
         except RuntimeError as e:  # e.g. a precision this build cannot run: say why, go on
             print(f"  rwkvkit {w} failed: {str(e).strip().splitlines()[-1]}")

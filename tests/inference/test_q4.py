@@ -320,3 +320,24 @@ def test_q4_model_decodes_like_its_prefill(kernel, q4_model) -> None:
             steps.append(out)
     steps = torch.cat(steps, dim=1)
     assert ((steps - prefill).norm() / prefill.norm()).item() <= 3e-2
+
+
+def test_weights_in_huge_pages_change_nothing_but_addresses() -> None:
+    """place_weights_ (called by optimize for models >= 64 MB) on a small model: same outputs, every
+    tensor but the embedding in one mapping, parameters still the same objects."""
+    from rwkvkit.inference.pages import place_weights_
+
+    model = optimize(random_model(CFG, seed=1), "q4", kernels=False)
+    tokens = torch.randint(0, CFG.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
+    params = dict(model.named_parameters())
+    with torch.inference_mode():
+        before, _ = model(tokens)
+    if not place_weights_(model, min_bytes=0):
+        pytest.skip("no anonymous mappings with MADV_HUGEPAGE here")
+    with torch.inference_mode():
+        after, _ = model(tokens)
+    assert torch.equal(before, after)
+    assert all(p is params[n] for n, p in model.named_parameters())
+    named = [*model.named_parameters(), *model.named_buffers()]
+    ptrs = [t.data_ptr() for n, t in named if not n.startswith("emb")]
+    assert max(ptrs) - min(ptrs) < 64 * 2**20 and model.emb.weight.data_ptr() not in ptrs

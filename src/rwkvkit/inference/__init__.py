@@ -4,17 +4,23 @@ What it does, in order (every step is optional and exact up to the chosen weight
 
 1. folds the first LayerNorm (``blocks.0.ln0``) into the embedding rows, so a token costs one row
    lookup and nothing else;
-2. stores the projection weights in ``weights`` precision: ``"fp32"``, ``"bf16"`` or ``"int8"``
-   (weight-only, symmetric per-output-channel scales; :mod:`rwkvkit.inference.quant`). LoRA
-   matrices, norms and the decay parameters keep their precision; the recurrent state and the WKV
-   accumulation stay fp32 whatever the weights are;
-3. routes small-batch matrix products (decoding: ``M <= 16`` rows) to a matrix-vector kernel that
-   reads the weights near the memory bandwidth (:mod:`rwkvkit.inference.kernels`), falling back to
-   PyTorch, with one logged warning, where the kernel cannot be built.
+2. stores the projection weights in ``weights`` precision: ``"fp32"``, ``"bf16"``, ``"int8"``
+   (weight-only, symmetric per-output-channel scales) or ``"q4"`` (GGUF Q4_0 values, the head int8
+   unless ``head`` says otherwise; :mod:`rwkvkit.inference.quant`). LoRA matrices, norms and the
+   decay parameters keep their precision; the recurrent state and the WKV accumulation stay fp32
+   whatever the weights are;
+3. routes small-batch matrix products (decoding: ``M <= 16`` rows) to matrix-vector kernels that
+   read the weights near the memory bandwidth (:mod:`rwkvkit.inference.kernels`; int8 and q4 weights
+   with int8 activations), falling back to PyTorch, with one logged warning, where the kernels cannot
+   be built. An RWKV-7 model decodes a token in one C++ call (every block and the head:
+   :func:`rwkvkit.inference.fused.pack_model`);
+4. places the weights (all but the embedding) in memory backed by 2 MB pages where Linux gives them
+   (:mod:`rwkvkit.inference.pages`): fewer TLB misses and prefetcher restarts while streaming them.
 
 Prefill goes through the chunked WKV operators and ordinary matrix products. The result is an
 ordinary :class:`rwkvkit.models.rwkv.model.RWKV` (same ``forward(tokens, state)``), for inference
-only: its state dict differs from the checkpoint's (no ``ln0``; int8 weights), so save the original.
+only: its state dict differs from the checkpoint's (no ``ln0``; int8 or 4-bit weights), so save the
+original.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import torch.nn.functional as F
 from rwkvkit.errors import ConfigError
 from rwkvkit.inference import fused
 from rwkvkit.inference.kernels.gemv import MAX_GEMV_ROWS, DecodeLinear
+from rwkvkit.inference.pages import place_weights_
 from rwkvkit.inference.quant import WEIGHTS, Int8Linear, Q4Linear, quantize_
 from rwkvkit.models.rwkv.model import RWKV
 from rwkvkit.state import State
@@ -95,10 +102,12 @@ def tune_allocator() -> bool:
 class OptimizedRWKV(RWKV):
     """The model :func:`optimize` returns: an :class:`RWKV` whose forward takes the fast paths.
 
-    * one token per sequence (decoding) of an RWKV-7 model, at most ``MAX_GEMV_ROWS`` sequences:
-      each block is one call of the fused C++ operator (:func:`rwkvkit.inference.fused.block_decode`:
-      LayerNorms, token shift, LoRAs, projections through the matrix-vector kernel, WKV step, GroupNorm,
-      channel mix), writing the new state straight into the returned :class:`State`;
+    * one token per sequence (decoding) of an RWKV-7 model, at most ``MAX_GEMV_ROWS`` sequences: one
+      call of the fused C++ decoding plan for the whole model (:func:`rwkvkit.inference.fused.
+      model_decode`: per block LayerNorms, token shift, LoRAs, projections through the matrix-vector
+      kernels, WKV step, GroupNorm, channel mix; then ``ln_out`` and the head), writing the new state
+      straight into the returned :class:`State` (block by block, :func:`~rwkvkit.inference.fused.
+      block_decode`, where the plan cannot be made);
     * everything else (prefill, larger batches, other versions) is :meth:`RWKV.forward` with the
       compiled WKV kernels (``impl="kernel"``, which falls back to the PyTorch operators where they
       cannot run) and the wrapped projections.
@@ -208,6 +217,7 @@ def optimize(
     for m in fast.modules():
         if isinstance(m, Q4Linear):
             m.use_kernels = kernels
+    place_weights_(fast)  # 2 MB pages where the system gives them (before anything caches tensors)
     if kernels:
         _wrap_linears(fast)
     return fast

@@ -1,4 +1,5 @@
-"""Fused C++ operators for RWKV-7 decoding on CPU: one WKV-7 step, and one whole block per call.
+"""Fused C++ operators for RWKV-7 decoding on CPU: one WKV-7 step, one whole block, or the whole model
+per call.
 
 Decoding one token through the Python modules (:class:`rwkvkit.layers.rwkv7.RWKV7TimeMix`,
 :class:`~rwkvkit.layers.rwkv7.RWKV7ChannelMix`, ``Block.forward``) costs ~50 small PyTorch ops per
@@ -17,7 +18,19 @@ Operators (``torch.ops.rwkvkit_kernels``; the .cpp file documents them in full):
   ``S_out`` written (may be ``S_in``), ``v_first [B, C]`` written at layer 0 and read after.
   ``params`` is the list of 33 tensors built by :func:`pack_block` (order in :data:`PARAM_NAMES`),
   ``scales`` 6 optional scales of the projections ``W_r, W_k, W_v, W_o, ffn key, ffn value`` (per-row
-  fp32 for int8 weights; the int16 block scales for 4-bit ones, :class:`~rwkvkit.inference.quant.Q4Linear`).
+  fp32 for int8 weights; the int16 block scales for 4-bit ones, see
+  :class:`~rwkvkit.inference.quant.Q4Linear`).
+* ``torch.classes.rwkvkit_kernels.Rwkv7Plan(params, scales, dim_ffn, head, head_rows, eps, isa)``:
+  every block's ``params`` and ``scales`` (concatenated), and optionally ``[ln_out.weight, ln_out.bias,
+  head weight(, scale)]``, checked once; ``plan.step(x, att_shift, S_in, S_out, ffn_shift)`` then
+  decodes one token through the whole model (states ``[L, ...]``) in one call and one parallel region
+  (:func:`pack_model`, :func:`model_decode`). Inside a block the threads meet at five barriers: after
+  r/k/v and the LoRA down-projections, after the per-head work (LoRA up-projections of the thread's
+  heads, WKV, GroupNorm), after the output projection, after the FFN key, after the FFN value; every
+  thread computes the LayerNorms and token-shift mixes it needs itself, which is cheaper than a
+  barrier.
+* ``rwkv7_decode_profile(enable) -> Tensor``: per-stage timers of the two decoding operators (thread
+  0, summed; returned and reset at each call; see ``benchmarks/decode_bound.py --profile``).
 
 Usage, one token for a model returned by :func:`rwkvkit.inference.optimize`::
 
@@ -26,6 +39,9 @@ Usage, one token for a model returned by :func:`rwkvkit.inference.optimize`::
     v_first = None
     for i, p in enumerate(packed):
         x, att[i], wkv[i], ffn[i], v_first = block_decode(p, x, att[i], wkv[i], ffn[i], v_first)
+
+    plan = pack_model(model)                                 # or: all blocks and the head at once
+    logits = model_decode(model, plan, tokens, att, wkv, wkv, ffn)   # [B, V]; states updated in place
 """
 
 from __future__ import annotations
@@ -39,6 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rwkvkit.inference.kernels.gemv import DecodeLinear
+from rwkvkit.inference.pages import to_huge_pages
 from rwkvkit.inference.quant import Int8Linear, Q4Linear
 from rwkvkit.layers.rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
 from rwkvkit.models.rwkv.versions import spec_of
@@ -396,6 +413,13 @@ def pack_model(model: nn.Module) -> PackedModel | None:
     blocks = [pack_block(b) for b in model.blocks]
     if any(p.ln0 is not None for p in blocks[1:]):
         return None  # only block 0 has an ln0
+    # the transposed LoRA matrices are pack_block's own copies: into 2 MB pages too (pages.py)
+    lora = [i for i, n in enumerate(PARAM_NAMES) if n.endswith("^T")]
+    moved = to_huge_pages([p.params[i] for p in blocks for i in lora], min_bytes=8 * 2**20)
+    if moved is not None:
+        for j, p in enumerate(blocks):
+            for k, i in enumerate(lora):
+                p.params[i] = moved[j * len(lora) + k]
     params = [t for p in blocks for t in p.params]
     scales = [s for p in blocks for s in p.scales]
     head: list[torch.Tensor] = []

@@ -1,4 +1,5 @@
-"""Weight precision for inference: int8 projections (:class:`Int8Linear`) and :func:`quantize_`.
+"""Weight precision for inference: int8 and 4-bit projections (:class:`Int8Linear`, :class:`Q4Linear`)
+and :func:`quantize_`.
 
 Every projection of an RWKV model is an ``nn.Linear`` without bias (``att.receptance/key/value/
 output/gate``, ``ffn.key/value/receptance``, ``head``): they hold almost all the weights, and decoding
@@ -9,8 +10,20 @@ one token reads each of them once, so their storage format sets the speed of CPU
 * ``"bf16"``: :class:`BF16Linear` (an ``nn.Linear`` with a bf16 weight that casts its input to bf16 and
   its output back): half the bytes, products on the CPU's bf16 units;
 * ``"int8"``: :class:`Int8Linear`, weight-only int8 with a symmetric scale per output channel
-  (``w ~= weight_int8 * scale[:, None]``, ``|weight_int8| <= 127``), activations rounded to bf16 for
-  the product: a quarter of the bytes.
+  (``w ~= weight_int8 * scale[:, None]``, ``|weight_int8| <= 127``): a quarter of the bytes;
+* ``"q4"``: :class:`Q4Linear`, 4-bit weights with GGUF / llama.cpp Q4_0's values (per output row,
+  groups of 32 inputs share an fp16 scale: 4.5 bits per weight, an eighth of fp32 plus the scales)
+  and the output head in int8 by default (:data:`DEFAULT_HEAD`; the measured trade-off below).
+
+How the products run: fp32 and bf16 weights are widened exactly to fp32 for decoding (the
+matrix-vector kernel, :mod:`rwkvkit.inference.kernels.gemv`) and multiplied in bf16 by oneDNN for
+prefill. Decoding with int8 and q4 weights quantizes each product's input to int8 per block of 32
+values (one fp32 scale per block, like llama.cpp's Q8_0 activations; a relative error of ~0.5 % per
+product, small against the weights' own rounding) and multiplies in integer arithmetic (AVX-512 VNNI
+``vpdpbusd``, else ``vpmaddubsw``): exact fp32 widening of int8 weights made decoding compute-bound on
+AVX-512 CPUs (2-3x more instructions per weight). Prefill with int8 weights rounds the input to bf16
+(``int8pack``, ``dequant-bf16`` below); with q4 weights it dequantizes blocks of rows to bf16 (the
+weights then rounded to bf16) for oneDNN.
 
 Everything else (the embedding, LayerNorm/GroupNorm, the token-shift and decay/bonus parameters
 ``time_*``/``x_*``/``w0``..., the LoRA matrices ``w1, w2, a1, ...``, ``time_maa_w1``, ``time_decay_w1``...)
@@ -29,6 +42,28 @@ relative RMS error of logits vs fp32       0.0071                            0.0
 decode, batch 1 (ms/token)                 1.87                              2.17
 prefill 512 tokens (ms)                    71                                118
 =========================================  ============================================================
+
+q4 on the shipped default model (its head is small: 4096 x 256; ``tests/inference/
+test_fast_quality.py``), and what the head's precision costs on the RWKV-7 0.1B shape, whose
+65536 x 768 head is 37 % of the weights (``benchmarks/decode_bound.py --weights q4:q4 q4:int8
+q4:bf16 int8 bf16``, batch 1; the decode bound is the bytes read per token over the read bandwidth
+measured in the same rounds; AMD EPYC Zen 4, 2 cores shared with other jobs, so measured with 1
+thread against 1 thread's bandwidth, 18-20 GB/s then)::
+
+    weights (head)            rel. RMS of logits vs fp32   val. loss    greedy     0.1B shape: MB read
+                              prefill      decode          vs fp32      (32 tok.)  per token   ms/token
+    bf16 (bf16)               0.0022       0.0000 (1)      +0.004 %     32/32      292.5       24.7
+    int8 (int8)               0.0049       0.0061          +0.023 %     32/32      157.8       11.7
+    q4 (q4)                   0.049        0.049           +0.39 %      32/32       98.0        9.8
+    q4 (int8)  the default    0.035        0.035           +0.27 %      32/32      120.3       10.6
+    q4 (bf16)                 0.035        0.035           +0.26 %      32/32      170.4       13.6
+
+    (1) the default model's weights are bf16 numbers: bf16 decoding (exact fp32 arithmetic) is fp32's.
+
+A q4 head adds about as much logit error again as all the q4 blocks (0.049 against 0.035 relative
+RMS, +0.12 % validation loss); an int8 head adds nothing measurable (the bf16 head's numbers) for 23 %
+more bytes than a q4 head and 30 % fewer than a bf16 one. So int8 is q4's default head;
+``head="q4"`` is the smallest and fastest, ``head="bf16"`` the most accurate.
 
 Choice of the int8 product (AMD EPYC Zen 4, 2 cores, AVX512-BF16, torch 2.13 CPU, median ms per call,
 input fp32 ``[M, in]`` and output fp32 including the casts; weights ``[out, in]``)::

@@ -7,6 +7,13 @@ int8 weights close to the machine's read bandwidth. It accumulates in fp32 after
 weights exactly, so it differs from :func:`gemv_reference` only by the order of the additions
 (~1e-6 relative to ``|x| @ |W|^T``).
 
+Quantized weights have kernels with int8 activations (``qgemv.cpp``): :func:`gemv_q4` for 4-bit
+weights (:class:`~rwkvkit.inference.quant.Q4Linear`'s packed GGUF Q4_0 values) and :func:`gemv_int8`
+for int8 ones. Both quantize ``x`` per block of 32 values (:func:`quantize_activations`) and sum
+integer products (AVX-512 VNNI, AVX-512BW, AVX2 or plain C++), which is what keeps them at memory
+speed; they differ from the exact product by the rounding of ``x`` (bounds in their docstrings).
+:class:`DecodeLinear` sends decoding products of every weight format to the right kernel.
+
 The extension is compiled on first use with :func:`torch.utils.cpp_extension.load` (``-O3
 -fopenmp``; the SIMD paths are picked at run time, so the cached build also suits another CPU),
 into torch's per-user extension cache (``~/.cache/torch_extensions``, or ``$TORCH_EXTENSIONS_DIR``).

@@ -115,6 +115,46 @@ void head_scalar(const float* r, const float* d, const float* k, const float* v,
   }
 }
 
+
+// ------------------------------------------------------------------------------------------------
+// The WKV inputs of one head (N channels; w0, a0, v0, k_k, k_a point at the head's first channel,
+// the others at this batch row's first value of the head):
+//     kk = normalize(k * k_k)       a = sigmoid(a0 + al)      k <- k * (1 + (a - 1) * k_a)
+//     d = exp(-exp(-1/2) * sigmoid(w0 + wl))  (the decay)     wa = -kk, wb = kk * a
+//     v <- v + (vf - v) * sigmoid(v0 + vl), or vf <- v at layer 0.
+// Four exponentials per channel: vectorized (a Cephes-style expf, <= 2 ulp) on AVX2 / AVX-512.
+// ------------------------------------------------------------------------------------------------
+using PrepFn = void (*)(const float* w0, const float* a0, const float* v0, const float* k_k, const float* k_a,
+                        float* k, float* v, const float* wl, const float* al, const float* vl, float* vf, float* wa,
+                        float* wb, float* d, int64_t N, bool first);
+
+inline float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
+
+void prep_scalar(const float* w0, const float* a0, const float* v0, const float* k_k, const float* k_a, float* k,
+                 float* v, const float* wl, const float* al, const float* vl, float* vf, float* wa, float* wb,
+                 float* d, int64_t N, bool first) {
+  const float neg_exp_half = static_cast<float>(-std::exp(-0.5));
+  float ss = 0.0f;
+  for (int64_t j = 0; j < N; ++j) {
+    const float tk = k[j] * k_k[j];
+    wa[j] = tk;
+    ss += tk * tk;
+  }
+  const float inv = 1.0f / std::max(std::sqrt(ss), 1e-12f);
+  for (int64_t j = 0; j < N; ++j) {
+    const float kk = wa[j] * inv;
+    d[j] = std::exp(neg_exp_half * sigmoid(w0[j] + wl[j]));
+    const float ai = sigmoid(a0[j] + al[j]);
+    k[j] = k[j] * (1.0f + (ai - 1.0f) * k_a[j]);
+    wa[j] = -kk;
+    wb[j] = kk * ai;
+    if (first)
+      vf[j] = v[j];
+    else
+      v[j] = v[j] + (vf[j] - v[j]) * sigmoid(v0[j] + vl[j]);
+  }
+}
+
 // ------------------------------------------------------------------------------------------------
 // AVX2 head: groups of up to 4 x 8 value columns kept in registers, masked loads/stores at the edge.
 // ------------------------------------------------------------------------------------------------
@@ -182,6 +222,88 @@ void head(const float* r, const float* d, const float* k, const float* v, const 
       case 2: group<2>(r, d, k, v, a, b, S, So, o, N, j0); break;
       case 3: group<3>(r, d, k, v, a, b, S, So, o, N, j0); break;
       default: group<4>(r, d, k, v, a, b, S, So, o, N, j0); break;
+    }
+  }
+}
+
+
+// exp(x) for 8 lanes: x = n ln2 + r, |r| <= ln2 / 2, e^r by its degree-7 Taylor-like polynomial
+// (Cephes expf's coefficients), times 2^n built in the exponent bits. x is clamped to [-87, 88]
+// (n in [-126, 127]: no overflow, no subnormals; e^-87 ~ 1.6e-38 stands for anything smaller).
+static inline __m256 exp8(__m256 x) {
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static inline __m256 sigmoid8(__m256 z) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  return _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), z))));
+}
+
+void prep(const float* w0, const float* a0, const float* v0, const float* k_k, const float* k_a, float* k, float* v,
+          const float* wl, const float* al, const float* vl, float* vf, float* wa, float* wb, float* d, int64_t N,
+          bool first) {
+  const int64_t N8 = N - N % 8;
+  if (N8 == 0) return prep_scalar(w0, a0, v0, k_k, k_a, k, v, wl, al, vl, vf, wa, wb, d, N, first);
+  __m256 ss8 = _mm256_setzero_ps();
+  float ss = 0.0f;
+  for (int64_t j = 0; j < N8; j += 8) {
+    const __m256 tk = _mm256_mul_ps(_mm256_loadu_ps(k + j), _mm256_loadu_ps(k_k + j));
+    _mm256_storeu_ps(wa + j, tk);
+    ss8 = _mm256_fmadd_ps(tk, tk, ss8);
+  }
+  for (int64_t j = N8; j < N; ++j) {
+    wa[j] = k[j] * k_k[j];
+    ss += wa[j] * wa[j];
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, ss8);
+  for (float l : lanes) ss += l;
+  const float inv_s = 1.0f / std::max(std::sqrt(ss), 1e-12f);
+  const __m256 inv = _mm256_set1_ps(inv_s), one = _mm256_set1_ps(1.0f);
+  const __m256 neh = _mm256_set1_ps(static_cast<float>(-std::exp(-0.5)));
+  for (int64_t j = 0; j < N8; j += 8) {
+    const __m256 kk = _mm256_mul_ps(_mm256_loadu_ps(wa + j), inv);
+    const __m256 lw = _mm256_mul_ps(neh, sigmoid8(_mm256_add_ps(_mm256_loadu_ps(w0 + j), _mm256_loadu_ps(wl + j))));
+    _mm256_storeu_ps(d + j, exp8(lw));
+    const __m256 ai = sigmoid8(_mm256_add_ps(_mm256_loadu_ps(a0 + j), _mm256_loadu_ps(al + j)));
+    const __m256 kj = _mm256_loadu_ps(k + j);
+    _mm256_storeu_ps(k + j, _mm256_mul_ps(kj, _mm256_fmadd_ps(_mm256_sub_ps(ai, one), _mm256_loadu_ps(k_a + j), one)));
+    _mm256_storeu_ps(wa + j, _mm256_sub_ps(_mm256_setzero_ps(), kk));
+    _mm256_storeu_ps(wb + j, _mm256_mul_ps(kk, ai));
+    const __m256 vj = _mm256_loadu_ps(v + j);
+    if (first) {
+      _mm256_storeu_ps(vf + j, vj);
+    } else {
+      const __m256 g = sigmoid8(_mm256_add_ps(_mm256_loadu_ps(v0 + j), _mm256_loadu_ps(vl + j)));
+      _mm256_storeu_ps(v + j, _mm256_fmadd_ps(_mm256_sub_ps(_mm256_loadu_ps(vf + j), vj), g, vj));
+    }
+  }
+  if (N8 < N) {  // the last N % 8 channels: the scalar code on the tail (kk already in wa)
+    const float neg_exp_half = static_cast<float>(-std::exp(-0.5));
+    for (int64_t j = N8; j < N; ++j) {
+      const float kk = wa[j] * inv_s;
+      d[j] = std::exp(neg_exp_half * sigmoid(w0[j] + wl[j]));
+      const float ai = sigmoid(a0[j] + al[j]);
+      k[j] = k[j] * (1.0f + (ai - 1.0f) * k_a[j]);
+      wa[j] = -kk;
+      wb[j] = kk * ai;
+      if (first)
+        vf[j] = v[j];
+      else
+        v[j] = v[j] + (vf[j] - v[j]) * sigmoid(v0[j] + vl[j]);
     }
   }
 }
@@ -275,6 +397,64 @@ void head(const float* r, const float* d, const float* k, const float* v, const 
   }
 }
 
+
+// exp(x) for 16 lanes: as avx2::exp8, 2^n by vscalefps.
+static inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+static inline __m512 sigmoid16(__m512 z) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), z))));
+}
+
+// Masked lanes (the N % 16 tail) load zeros and are not stored.
+void prep(const float* w0, const float* a0, const float* v0, const float* k_k, const float* k_a, float* k, float* v,
+          const float* wl, const float* al, const float* vl, float* vf, float* wa, float* wb, float* d, int64_t N,
+          bool first) {
+  auto mask_at = [N](int64_t j) {
+    return N - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (N - j)) - 1u);
+  };
+  __m512 ss = _mm512_setzero_ps();
+  for (int64_t j = 0; j < N; j += 16) {
+    const __mmask16 m = mask_at(j);
+    const __m512 tk = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, k + j), _mm512_maskz_loadu_ps(m, k_k + j));
+    _mm512_mask_storeu_ps(wa + j, m, tk);
+    ss = _mm512_fmadd_ps(tk, tk, ss);
+  }
+  const __m512 inv = _mm512_set1_ps(1.0f / std::max(std::sqrt(_mm512_reduce_add_ps(ss)), 1e-12f));
+  const __m512 one = _mm512_set1_ps(1.0f), neh = _mm512_set1_ps(static_cast<float>(-std::exp(-0.5)));
+  for (int64_t j = 0; j < N; j += 16) {
+    const __mmask16 m = mask_at(j);
+    auto ld = [m, j](const float* p) { return _mm512_maskz_loadu_ps(m, p + j); };
+    const __m512 kk = _mm512_mul_ps(ld(wa), inv);
+    _mm512_mask_storeu_ps(d + j, m, exp16(_mm512_mul_ps(neh, sigmoid16(_mm512_add_ps(ld(w0), ld(wl))))));
+    const __m512 ai = sigmoid16(_mm512_add_ps(ld(a0), ld(al)));
+    _mm512_mask_storeu_ps(k + j, m, _mm512_mul_ps(ld(k), _mm512_fmadd_ps(_mm512_sub_ps(ai, one), ld(k_a), one)));
+    _mm512_mask_storeu_ps(wa + j, m, _mm512_sub_ps(_mm512_setzero_ps(), kk));
+    _mm512_mask_storeu_ps(wb + j, m, _mm512_mul_ps(kk, ai));
+    const __m512 vj = ld(v);
+    if (first) {
+      _mm512_mask_storeu_ps(vf + j, m, vj);
+    } else {
+      const __m512 g = sigmoid16(_mm512_add_ps(ld(v0), ld(vl)));
+      _mm512_mask_storeu_ps(v + j, m, _mm512_fmadd_ps(_mm512_sub_ps(ld(vf), vj), g, vj));
+    }
+  }
+}
+
 }  // namespace avx512
 #pragma GCC pop_options
 
@@ -288,6 +468,15 @@ int64_t resolve_isa(int64_t isa, const char* op) {
               ": isa must be 0 (auto), 1, 2 or 3");
   TORCH_CHECK(rwkvkit_gemv::cpu_has(static_cast<Isa>(isa)), op, ": this CPU lacks the requested instruction set");
   return isa;
+}
+
+PrepFn prep_fn(int64_t isa) {
+  switch (isa) {
+    case rwkvkit_gemv::kAvx512Vnni:
+    case rwkvkit_gemv::kAvx512: return avx512::prep;
+    case rwkvkit_gemv::kAvx2: return avx2::prep;
+    default: return prep_scalar;
+  }
 }
 
 HeadFn head_fn(int64_t isa) {
@@ -376,8 +565,6 @@ struct Job {
   float* out = nullptr;
   int64_t ldo = 0;
 };
-
-inline float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
 
 // Rows [q0, q1) of panels of job j, then its epilogue on those rows.
 void run_panels(const Job& j, int64_t q0, int64_t q1) {
@@ -724,7 +911,7 @@ struct LayerIO {
 // (every thread calls it). Barriers inside; it returns after this thread's share of the last product
 // (FFN value, added into Xo): the caller's barrier (or the region's end) completes Xo.
 void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s, const LayerIO& io, int64_t isa,
-                int64_t q4_isa, HeadFn wkv_head, int t, int nt, StageClock& clock) {
+                int64_t q4_isa, HeadFn wkv_head, PrepFn prep, int t, int nt, StageClock& clock) {
   const int64_t C = d.C, H = d.H, N = d.N, BC = B * C;
   const Scratch::Private p = s.mine(t, BC);
   float *xr = p.xr, *xw = p.xw, *xk = p.xk, *xv = p.xv, *xa = p.xa, *xg = p.xg, *xl = p.xl, *xf = p.xf;
@@ -732,7 +919,6 @@ void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s
   const float* X = io.X;
   float* Xo = io.Xo;
   const int64_t c0 = BC * t / nt, c1 = BC * (t + 1) / nt;  // this thread's share of the state writes
-  const float neg_exp_half = static_cast<float>(-std::exp(-0.5));
 
   // 1. LN1, token shift, the six mixes (every thread, all values: its private inputs); then r, k, v
   //    and the LoRA down-projections (with their nonlinearities), shared out.
@@ -784,29 +970,10 @@ void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s
     for (int64_t h = h0; h < h1; ++h) {
       const int64_t o = bb * C + h * N;
       // decay, in-context rate, kk, k, value residual; WKV inputs a = -kk (in xw), b = kk * a (in xa)
-      float ss = 0.0f;
-      for (int64_t j = 0; j < N; ++j) {
-        const float tk = k[o + j] * L.k_k[h * N + j];
-        xr[o + j] = tk;  // k * k_k (xr, this thread's private copy, is free after stage 1)
-        ss += tk * tk;
-      }
-      const float inv = 1.0f / std::max(std::sqrt(ss), 1e-12f);
-      for (int64_t j = 0; j < N; ++j) {
-        const int64_t c = h * N + j, i = o + j;
-        const float kk = xr[i] * inv;
-        wl[i] = neg_exp_half * sigmoid(L.w0[c] + wl[i]);  // log_w
-        const float ai = sigmoid(L.a0[c] + al[i]);
-        k[i] = k[i] * (1.0f + (ai - 1.0f) * L.k_a[c]);
-        xw[i] = -kk;
-        xa[i] = kk * ai;
-        if (L.first)
-          io.vf[i] = v[i];
-        else
-          v[i] = v[i] + (io.vf[i] - v[i]) * sigmoid(L.v0[c] + vl[i]);
-      }
+      const int64_t c = h * N, s_off = (bb * H + h) * N * N;
+      prep(L.w0 + c, L.a0 + c, L.v0 + c, L.k_k + c, L.k_a + c, k + o, v + o, wl + o, al + o, vl + o, io.vf + o, xw + o,
+           xa + o, p.dec, N, L.first);
       // the WKV step of head (bb, h): output into xl (free: the LN1 output is in att_shift now)
-      for (int64_t j = 0; j < N; ++j) p.dec[j] = std::exp(wl[o + j]);
-      const int64_t s_off = (bb * H + h) * N * N;
       wkv_head(r + o, p.dec, k + o, v + o, xw + o, xa + o, io.Sin + s_off, io.Sout + s_off, xl + o, N, p.dec + N);
       // GroupNorm of the head + bonus, times g
       float mean = 0.0f, var = 0.0f, bonus = 0.0f;
@@ -884,6 +1051,7 @@ at::Tensor block_decode(const at::Tensor& x, const at::Tensor& att_shift, const 
               ": x must not be a state tensor");
   const auto [isa, q4_isa] = resolve_isas(isa_arg, op);
   const HeadFn wkv_head = head_fn(isa);
+  const PrepFn prep = prep_fn(isa);
   const int T = pick_threads(L.bytes());
   const Scratch s = make_scratch(d, B, T);
   at::Tensor out = at::empty({B, C}, x.options());
@@ -894,7 +1062,7 @@ at::Tensor block_decode(const at::Tensor& x, const at::Tensor& att_shift, const 
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();  // nt < T in a nested region
-    layer_step(L, d, B, s, io, isa, q4_isa, wkv_head, t, nt, clock);
+    layer_step(L, d, B, s, io, isa, q4_isa, wkv_head, prep, t, nt, clock);
     if (t == 0) clock.mark(4);
   }
   clock.mark(6);
@@ -973,6 +1141,7 @@ struct Rwkv7Plan : torch::CustomClassHolder {
     check_f32(S_out, {L, B, H, N, N}, op, "S_out");
     check_alias(S_in, S_out, op);
     const HeadFn wkv_head = head_fn(isa);
+    const PrepFn prep = prep_fn(isa);
     const int T = pick_threads(bytes / L);
     const Scratch s = make_scratch(d, B, T);
     at::Tensor out = at::empty({B, has_head ? V : C}, x.options());
@@ -991,7 +1160,7 @@ struct Rwkv7Plan : torch::CustomClassHolder {
       for (int64_t l = 0; l < L; ++l) {
         float* Xo = (l == L - 1 && !has_head) ? o : (l % 2 ? s.xb_ : s.xa_);
         const LayerIO io{X, Xo, att + l * BC, ffn + l * BC, s.vf, Sin + l * SN, Sout + l * SN};
-        layer_step(layers[l], d, B, s, io, isa, q4_isa, wkv_head, t, nt, clock);
+        layer_step(layers[l], d, B, s, io, isa, q4_isa, wkv_head, prep, t, nt, clock);
 #pragma omp barrier
         if (t == 0) clock.mark(4);
         X = Xo;
