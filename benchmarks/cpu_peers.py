@@ -771,7 +771,9 @@ def run_load(args, llama: LlamaBuild, work: Path, writer: str) -> dict:
                 row[f"skipped {side}"] = str(e)
                 print(f"  1.5B {gg}/{rk} {side}: skipped: {e}", flush=True)
                 continue
-            row[side] = {k: r[k] for k in ("peak_rss_mb", "load_s")}
+            row[side] = {
+                k: r[k] for k in ("peak_rss_mb", "load_s", "system_info", "rss_after_load_mb") if k in r
+            }
             print(
                 f"  1.5B {gg}/{rk} {side:9}: peak RSS {r['peak_rss_mb']:6.0f} MB, loaded in "
                 f"{r['load_s']:.1f} s",
@@ -855,7 +857,9 @@ def report_lines(res: dict, targets: list[Target]) -> list[str]:
             x = rk_run["peak_rss_mb"] / ll_run["peak_rss_mb"] if ll_run and rk_run else None
             lines.append(
                 f"  {pair:10} llama.cpp {_cell(ll_run and ll_run['peak_rss_mb'], '6.0f')} MB, rwkvkit "
-                f"{_cell(rk_run and rk_run['peak_rss_mb'], '6.0f')} MB, x {_cell(x, '4.2f')}"
+                f"{_cell(rk_run and rk_run['peak_rss_mb'], '6.0f')} MB (after loading "
+                f"{_cell(rk_run and rk_run['rss_after_load_mb'], '.0f')} MB, in "
+                f"{_cell(rk_run and rk_run['load_s'], '.0f')} s), x {_cell(x, '4.2f')}"
             )
             lines += [f"    {k}: {v}" for k, v in row.items() if k.startswith("skipped")]
     lines += ["", "targets:", *(f"  {t.line()}" for t in targets)]
@@ -1049,13 +1053,14 @@ def main() -> None:
         "measured": {"before": [bw_before, peak_before], "after": [bw_after, peak_after]},
     }
     speed = res.get("speed")
+    llama_runs = [r for sides in (speed or {}).get("runs", {}).values() for r in sides.get("llama.cpp", [])]
+    llama_runs += [
+        row["llama.cpp"] for row in res.get("load", {}).get("pairs", {}).values() if "llama.cpp" in row
+    ]
+    res["llama_cpp"]["features"] = parse_system_info(llama_runs[0]["system_info"] if llama_runs else "")
     if speed:
         res["summary"] = summarize(speed["runs"], speed["bytes_per_token"], bw)
         res["outputs"] = compare_outputs(speed, work, pairs)
-        info = next(
-            (r["system_info"] for sides in speed["runs"].values() for r in sides.get("llama.cpp", [])), ""
-        )
-        res["llama_cpp"]["features"] = parse_system_info(info)
     targets = evaluate_targets(res.get("summary", {}), res.get("load", {}).get("pairs"))
     res["targets"] = [dict(vars(t), status=t.status) for t in targets]
     res["seconds"] = time.perf_counter() - t_start
