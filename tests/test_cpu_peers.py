@@ -95,6 +95,8 @@ def test_summarize_pairs_runs_of_the_same_pass():
     assert f32["ratios"]["prefill_tok_s"] == [1.5, 1.3]
     assert f32["ratios"]["decode_tok_s"] == [1.2, 0.9]
     assert f32["ratio"]["decode_tok_s"] == pytest.approx(1.05)
+    # best of the passes of each side, whichever pass it came from
+    assert f32["best_ratio"] == {"prefill_tok_s": 0.75, "decode_tok_s": 0.6}
     assert f32["rwkvkit"]["of_bound"] == pytest.approx(10.5 * 400 / 10_000)
     assert f32["llama.cpp"]["of_bound"] == pytest.approx(10 * 500 / 10_000)
     assert "ratio" not in s["q4_0/q4"] and "rwkvkit" not in s["q4_0/q4"]
