@@ -809,7 +809,14 @@ def report_lines(res: dict, targets: list[Target]) -> list[str]:
         f"GGUF files written by {res['gguf_writer']}; {res['args']['threads']} threads each side",
     ]
     speed = res.get("speed")
+    runs = (speed or {}).get("runs", {})
+    loads = [r["loadavg"] for sides in runs.values() for rs in sides.values() for r in rs]
     if speed:
+        if loads and max(loads) > m["cpus"]:
+            warning = (f"WARNING: other work shared the CPUs (load average up to {max(loads):.1f} on "
+                       f"{m['cpus']} CPUs): the speed ratios and speed targets below are unreliable; peak "
+                       "RSS and agreement are not affected")  # fmt: skip
+            lines += ["", warning]
         lines += [
             "",
             f"RWKV-7 0.1B shape (random weights), batch 1, prompt {speed['prompt_tokens']} tokens, "
@@ -830,7 +837,6 @@ def report_lines(res: dict, targets: list[Target]) -> list[str]:
                 if row.get("ratios", {}).get(key):
                     per_pass = " ".join(f"{v:6.2f}" for v in row["ratios"][key])
                     lines.append(f"  {pair:10} {name:8}{per_pass}   best {row['best_ratio'][key]:.2f}")
-        loads = [r["loadavg"] for sides in speed["runs"].values() for rs in sides.values() for r in rs]
         if loads:
             lines.append(
                 f"load average (1 min) before the runs: {min(loads):.1f} to {max(loads):.1f} on "
@@ -878,6 +884,8 @@ def report_lines(res: dict, targets: list[Target]) -> list[str]:
             )
             lines += [f"    {k}: {v}" for k, v in row.items() if k.startswith("skipped")]
     lines += ["", "targets:", *(f"  {t.line()}" for t in targets)]
+    if loads and max(loads) > m["cpus"]:
+        lines.append("  (speed targets from runs on a shared machine: see the WARNING above)")
     return lines
 
 

@@ -137,3 +137,43 @@ def test_format_table_aligns_rows_with_missing_sides():
     assert len({len(line.rstrip()) for line in lines[1:]}) == 1  # header, rule and rows equally wide
     assert "1.50" in lines[3] and "1.20" in lines[3]
     assert lines[4].split("|")[1].split() == ["100", "-", "-"]
+
+
+def test_report_lines_and_results_file(tmp_path):
+    runs = {"f32/fp32": {"llama.cpp": [_run(0, 100, 10, 800)], "rwkvkit": [_run(0, 150, 12, 900)]}}
+    runs["f32/fp32"]["llama.cpp"][0].update(loadavg=3.5, interpreter_rss_mb=20.0)
+    runs["f32/fp32"]["rwkvkit"][0]["loadavg"] = 1.0
+    nbytes = {"f32/fp32": {"llama.cpp": 500_000_000, "rwkvkit": 400_000_000}}
+    speed = {"prompt_tokens": 1024, "decode_tokens": 64, "runs": runs, "bytes_per_token": nbytes,
+             "skipped": {"q4_0/q4 rwkvkit": "ConfigError: no q4"}}  # fmt: skip
+    load = {"checkpoint_bytes": 3 * 2**30, "seconds": 100.0, "pairs": {
+        "q8_0/int8": {"llama.cpp": {"peak_rss_mb": 1000.0, "load_s": 0.2},
+                      "rwkvkit": {"peak_rss_mb": 3000.0, "load_s": 30.0, "rss_after_load_mb": 2000.0}},
+        "q4_0/q4": {"llama.cpp": {"peak_rss_mb": 900.0, "load_s": 0.2},
+                    "skipped rwkvkit": "ConfigError"}}}  # fmt: skip
+    summary = cp.summarize(runs, nbytes, bw=20e9)
+    outputs = {"f32/fp32": {"llama.cpp vs rwkvkit": dict(cp.agreement([1, 2], [1, 3]), logits_rel_rms=1e-3)}}
+    res = {
+        "date": "2026-01-01", "command": "python benchmarks/cpu_peers.py", "rwkvkit_commit": "abc",
+        "torch": "2.13", "gguf_writer": "rwkvkit", "args": {"jobs": 2, "threads": 2, "passes": 1},
+        "llama_cpp": {"commit": "0c1e57098", "cached": True, "build_s": 274.0, "features": ["AVX2"]},
+        "machine": {"cpu": "AMD EPYC", "cpus": 2, "flags": ["avx2"], "torch_cpu_capability": "AVX512",
+                    "read_bandwidth": 20e9, "bf16_matmul_peak": 4e11},
+        "speed": speed, "summary": summary, "outputs": outputs, "load": load,
+    }  # fmt: skip
+    targets = cp.evaluate_targets(summary, load["pairs"])
+    lines = cp.report_lines(res, targets)
+    text = "\n".join(lines)
+    assert "WARNING: other work shared the CPUs (load average up to 3.5 on 2 CPUs)" in text
+    assert "skipped q4_0/q4 rwkvkit: ConfigError: no q4" in text
+    assert (
+        "q8_0/int8  llama.cpp   1000 MB, rwkvkit   3000 MB (after loading 2000 MB, in 30 s), x 3.00" in text
+    )
+    assert "1.5B q8_0/int8 load peak RSS vs llama.cpp: 3.00x (target <= 1.20x): missed" in text
+    out = tmp_path / "r.md"
+    cp.write_results(
+        out, {**res, "targets": [dict(vars(t), status=t.status) for t in targets]}, lines, targets
+    )
+    md = out.read_text()
+    assert "| f32/fp32 prefill vs llama.cpp | 1.50x | >= 1.30x | met |" in md
+    assert md.count("```") == 4  # the report and the raw JSON, each in a code block
