@@ -141,7 +141,7 @@ def test_format_table_aligns_rows_with_missing_sides():
 
 def test_report_lines_and_results_file(tmp_path):
     runs = {"f32/fp32": {"llama.cpp": [_run(0, 100, 10, 800)], "rwkvkit": [_run(0, 150, 12, 900)]}}
-    runs["f32/fp32"]["llama.cpp"][0].update(loadavg=3.5, interpreter_rss_mb=20.0)
+    runs["f32/fp32"]["llama.cpp"][0].update(loadavg=3.5, interpreter_rss_mb=20.0, tokens=[7, 8])
     runs["f32/fp32"]["rwkvkit"][0]["loadavg"] = 1.0
     nbytes = {"f32/fp32": {"llama.cpp": 500_000_000, "rwkvkit": 400_000_000}}
     speed = {"prompt_tokens": 1024, "decode_tokens": 64, "runs": runs, "bytes_per_token": nbytes,
@@ -177,3 +177,4 @@ def test_report_lines_and_results_file(tmp_path):
     md = out.read_text()
     assert "| f32/fp32 prefill vs llama.cpp | 1.50x | >= 1.30x | met |" in md
     assert md.count("```") == 4  # the report and the raw JSON, each in a code block
+    assert '"tokens"' not in md and '"interpreter_rss_mb": 20.0' in md
