@@ -19,17 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from rwkvkit.utils.perf import peak_rss_mb
+
 PREFILL_CHUNK = 256  # rwkvkit.generate's default prefill chunk
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _teacher(path: str | None):

@@ -20,22 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-
-def rss_mb() -> float:
-    """Current resident set size (Linux /proc)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
+from rwkvkit.utils.perf import peak_rss_mb, rss_mb, weight_bytes_read
 
 # ---- workers (each in its own process) ----------------------------------------------------------
 
@@ -142,18 +132,6 @@ def rwkvkit_worker(
     return res
 
 
-def weight_bytes_read(model) -> int:
-    """Bytes of parameters and buffers a decoding step reads: everything but the embedding table
-    (one row of it is read), each tensor counted once (as stored: fp32, bf16 or int8)."""
-    seen, total = set(), 0
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if name.startswith("emb.") or t.data_ptr() in seen:
-            continue
-        seen.add(t.data_ptr())
-        total += t.numel() * t.element_size()
-    return total
-
-
 def prefill_flops_per_token(model) -> float:
     """Matrix-product FLOPs per prompt token: 2 x the projection weights of the blocks (the output head
     runs once per prompt, for its last token, and the WKV recurrence adds ~1 %: both left out)."""
@@ -216,7 +194,7 @@ def main() -> None:
     import torch
 
     from rwkvkit.formats import describe
-    from rwkvkit.utils.perf import matmul_peak, read_bandwidth
+    from rwkvkit.utils.perf import machine_ceilings
 
     ckpt = Path(args.model)
     if not ckpt.exists():
@@ -229,8 +207,7 @@ def main() -> None:
     version = info["config"].version
     # ceilings: the best of a measurement before and one after the runs (the machine may be shared;
     # the higher ceiling is the stricter bound for the "% of bound" columns)
-    bw = read_bandwidth(seconds=1.0)
-    peak = max(matmul_peak(torch.bfloat16, n=n, seconds=1.0) for n in (1024, 2048))
+    bw, peak = machine_ceilings()
     print(f"checkpoint: {ckpt} (RWKV-{version}, {info['parameters'] / 1e6:.1f} M parameters)")
     print(f"machine: {os.cpu_count()} CPUs, read bandwidth {bw / 1e9:.1f} GB/s, bf16 matmul peak "
           f"{peak / 1e9:.0f} GFLOP/s (measured now)")  # fmt: skip
@@ -258,8 +235,8 @@ def main() -> None:
             print(f"  rwkvkit {w} failed: {str(e).strip().splitlines()[-1]}")
 
     bw_before, peak_before = bw, peak
-    bw = max(bw, read_bandwidth(seconds=1.0))
-    peak = max(peak, *(matmul_peak(torch.bfloat16, n=n, seconds=1.0) for n in (1024, 2048)))
+    bw_after, peak_after = machine_ceilings()
+    bw, peak = max(bw, bw_after), max(peak, peak_after)
     print(f"\nceilings used: read bandwidth {bw / 1e9:.1f} GB/s (before {bw_before / 1e9:.1f}), bf16 matmul "
           f"peak {peak / 1e9:.0f} GFLOP/s (before {peak_before / 1e9:.0f}); decode bound = bandwidth / "
           "bytes of weights read per token, prefill bound = peak / matrix FLOPs per token")  # fmt: skip

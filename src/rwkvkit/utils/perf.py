@@ -5,6 +5,8 @@ Nothing here asserts on time: the numbers are reported, never tested.
 
 from __future__ import annotations
 
+import os
+import resource
 import time
 from collections.abc import Callable
 
@@ -66,6 +68,49 @@ def read_bandwidth(nbytes: int = 1 << 30, seconds: float = 0.5) -> float:
         x.sum()
         best = min(best, time.perf_counter() - t0)
     return nbytes / best
+
+
+def machine_ceilings(seconds: float = 1.0) -> tuple[float, float]:
+    """``(read bandwidth in bytes/s, bf16 matrix-product peak in FLOP/s)``, each measured for ``seconds``
+    (the peak as the best of sizes 1024 and 2048): the two ceilings the CPU benchmarks report."""
+    bandwidth = read_bandwidth(seconds=seconds)
+    peak = max(matmul_peak(torch.bfloat16, n=n, seconds=seconds) for n in (1024, 2048))
+    return bandwidth, peak
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process in MiB (Linux ``/proc``)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far in MiB: ``VmHWM`` of ``/proc/self/status``.
+
+    Not ``ru_maxrss`` where ``/proc`` has it: Linux carries a parent's resident size at the fork across
+    the exec into ``ru_maxrss`` (measured: a child of a process holding 800 MB reported 810 MB, VmHWM
+    8.7 MB), so a benchmark worker started by a large parent would report the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
+
+
+def weight_bytes_read(model: nn.Module) -> int:
+    """Bytes of parameters and buffers a decoding step reads: everything but the embedding table
+    (one row of it is read), each tensor counted once (as stored: fp32, bf16, int8...)."""
+    seen, total = set(), 0
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if name.startswith("emb.") or t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
 
 
 def matmul_params(model: nn.Module) -> int:
