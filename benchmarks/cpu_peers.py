@@ -16,7 +16,7 @@ GGUF writer; ``--gguf-writer llama.cpp``, or where rwkvkit has none, by llama.cp
 process (so a peak RSS is its own), in interleaved passes:
 
     llama.cpp GGUF   f32     bf16    q8_0    q4_0
-    rwkvkit optimize fp32    bf16    int8    q4      (``rwkvkit.inference.optimize(model, weights=...)``)
+    rwkvkit          fp32    bf16    int8    q4      (``rwkvkit.load(path, weights=...)``, lean loading)
 
 Measured at batch 1, 2 threads each: prefill tok/s (a 1024-token prompt), decode tok/s (64 greedy
 tokens), the decode as a % of its bound (read bandwidth / bytes of weights read per token), and peak
@@ -370,20 +370,20 @@ def llama_worker(spec: dict) -> dict:
 
 
 def rwkvkit_worker(spec: dict) -> dict:
-    """Load the checkpoint into ``optimize(..., weights)``, prefill the prompt, decode greedily;
+    """Load the checkpoint into the fast path (``rwkvkit.load(path, weights=...)``, the lean loader),
+    prefill the prompt, decode greedily;
     wall times, and the peak RSS of this process (torch included: rwkvkit needs it)."""
     import torch
 
     torch.set_num_threads(spec["threads"])
     import rwkvkit
-    from rwkvkit.inference import optimize
     from rwkvkit.utils.perf import peak_rss_mb, rss_mb, weight_bytes_read
 
     imports_mb = peak_rss_mb()
     prompt, n_decode = torch.tensor([spec["prompt"]]), spec["decode"]
     t0 = time.perf_counter()
-    # the checkpoint's own dtype converted in place: one copy of the weights in memory
-    model = optimize(rwkvkit.load(spec["model"]), weights=spec["weights"], copy_model=False)
+    # built one tensor at a time from the mapped file: never a wider copy of the weights in memory
+    model = rwkvkit.load(spec["model"], weights=spec["weights"])
     load_s, load_mb = time.perf_counter() - t0, rss_mb()
     with torch.inference_mode():
         logits, state = model(prompt, full_output=False)  # warm-up as llama.cpp's (kernels, thread pool)
