@@ -145,11 +145,13 @@ def test_lean_loading_builds_what_optimize_builds(checkpoint, weights):
     want, _ = run(ref, ids)
     got_lean, dec_lean = run(lean, ids)
     got_fast, dec_fast = run(fast, ids)
-    # the same stored weights, but lean applies ln0 to the embedding rows where optimize folds it into
-    # the (here bf16) table, which rounds the folded rows, and int8 keeps an int8 table: measured
-    # lean vs optimize 2.0e-3 (fp32), 6.6e-3 (bf16), 1.0e-2 (int8), 1.1e-2 (q4)
-    assert rel_rms(got_fast, got_lean) < 2e-2
-    assert rel_rms(dec_fast, dec_lean) < 2e-2
+    # the same stored weights; lean keeps ln0 apart from the table, where optimize folds it in fp32
+    # (same numbers), and int8/q4 keep an int8 table: measured lean vs optimize 0 (fp32), 0 (bf16),
+    # 1.0e-2 prefill / 1.7e-2 decode (int8), 1.1e-2 / 1.2e-2 (q4)
+    # (fp32/bf16 was 2e-3 while optimize folded ln0 into a bf16 table before widening it)
+    bound = {"fp32": 1e-6, "bf16": 1e-6, "int8": 3e-2, "q4": 3e-2}[weights]
+    assert rel_rms(got_fast, got_lean) < bound
+    assert rel_rms(dec_fast, dec_lean) < bound
     # and against the fp32 model (a bf16 file: the fp32 model holds the same numbers): measured
     # 3.3e-7 (fp32), 4.4e-3 (bf16), 1.5e-2 (int8; optimize's int8: 1.3e-2), 0.128 (q4 on this
     # random 64-wide model, as optimize's q4: 0.128; the trained model's figures: test_q4.py)

@@ -212,8 +212,8 @@ def optimize(
     fast = (copy.deepcopy(model) if copy_model else model).eval().requires_grad_(False)
     fast.__class__ = OptimizedRWKV  # same modules and parameters; only forward differs
     fast._kernels_on = kernels
-    fold_ln0_(fast)
     quantize_(fast, weights, head=head)
+    fold_ln0_(fast)  # after quantize_, which made the embedding fp32: the folded rows are not rounded
     for m in fast.modules():
         if isinstance(m, Q4Linear):
             m.use_kernels = kernels
