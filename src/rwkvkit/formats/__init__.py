@@ -275,8 +275,7 @@ def _load_for_inference(path, weights: str, dtype, device, verify: bool, head: s
             "(rwkvkit.load(path, dtype='bf16', device=...))"
         )
     ckpt = read(path, verify)
-    # deferred: the inference package (kernels, quantisation) is needed only for inference loading
-    from rwkvkit.inference.loading import build_inference_model
+    from rwkvkit.inference.loading import build_inference_model  # deferred: only inference loading needs it
 
     config, sd, file = ckpt.config, dict(ckpt.state_dict), Path(ckpt.path)
     del ckpt  # its references to the tensors go: build_inference_model drops them one at a time
