@@ -802,51 +802,49 @@ inline size_t q_bytes(int64_t M, int64_t K) {
   return round(M * KB * kQ4Block) + 2 * round(M * KB * 4);
 }
 
-// The job of y = x @ W^T for rows [row0, row0 + rows) of W (all of them by default). 4-bit weights
-// quantize x into `qbuf` (q_bytes(M, cols) of this thread's scratch) first.
-Job make_job(const Weight& W, const float* x, float* y, int64_t M, int64_t ldy, int64_t isa, int64_t q4_isa,
-             char* qbuf, Epi epi = Epi::kNone, int64_t row0 = 0, int64_t rows = -1) {
-  if (rows < 0) rows = W.rows;
+// The int8 activations of a product's input x [M, cols] in qbuf (q_bytes(M, cols) of this thread's
+// scratch): xq, then xd and xs, each 64-byte aligned.
+void quantize_into(char* qbuf, const float* x, int64_t M, int64_t cols, int64_t isa, int8_t*& xq, float*& xd,
+                   int32_t*& xs) {
+  const int64_t KB = (cols + kQ4Block - 1) / kQ4Block;
+  auto round = [](int64_t n) { return (n + 63) & ~int64_t{63}; };
+  xq = reinterpret_cast<int8_t*>(qbuf);
+  xd = reinterpret_cast<float*>(qbuf + round(M * KB * kQ4Block));
+  xs = reinterpret_cast<int32_t*>(qbuf + round(M * KB * kQ4Block) + round(M * KB * 4));
+  rwkvkit_gemv::quantize_rows(isa, x, M, cols, xq, xd, xs);
+}
+
+// The job of y = x @ W^T (y rows ldy apart). 4-bit and int8 weights multiply int8 activations,
+// quantized first into `qbuf` (q_bytes(M, W.cols) of this thread's scratch) with `qisa`.
+Job make_job(const Weight& W, const float* x, float* y, int64_t M, int64_t ldy, int64_t isa, int64_t qisa,
+             char* qbuf, Epi epi = Epi::kNone) {
   Job j;
   j.epi = epi;
-  if (W.q4()) {  // row0: a multiple of 16 (whole panels)
+  int8_t* xq = nullptr;
+  float* xd = nullptr;
+  int32_t* xs = nullptr;
+  if (W.q4() || W.i8()) quantize_into(qbuf, x, M, W.cols, qisa, xq, xd, xs);
+  if (W.q4()) {
     const int64_t KB = (W.cols + kQ4Block - 1) / kQ4Block;
-    auto round = [](int64_t n) { return (n + 63) & ~int64_t{63}; };
-    int8_t* xq = reinterpret_cast<int8_t*>(qbuf);
-    float* xd = reinterpret_cast<float*>(qbuf + round(M * KB * kQ4Block));
-    int32_t* xs = reinterpret_cast<int32_t*>(qbuf + round(M * KB * kQ4Block) + round(M * KB * 4));
-    rwkvkit_gemv::quantize_rows(q4_isa, x, M, W.cols, xq, xd, xs);
-    const int64_t p0 = row0 / kQ4Panel;
-    j.q = QProblem{xq,     xd,   xs, static_cast<const uint8_t*>(W.w) + p0 * KB * kQ4PanelBlockBytes,
-                   W.d + p0 * KB * kQ4Panel, y + row0, M, rows, KB, ldy};
-    j.qfn = rwkvkit_gemv::q4_panel_fn(q4_isa);
+    j.q = QProblem{xq, xd, xs, static_cast<const uint8_t*>(W.w), W.d, y, M, W.rows, KB, ldy};
+    j.qfn = rwkvkit_gemv::q4_panel_fn(qisa);
     j.panel_rows = kQ4Panel;
-    j.panels = (rows + kQ4Panel - 1) / kQ4Panel;
+    j.panels = (W.rows + kQ4Panel - 1) / kQ4Panel;
     j.panel_cost = KB * (kQ4PanelBlockBytes + 2 * kQ4Panel) + 1;
-    return j;
-  }
-  if (W.i8()) {  // int8 activations too (the exact int8 x fp32 product is compute-bound)
-    const int64_t KB = (W.cols + kQ4Block - 1) / kQ4Block;
-    auto round = [](int64_t n) { return (n + 63) & ~int64_t{63}; };
-    int8_t* xq = reinterpret_cast<int8_t*>(qbuf);
-    float* xd = reinterpret_cast<float*>(qbuf + round(M * KB * kQ4Block));
-    int32_t* xs = reinterpret_cast<int32_t*>(qbuf + round(M * KB * kQ4Block) + round(M * KB * 4));
-    rwkvkit_gemv::quantize_rows(q4_isa, x, M, W.cols, xq, xd, xs);
-    j.i8 = I8Problem{xq, xd, xs, static_cast<const int8_t*>(W.w) + row0 * W.cols, W.scale + row0, y + row0, M, rows,
-                     W.cols, ldy};
-    j.i8fn = rwkvkit_gemv::i8_panel_fn(q4_isa);
+  } else if (W.i8()) {  // int8 activations too: the exact int8 x fp32 product is compute-bound
+    j.i8 = I8Problem{xq, xd, xs, static_cast<const int8_t*>(W.w), W.scale, y, M, W.rows, W.cols, ldy};
+    j.i8fn = rwkvkit_gemv::i8_panel_fn(qisa);
     j.panel_rows = kPanel;
-    j.panels = (rows + kPanel - 1) / kPanel;
+    j.panels = (W.rows + kPanel - 1) / kPanel;
     j.panel_cost = kPanel * W.cols + 1;
-    return j;
+  } else {
+    const int64_t es = static_cast<int64_t>(at::elementSize(W.dt));
+    j.p = Problem{x, W.w, W.scale, y, M, W.rows, W.cols, ldy};
+    j.fn = rwkvkit_gemv::panel_fn(isa, W.dt);
+    j.panel_rows = kPanel;
+    j.panels = (W.rows + kPanel - 1) / kPanel;
+    j.panel_cost = kPanel * W.cols * es + 1;
   }
-  const int64_t es = static_cast<int64_t>(at::elementSize(W.dt));
-  j.p = Problem{x, static_cast<const char*>(W.w) + row0 * W.cols * es, W.scale ? W.scale + row0 : nullptr,
-                y + row0, M, rows, W.cols, ldy};
-  j.fn = rwkvkit_gemv::panel_fn(isa, W.dt);
-  j.panel_rows = kPanel;
-  j.panels = (rows + kPanel - 1) / kPanel;
-  j.panel_cost = kPanel * W.cols * es + 1;
   return j;
 }
 
@@ -963,13 +961,13 @@ LayerParams check_layer(at::TensorList P, const c10::List<c10::optional<at::Tens
 // The isa arguments: the float kernels' and the 4-bit kernels' (isa 4 = AVX-512 with VNNI: the float
 // kernels take 3).
 std::pair<int64_t, int64_t> resolve_isas(int64_t isa_arg, const char* op) {
-  const int64_t q4_isa = isa_arg == rwkvkit_gemv::kAuto ? rwkvkit_gemv::best_q4_isa() : isa_arg;
-  TORCH_CHECK(q4_isa >= rwkvkit_gemv::kScalar && q4_isa <= rwkvkit_gemv::kAvx512Vnni, op,
+  const int64_t qisa = isa_arg == rwkvkit_gemv::kAuto ? rwkvkit_gemv::best_qisa() : isa_arg;
+  TORCH_CHECK(qisa >= rwkvkit_gemv::kScalar && qisa <= rwkvkit_gemv::kAvx512Vnni, op,
               ": isa must be 0 (auto), 1, 2, 3 or 4");
-  TORCH_CHECK(rwkvkit_gemv::cpu_has(static_cast<Isa>(q4_isa)), op, ": this CPU lacks the requested instruction set");
+  TORCH_CHECK(rwkvkit_gemv::cpu_has(static_cast<Isa>(qisa)), op, ": this CPU lacks the requested instruction set");
   const int64_t isa = isa_arg == rwkvkit_gemv::kAuto ? rwkvkit_gemv::best_isa()
                                                      : std::min<int64_t>(isa_arg, rwkvkit_gemv::kAvx512);
-  return {isa, q4_isa};
+  return {isa, qisa};
 }
 
 // Scratch for B sequences and T threads: shared buffers (the products' outputs), then per thread the
@@ -1031,7 +1029,7 @@ struct LayerIO {
 // (every thread calls it). Barriers inside; it returns after this thread's share of the last product
 // (FFN value, added into Xo): the caller's barrier (or the region's end) completes Xo.
 void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s, const LayerIO& io, int64_t isa,
-                int64_t q4_isa, HeadFn wkv_head, PrepFn prep, UpFn up, int t, int nt, StageClock& clock) {
+                int64_t qisa, HeadFn wkv_head, PrepFn prep, UpFn up, int t, int nt, StageClock& clock) {
   const int64_t C = d.C, H = d.H, N = d.N, BC = B * C;
   const Scratch::Private p = s.mine(t, BC);
   float *xr = p.xr, *xw = p.xw, *xk = p.xk, *xv = p.xv, *xa = p.xa, *xg = p.xg, *xl = p.xl, *xf = p.xf;
@@ -1059,13 +1057,13 @@ void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s
     Job jobs[7];
     int n = 0;
     const size_t qc = q_bytes(B, C);
-    jobs[n++] = make_job(L.Wr, xr, r, B, C, isa, q4_isa, p.qb);
-    jobs[n++] = make_job(L.Wk, xk, k, B, C, isa, q4_isa, p.qb + qc);
-    jobs[n++] = make_job(L.Wv, xv, v, B, C, isa, q4_isa, p.qb + 2 * qc);
-    jobs[n++] = make_job(L.w1, xw, s.hw, B, d.Dw, isa, q4_isa, nullptr, Epi::kTanh);
-    jobs[n++] = make_job(L.a1, xa, s.ha, B, d.Da, isa, q4_isa, nullptr);
-    if (!L.first) jobs[n++] = make_job(L.v1, xv, s.hv, B, d.Dv, isa, q4_isa, nullptr);
-    jobs[n++] = make_job(L.g1, xg, s.hg, B, d.Dg, isa, q4_isa, nullptr, Epi::kSigmoid);
+    jobs[n++] = make_job(L.Wr, xr, r, B, C, isa, qisa, p.qb);
+    jobs[n++] = make_job(L.Wk, xk, k, B, C, isa, qisa, p.qb + qc);
+    jobs[n++] = make_job(L.Wv, xv, v, B, C, isa, qisa, p.qb + 2 * qc);
+    jobs[n++] = make_job(L.w1, xw, s.hw, B, d.Dw, isa, qisa, nullptr, Epi::kTanh);
+    jobs[n++] = make_job(L.a1, xa, s.ha, B, d.Da, isa, qisa, nullptr);
+    if (!L.first) jobs[n++] = make_job(L.v1, xv, s.hv, B, d.Dv, isa, qisa, nullptr);
+    jobs[n++] = make_job(L.g1, xg, s.hg, B, d.Dg, isa, qisa, nullptr, Epi::kSigmoid);
     run_share(jobs, n, t, nt);
   }
 #pragma omp barrier
@@ -1111,7 +1109,7 @@ void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s
 
   // 3. Output projection, residual: Xo = X + xo @ W_o^T.
   {
-    Job job = make_job(L.Wo, xo, s.yo, B, C, isa, q4_isa, p.qb, Epi::kAdd);
+    Job job = make_job(L.Wo, xo, s.yo, B, C, isa, qisa, p.qb, Epi::kAdd);
     job.add = X, job.out = Xo, job.ldo = C;
     run_share(&job, 1, t, nt);
   }
@@ -1125,7 +1123,7 @@ void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s
     for (int64_t c = 0; c < C; ++c) xf[o + c] = xl[o + c] + (io.sh_ffn[o + c] - xl[o + c]) * L.fmix[c];
   }
   {
-    Job job = make_job(L.Fk, xf, s.hf, B, d.F, isa, q4_isa, p.qb, Epi::kReluSq);
+    Job job = make_job(L.Fk, xf, s.hf, B, d.F, isa, qisa, p.qb, Epi::kReluSq);
     run_share(&job, 1, t, nt);
   }
 #pragma omp barrier
@@ -1134,7 +1132,7 @@ void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s
 
   // 5. Value projection, residual: Xo += hf @ W_value^T.
   {
-    Job job = make_job(L.Fv, s.hf, s.yf, B, C, isa, q4_isa, p.qb, Epi::kAdd);
+    Job job = make_job(L.Fv, s.hf, s.yf, B, C, isa, qisa, p.qb, Epi::kAdd);
     job.add = Xo, job.out = Xo, job.ldo = C;
     run_share(&job, 1, t, nt);
   }
@@ -1165,7 +1163,7 @@ at::Tensor block_decode(const at::Tensor& x, const at::Tensor& att_shift, const 
   check_alias(S_in, S_out, op);
   TORCH_CHECK(x.data_ptr() != att_shift.data_ptr() && x.data_ptr() != ffn_shift.data_ptr(), op,
               ": x must not be a state tensor");
-  const auto [isa, q4_isa] = resolve_isas(isa_arg, op);
+  const auto [isa, qisa] = resolve_isas(isa_arg, op);
   const HeadFn wkv_head = head_fn(isa);
   const PrepFn prep = prep_fn(isa);
   const UpFn up = up_fn(isa);
@@ -1179,7 +1177,7 @@ at::Tensor block_decode(const at::Tensor& x, const at::Tensor& att_shift, const 
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();  // nt < T in a nested region
-    layer_step(L, d, B, s, io, isa, q4_isa, wkv_head, prep, up, t, nt, clock);
+    layer_step(L, d, B, s, io, isa, qisa, wkv_head, prep, up, t, nt, clock);
     if (t == 0) clock.mark(4);
   }
   clock.mark(6);
@@ -1200,7 +1198,7 @@ struct Rwkv7Plan : torch::CustomClassHolder {
   const float *lnw = nullptr, *lnb = nullptr;
   double ln_eps = 1e-5;
   Weight head;
-  int64_t V = 0, isa = 0, q4_isa = 0, bytes = 0;
+  int64_t V = 0, isa = 0, qisa = 0, bytes = 0;
 
   // params: the 33 tensors of every block in order (pack_block's); scales: their 6 scales each;
   // head: empty, or [ln_out.weight, ln_out.bias, head weight (+ its scale)] with head_rows rows.
@@ -1237,7 +1235,7 @@ struct Rwkv7Plan : torch::CustomClassHolder {
       has_head = true, V = head_rows, ln_eps = eps;
       bytes += head.cost();
     }
-    std::tie(isa, q4_isa) = resolve_isas(isa_arg, op);
+    std::tie(isa, qisa) = resolve_isas(isa_arg, op);
   }
 
   int64_t n_layer() const { return static_cast<int64_t>(layers.size()); }
@@ -1278,7 +1276,7 @@ struct Rwkv7Plan : torch::CustomClassHolder {
       for (int64_t l = 0; l < L; ++l) {
         float* Xo = (l == L - 1 && !has_head) ? o : (l % 2 ? s.xb_ : s.xa_);
         const LayerIO io{X, Xo, att + l * BC, ffn + l * BC, s.vf, Sin + l * SN, Sout + l * SN};
-        layer_step(layers[l], d, B, s, io, isa, q4_isa, wkv_head, prep, up, t, nt, clock);
+        layer_step(layers[l], d, B, s, io, isa, qisa, wkv_head, prep, up, t, nt, clock);
 #pragma omp barrier
         if (t == 0) clock.mark(4);
         X = Xo;
@@ -1287,7 +1285,7 @@ struct Rwkv7Plan : torch::CustomClassHolder {
         const Scratch::Private p = s.mine(t, BC);
         for (int64_t bb = 0; bb < B; ++bb)
           layer_norm(X + bb * C, lnw, lnb, p.xl + bb * C, C, static_cast<float>(ln_eps));
-        Job job = make_job(head, p.xl, o, B, V, isa, q4_isa, p.qb);
+        Job job = make_job(head, p.xl, o, B, V, isa, qisa, p.qb);
         run_share(&job, 1, t, nt);
         if (t == 0) clock.mark(5);
       }
