@@ -376,7 +376,10 @@ void prep(const float* w0, const float* a0, const float* v0, const float* k_k, c
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
 namespace avx512 {
 
-template <int NV>
+// Stream: the new state goes out with non-temporal stores (full, aligned vectors only): it is not
+// read again before the next token, by when the weights streamed meanwhile have evicted it from the
+// caches, so writing it through the cache would only add a read of every line (read for ownership).
+template <int NV, bool Stream>
 static inline void group(const float* r, const float* d, const float* k, const float* v, const float* a,
                          const float* b, const float* S, float* So, float* o, int64_t N, int64_t j0) {
   __mmask16 m[NV];
@@ -420,7 +423,10 @@ static inline void group(const float* r, const float* d, const float* k, const f
       for (int q = 0; q < NV; ++q) {
         __m512 s = _mm512_mul_ps(_mm512_maskz_loadu_ps(m[q], row + 16 * q), di);
         s = _mm512_fmadd_ps(ki, vv[q], _mm512_fmadd_ps(bi, sa[q], s));
-        _mm512_mask_storeu_ps(out + 16 * q, m[q], s);
+        if constexpr (Stream)
+          _mm512_stream_ps(out + 16 * q, s);
+        else
+          _mm512_mask_storeu_ps(out + 16 * q, m[q], s);
         if (h == 0)
           o0[q] = _mm512_fmadd_ps(ri, s, o0[q]);
         else
@@ -436,22 +442,38 @@ static inline void group(const float* r, const float* d, const float* k, const f
     for (int q = 0; q < NV; ++q) {
       __m512 s = _mm512_mul_ps(_mm512_maskz_loadu_ps(m[q], row + 16 * q), di);
       s = _mm512_fmadd_ps(ki, vv[q], _mm512_fmadd_ps(bi, sa[q], s));
-      _mm512_mask_storeu_ps(out + 16 * q, m[q], s);
+      if constexpr (Stream)
+        _mm512_stream_ps(out + 16 * q, s);
+      else
+        _mm512_mask_storeu_ps(out + 16 * q, m[q], s);
       o0[q] = _mm512_fmadd_ps(ri, s, o0[q]);
     }
   }
   for (int q = 0; q < NV; ++q) _mm512_mask_storeu_ps(o + j0 + 16 * q, m[q], _mm512_add_ps(o0[q], o1[q]));
 }
 
-void head(const float* r, const float* d, const float* k, const float* v, const float* a, const float* b,
-          const float* S, float* So, float* o, int64_t N, float*) {
+template <bool Stream>
+static inline void head_groups(const float* r, const float* d, const float* k, const float* v, const float* a,
+                               const float* b, const float* S, float* So, float* o, int64_t N) {
   for (int64_t j0 = 0; j0 < N; j0 += 64) {
     switch (std::min<int64_t>(4, (N - j0 + 15) / 16)) {
-      case 1: group<1>(r, d, k, v, a, b, S, So, o, N, j0); break;
-      case 2: group<2>(r, d, k, v, a, b, S, So, o, N, j0); break;
-      case 3: group<3>(r, d, k, v, a, b, S, So, o, N, j0); break;
-      default: group<4>(r, d, k, v, a, b, S, So, o, N, j0); break;
+      case 1: group<1, Stream>(r, d, k, v, a, b, S, So, o, N, j0); break;
+      case 2: group<2, Stream>(r, d, k, v, a, b, S, So, o, N, j0); break;
+      case 3: group<3, Stream>(r, d, k, v, a, b, S, So, o, N, j0); break;
+      default: group<4, Stream>(r, d, k, v, a, b, S, So, o, N, j0); break;
     }
+  }
+}
+
+void head(const float* r, const float* d, const float* k, const float* v, const float* a, const float* b,
+          const float* S, float* So, float* o, int64_t N, float*) {
+  // non-temporal stores when every vector is whole and aligned, and the state is not updated in
+  // place (then the lines just read are in the cache anyway)
+  if (N % 16 == 0 && So != S && reinterpret_cast<uintptr_t>(So) % 64 == 0) {
+    head_groups<true>(r, d, k, v, a, b, S, So, o, N);
+    _mm_sfence();  // order the streamed state before anything that follows
+  } else {
+    head_groups<false>(r, d, k, v, a, b, S, So, o, N);
   }
 }
 
