@@ -139,7 +139,8 @@ def main() -> None:
     for spec in args.weights:  # "q4" or "q4:bf16" (weights:head)
         w, _, head = spec.partition(":")
         head = head or (args.head if w == "q4" else "") or None
-        model = optimize(rwkvkit.load(ckpt), weights=w, copy_model=False, head=head)
+        kw = {"head": head} if head else {}  # (no head argument: older rwkvkit, for before/after runs)
+        model = optimize(rwkvkit.load(ckpt), weights=w, copy_model=False, **kw)
         decoders[spec] = Decoder(model, args.profile)
     buf = torch.ones(2**26, dtype=torch.float32)  # 256 MB
     times: dict[str, list[float]] = {w: [] for w in decoders}

@@ -137,10 +137,15 @@ def prefill_flops_per_token(model) -> float:
     runs once per prompt, for its last token, and the WKV recurrence adds ~1 %: both left out)."""
     seen, n = set(), 0
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if not name.startswith("blocks.") or t.dim() != 2 or t.data_ptr() in seen:
+        if not name.startswith("blocks.") or t.data_ptr() in seen:
+            continue
+        if name.endswith("qweight"):  # Q4Linear's codes: two weights per byte
+            n += 2 * t.numel()
+        elif t.dim() == 2:
+            n += t.numel()
+        else:
             continue
         seen.add(t.data_ptr())
-        n += t.numel()
     return 2.0 * n
 
 

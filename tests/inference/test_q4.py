@@ -157,7 +157,7 @@ def test_forward_kernel_paths(kernel) -> None:
 def _q4_isas() -> list[str]:
     """The q4 kernel's instruction sets this CPU runs (the kernel is loaded)."""
     out = []
-    for isa, code in kmod.Q4_ISAS.items():
+    for isa, code in kmod.QISAS.items():
         try:
             if isa != "auto":
                 torch.ops.rwkvkit_kernels.quantize_activations(torch.ones(1, 4), code)
@@ -198,7 +198,7 @@ def test_gemv_q4_every_isa(kernel, M: int, N: int, K: int) -> None:
     isas = _q4_isas()
     assert "c++" in isas
     for isa in isas:
-        xq2, xd2 = torch.ops.rwkvkit_kernels.quantize_activations(x, kmod.Q4_ISAS[isa])
+        xq2, xd2 = torch.ops.rwkvkit_kernels.quantize_activations(x, kmod.QISAS[isa])
         assert torch.equal(xq2, xq) and torch.equal(xd2, xd), isa  # the same rounding bit for bit
         y = kmod._gemv_q4_isa(x, m.qweight, m.scales, N, isa)
         assert y.shape == (M, N) and y.dtype == torch.float32
@@ -227,7 +227,7 @@ def test_gemv_int8_every_isa(kernel, M: int, N: int, K: int) -> None:
     dx = xd.double().repeat_interleave(32, dim=1)[:, :K]
     rounding = (W.double().abs() * s[:, None] @ dx.T).T / 2  # |x - xq * d_x| <= d_x / 2
     for isa in _q4_isas():
-        y = torch.ops.rwkvkit_kernels.gemv_int8(x, W, scale, kmod.Q4_ISAS[isa])
+        y = torch.ops.rwkvkit_kernels.gemv_int8(x, W, scale, kmod.QISAS[isa])
         assert y.shape == (M, N) and y.dtype == torch.float32
         assert ((y.double() - exact).abs() / mag.clamp_min(1e-30)).max() <= 1e-5, isa  # fp32 sums only
         assert ((y.double() - ref).abs() <= rounding * (1 + 1e-5) + 1e-5 * mag).all(), isa

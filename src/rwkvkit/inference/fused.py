@@ -201,7 +201,8 @@ def pack_block(block: nn.Module) -> PackedBlock:
 
     Meant for blocks of a model returned by :func:`rwkvkit.inference.optimize` (fp32/bf16/int8/q4
     projections; everything else fp32), but takes plain fp32 models too. The projection weights are
-    referenced, not copied; the LoRA matrices are transposed to contiguous fp32 once; ``[1, 1, C]``
+    referenced, not copied; the LoRA matrices are copied once to contiguous fp32, the down-projections
+    transposed, the up-projections head-major; ``[1, 1, C]``
     parameters become ``[C]`` views. A block 0 whose ``ln0`` was not folded (no ``optimize``) gets it
     applied in Python before the operator.
     """
@@ -227,6 +228,9 @@ def pack_block(block: nn.Module) -> PackedBlock:
     def lora_t(t: torch.Tensor) -> torch.Tensor:  # [in, out] -> [out, in]: a gemv weight
         return t.detach().float().t().contiguous()
 
+    def lora_h(t: torch.Tensor) -> torch.Tensor:  # [D, C] -> [H, D, N]: each head's weights contiguous
+        return t.detach().float().reshape(t.shape[0], H, N).transpose(0, 1).contiguous()
+
     Wr, sr, _ = _proj(att.receptance, "att.receptance")
     Wk, sk, _ = _proj(att.key, "att.key")
     Wv, sv, _ = _proj(att.value, "att.value")
@@ -237,10 +241,10 @@ def pack_block(block: nn.Module) -> PackedBlock:
         vec(block.ln1.weight, "ln1.weight"), vec(block.ln1.bias, "ln1.bias"),
         vec(block.ln2.weight, "ln2.weight"), vec(block.ln2.bias, "ln2.bias"),
         *(vec(getattr(att, n), f"att.{n}") for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")),
-        vec(att.w0, "att.w0"), lora_t(att.w1), lora_t(att.w2),
-        vec(att.a0, "att.a0"), lora_t(att.a1), lora_t(att.a2),
-        vec(att.v0, "att.v0"), lora_t(att.v1), lora_t(att.v2),
-        lora_t(att.g1), lora_t(att.g2),
+        vec(att.w0, "att.w0"), lora_t(att.w1), lora_h(att.w2),
+        vec(att.a0, "att.a0"), lora_t(att.a1), lora_h(att.a2),
+        vec(att.v0, "att.v0"), lora_t(att.v1), lora_h(att.v2),
+        lora_t(att.g1), lora_h(att.g2),
         vec(att.k_k, "att.k_k"), vec(att.k_a, "att.k_a"), att.r_k.detach().float().reshape(H, N).contiguous(),
         vec(att.ln_x.weight, "att.ln_x.weight"), vec(att.ln_x.bias, "att.ln_x.bias"),
         Wr, Wk, Wv, Wo,
@@ -413,8 +417,8 @@ def pack_model(model: nn.Module) -> PackedModel | None:
     blocks = [pack_block(b) for b in model.blocks]
     if any(p.ln0 is not None for p in blocks[1:]):
         return None  # only block 0 has an ln0
-    # the transposed LoRA matrices are pack_block's own copies: into 2 MB pages too (pages.py)
-    lora = [i for i, n in enumerate(PARAM_NAMES) if n.endswith("^T")]
+    # the LoRA matrices are pack_block's own copies: into 2 MB pages too (pages.py)
+    lora = [i for i, n in enumerate(PARAM_NAMES) if n.endswith(("^T", "^H"))]
     moved = to_huge_pages([p.params[i] for p in blocks for i in lora], min_bytes=8 * 2**20)
     if moved is not None:
         for j, p in enumerate(blocks):

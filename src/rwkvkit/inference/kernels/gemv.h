@@ -76,8 +76,8 @@ struct I8Problem {
 
 using I8PanelFn = void (*)(const I8Problem&, int64_t, int64_t);  // panels of kPanel rows
 
-// The best isa for the kernels with int8 activations (kAvx512Vnni where the CPU has it).
-int64_t best_q4_isa();
+// The best isa for the kernels with int8 activations, "qisa" (kAvx512Vnni where the CPU has it).
+int64_t best_qisa();
 // Rows [p0 * kPanel, p1 * kPanel) of W for all M rows of x, single-threaded.
 I8PanelFn i8_panel_fn(int64_t isa);
 // Rows [p0, p1) of panels for all M rows of x, single-threaded.

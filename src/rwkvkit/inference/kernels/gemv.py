@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
 MAX_GEMV_ROWS = 16  # up to this many rows (tokens x batch) a DecodeLinear product is a gemv call
 ISAS = {"auto": 0, "c++": 1, "avx2": 2, "avx512": 3}  # the kernel's ``isa`` argument
-# the q4 kernel's: also AVX-512 with VNNI (``"avx512"`` forces it off, for tests)
-Q4_ISAS = {**ISAS, "avx512vnni": 4}
+# the ``isa`` of the kernels with int8 activations (gemv_q4, gemv_int8): also AVX-512 with VNNI
+# (``"avx512"`` forces VNNI off, for tests)
+QISAS = {**ISAS, "avx512vnni": 4}
 
 _SOURCE = Path(__file__).with_name("gemv.cpp")
 # Every source of the extension: gemv.cpp plus the RWKV-7 decoding operators (rwkv7_decode.cpp, which
@@ -257,7 +258,7 @@ def _gemv_q4_isa(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
     _check_q4(x, qweight, scales, out_features)
     if _load() is None:
         raise RuntimeError("gemv_q4: the kernel is not available")
-    return torch.ops.rwkvkit_kernels.gemv_q4(x.contiguous(), qweight, scales, out_features, Q4_ISAS[isa])
+    return torch.ops.rwkvkit_kernels.gemv_q4(x.contiguous(), qweight, scales, out_features, QISAS[isa])
 
 
 def q4_dequant(

@@ -440,8 +440,8 @@ void dequant_rows(const uint8_t* w, const uint16_t* dq, int64_t KB, int64_t K, i
 // Operators.
 // ------------------------------------------------------------------------------------------------
 
-int64_t resolve_q4_isa(int64_t isa, const char* op) {
-  if (isa == kAuto) isa = best_q4_isa();
+int64_t resolve_qisa(int64_t isa, const char* op) {
+  if (isa == kAuto) isa = best_qisa();
   TORCH_CHECK(isa >= kScalar && isa <= kAvx512Vnni, op, ": isa must be 0 (auto), 1, 2, 3 or 4");
   TORCH_CHECK(cpu_has(static_cast<Isa>(isa)), op, ": this CPU lacks the requested instruction set");
   return isa;
@@ -464,7 +464,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_activations(const at::Tensor& x, int
   const char* op = "quantize_activations";
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), op,
               ": x must be a contiguous float32 [M, K] CPU tensor");
-  isa = resolve_q4_isa(isa, op);
+  isa = resolve_qisa(isa, op);
   const int64_t M = x.size(0), K = x.size(1), KB = (K + kQ4Block - 1) / kQ4Block;
   at::Tensor xq = at::empty({M, KB * kQ4Block}, x.options().dtype(at::kChar));
   at::Tensor xd = at::empty({M, KB}, x.options());
@@ -480,7 +480,7 @@ at::Tensor gemv_q4(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   const int64_t M = x.size(0), K = x.size(1), KB = (K + kQ4Block - 1) / kQ4Block;
   TORCH_CHECK(N >= 0, op, ": N must be >= 0");
   check_q4(qweight, scales, N, K, op);
-  isa = resolve_q4_isa(isa, op);
+  isa = resolve_qisa(isa, op);
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   if (K == 0) return y.zero_();
@@ -520,7 +520,7 @@ at::Tensor gemv_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   TORCH_CHECK(scale.device().is_cpu() && scale.scalar_type() == at::kFloat && scale.is_contiguous() &&
                   scale.dim() == 1 && scale.size(0) == N,
               op, ": scale must be a contiguous float32 [N] tensor");
-  isa = resolve_q4_isa(isa, op);
+  isa = resolve_qisa(isa, op);
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   if (K == 0) return y.zero_();
@@ -558,7 +558,7 @@ at::Tensor q4_dequant(const at::Tensor& qweight, const at::Tensor& scales, int64
 
 }  // namespace
 
-int64_t best_q4_isa() {
+int64_t best_qisa() {
   static const int64_t isa = cpu_has(kAvx512Vnni)                     ? kAvx512Vnni
                              : cpu_has(kAvx512)                        ? kAvx512
                              : cpu_has(kAvx2) && __builtin_cpu_supports("f16c") ? kAvx2

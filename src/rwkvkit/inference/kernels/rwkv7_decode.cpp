@@ -27,14 +27,14 @@
 //   WKV state read from S_in [B, H, N, N] and written to S_out (may be S_in), v_first [B, C]:
 //   written (= this layer's v) when layer_id == 0, read otherwise.
 //   params, in this fixed order (float32 contiguous unless said otherwise; C channels, H heads of N,
-//   F = dim_ffn, Dw/Da/Dv/Dg the LoRA ranks; LoRA matrices pre-transposed so that they are
-//   [out, in] gemv weights):
+//   F = dim_ffn, Dw/Da/Dv/Dg the LoRA ranks; the LoRA down-projections pre-transposed so that they
+//   are [out, in] gemv weights, the up-projections [D, C] head-major as [H, D, N]):
 //        0 ln1.weight [C]      1 ln1.bias [C]       2 ln2.weight [C]      3 ln2.bias [C]
 //        4 x_r [C]   5 x_w [C]   6 x_k [C]   7 x_v [C]   8 x_a [C]   9 x_g [C]
-//       10 w0 [C]    11 w1^T [Dw, C]    12 w2^T [C, Dw]
-//       13 a0 [C]    14 a1^T [Da, C]    15 a2^T [C, Da]
-//       16 v0 [C]    17 v1^T [Dv, C]    18 v2^T [C, Dv]      (not read at layer 0)
-//       19 g1^T [Dg, C]                 20 g2^T [C, Dg]
+//       10 w0 [C]    11 w1^T [Dw, C]    12 w2^H [H, Dw, N]
+//       13 a0 [C]    14 a1^T [Da, C]    15 a2^H [H, Da, N]
+//       16 v0 [C]    17 v1^T [Dv, C]    18 v2^H [H, Dv, N]      (not read at layer 0)
+//       19 g1^T [Dg, C]                 20 g2^H [H, Dg, N]
 //       21 k_k [C]   22 k_a [C]   23 r_k [H, N] (gives H and N)
 //       24 ln_x.weight [C]    25 ln_x.bias [C]
 //       26 W_r [C, C]   27 W_k [C, C]   28 W_v [C, C]   29 W_o [C, C]      float32, bfloat16 or int8
@@ -156,6 +156,29 @@ void prep_scalar(const float* w0, const float* a0, const float* v0, const float*
 }
 
 // ------------------------------------------------------------------------------------------------
+// The LoRA up-projections per head: y[m, h N + j] = sum_d x[m, d] W[h, d, j] for the heads [h0, h1),
+// W [H, D, N] head-major (pack_block's copy of the model's [D, C]): a thread's heads are one
+// contiguous stream, and the N outputs of a head stay in registers over the D inputs (short rows of
+// D inputs per output, the [C, D] layout, would spend more time in horizontal sums than in products).
+// ------------------------------------------------------------------------------------------------
+using UpFn = void (*)(const float* x, const float* W, float* y, int64_t M, int64_t D, int64_t N, int64_t ldy,
+                      int64_t h0, int64_t h1);
+
+void up_scalar(const float* x, const float* W, float* y, int64_t M, int64_t D, int64_t N, int64_t ldy, int64_t h0,
+               int64_t h1) {
+  for (int64_t h = h0; h < h1; ++h)
+    for (int64_t m = 0; m < M; ++m) {
+      float* yr = y + m * ldy + h * N;
+      for (int64_t j = 0; j < N; ++j) yr[j] = 0.0f;
+      for (int64_t d = 0; d < D; ++d) {
+        const float xd = x[m * D + d];
+        const float* wr = W + (h * D + d) * N;
+        for (int64_t j = 0; j < N; ++j) yr[j] += xd * wr[j];
+      }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
 // AVX2 head: groups of up to 4 x 8 value columns kept in registers, masked loads/stores at the edge.
 // ------------------------------------------------------------------------------------------------
 #pragma GCC push_options
@@ -226,6 +249,41 @@ void head(const float* r, const float* d, const float* k, const float* v, const 
   }
 }
 
+
+// A head's N outputs in blocks of up to 8 x 8 registers (the last one masked), two accumulator sets
+// (even and odd inputs d) for more independent FMA chains.
+void up(const float* x, const float* W, float* y, int64_t M, int64_t D, int64_t N, int64_t ldy, int64_t h0,
+        int64_t h1) {
+  constexpr int NV = 8;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t h = h0; h < h1; ++h)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t jb = 0; jb < N; jb += 8 * NV) {
+        const int64_t n = std::min<int64_t>(8 * NV, N - jb), nv = (n + 7) / 8;
+        __m256i mask[NV];
+        __m256 a0[NV], a1[NV];
+        for (int i = 0; i < NV; ++i) {
+          mask[i] = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n - 8 * i)), lane);
+          a0[i] = a1[i] = _mm256_setzero_ps();
+        }
+        const float* xm = x + m * D;
+        const float* wh = W + h * D * N + jb;
+        int64_t d = 0;
+        for (; d + 2 <= D; d += 2) {
+          const __m256 x0 = _mm256_set1_ps(xm[d]), x1 = _mm256_set1_ps(xm[d + 1]);
+          for (int i = 0; i < nv; ++i) {
+            a0[i] = _mm256_fmadd_ps(x0, _mm256_maskload_ps(wh + d * N + 8 * i, mask[i]), a0[i]);
+            a1[i] = _mm256_fmadd_ps(x1, _mm256_maskload_ps(wh + (d + 1) * N + 8 * i, mask[i]), a1[i]);
+          }
+        }
+        if (d < D) {
+          const __m256 x0 = _mm256_set1_ps(xm[d]);
+          for (int i = 0; i < nv; ++i) a0[i] = _mm256_fmadd_ps(x0, _mm256_maskload_ps(wh + d * N + 8 * i, mask[i]), a0[i]);
+        }
+        for (int i = 0; i < nv; ++i)
+          _mm256_maskstore_ps(y + m * ldy + h * N + jb + 8 * i, mask[i], _mm256_add_ps(a0[i], a1[i]));
+      }
+}
 
 // exp(x) for 8 lanes: x = n ln2 + r, |r| <= ln2 / 2, e^r by its degree-7 Taylor-like polynomial
 // (Cephes expf's coefficients), times 2^n built in the exponent bits. x is clamped to [-87, 88]
@@ -318,7 +376,10 @@ void prep(const float* w0, const float* a0, const float* v0, const float* k_k, c
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
 namespace avx512 {
 
-template <int NV>
+// Stream: the new state goes out with non-temporal stores (full, aligned vectors only): it is not
+// read again before the next token, by when the weights streamed meanwhile have evicted it from the
+// caches, so writing it through the cache would only add a read of every line (read for ownership).
+template <int NV, bool Stream>
 static inline void group(const float* r, const float* d, const float* k, const float* v, const float* a,
                          const float* b, const float* S, float* So, float* o, int64_t N, int64_t j0) {
   __mmask16 m[NV];
@@ -362,7 +423,10 @@ static inline void group(const float* r, const float* d, const float* k, const f
       for (int q = 0; q < NV; ++q) {
         __m512 s = _mm512_mul_ps(_mm512_maskz_loadu_ps(m[q], row + 16 * q), di);
         s = _mm512_fmadd_ps(ki, vv[q], _mm512_fmadd_ps(bi, sa[q], s));
-        _mm512_mask_storeu_ps(out + 16 * q, m[q], s);
+        if constexpr (Stream)
+          _mm512_stream_ps(out + 16 * q, s);
+        else
+          _mm512_mask_storeu_ps(out + 16 * q, m[q], s);
         if (h == 0)
           o0[q] = _mm512_fmadd_ps(ri, s, o0[q]);
         else
@@ -378,25 +442,91 @@ static inline void group(const float* r, const float* d, const float* k, const f
     for (int q = 0; q < NV; ++q) {
       __m512 s = _mm512_mul_ps(_mm512_maskz_loadu_ps(m[q], row + 16 * q), di);
       s = _mm512_fmadd_ps(ki, vv[q], _mm512_fmadd_ps(bi, sa[q], s));
-      _mm512_mask_storeu_ps(out + 16 * q, m[q], s);
+      if constexpr (Stream)
+        _mm512_stream_ps(out + 16 * q, s);
+      else
+        _mm512_mask_storeu_ps(out + 16 * q, m[q], s);
       o0[q] = _mm512_fmadd_ps(ri, s, o0[q]);
     }
   }
   for (int q = 0; q < NV; ++q) _mm512_mask_storeu_ps(o + j0 + 16 * q, m[q], _mm512_add_ps(o0[q], o1[q]));
 }
 
-void head(const float* r, const float* d, const float* k, const float* v, const float* a, const float* b,
-          const float* S, float* So, float* o, int64_t N, float*) {
+template <bool Stream>
+static inline void head_groups(const float* r, const float* d, const float* k, const float* v, const float* a,
+                               const float* b, const float* S, float* So, float* o, int64_t N) {
   for (int64_t j0 = 0; j0 < N; j0 += 64) {
     switch (std::min<int64_t>(4, (N - j0 + 15) / 16)) {
-      case 1: group<1>(r, d, k, v, a, b, S, So, o, N, j0); break;
-      case 2: group<2>(r, d, k, v, a, b, S, So, o, N, j0); break;
-      case 3: group<3>(r, d, k, v, a, b, S, So, o, N, j0); break;
-      default: group<4>(r, d, k, v, a, b, S, So, o, N, j0); break;
+      case 1: group<1, Stream>(r, d, k, v, a, b, S, So, o, N, j0); break;
+      case 2: group<2, Stream>(r, d, k, v, a, b, S, So, o, N, j0); break;
+      case 3: group<3, Stream>(r, d, k, v, a, b, S, So, o, N, j0); break;
+      default: group<4, Stream>(r, d, k, v, a, b, S, So, o, N, j0); break;
     }
   }
 }
 
+void head(const float* r, const float* d, const float* k, const float* v, const float* a, const float* b,
+          const float* S, float* So, float* o, int64_t N, float*) {
+  // non-temporal stores when every vector is whole and aligned, and the state is not updated in
+  // place (then the lines just read are in the cache anyway)
+  if (N % 16 == 0 && So != S && reinterpret_cast<uintptr_t>(So) % 64 == 0) {
+    head_groups<true>(r, d, k, v, a, b, S, So, o, N);
+    _mm_sfence();  // order the streamed state before anything that follows
+  } else {
+    head_groups<false>(r, d, k, v, a, b, S, So, o, N);
+  }
+}
+
+
+// A head's N outputs in blocks of up to 8 x 16 registers (the last one masked), two accumulator sets
+// (even and odd inputs d) for more independent FMA chains.
+template <int NV>
+static inline void up_block(const float* xm, const float* wh, float* yh, int64_t D, int64_t N, int64_t n) {
+  __mmask16 mask[NV];
+  __m512 a0[NV], a1[NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < NV; ++i) {
+    const int64_t rem = n - 16 * i;  // lanes of vector i inside the block (<= 0: none)
+    mask[i] = rem >= 16  ? static_cast<__mmask16>(0xFFFF)
+              : rem <= 0 ? static_cast<__mmask16>(0)
+                         : static_cast<__mmask16>((1u << rem) - 1u);
+    a0[i] = a1[i] = _mm512_setzero_ps();
+  }
+  int64_t d = 0;
+  for (; d + 2 <= D; d += 2) {
+    const __m512 x0 = _mm512_set1_ps(xm[d]), x1 = _mm512_set1_ps(xm[d + 1]);
+#pragma GCC unroll 8
+    for (int i = 0; i < NV; ++i) {
+      a0[i] = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(mask[i], wh + d * N + 16 * i), a0[i]);
+      a1[i] = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(mask[i], wh + (d + 1) * N + 16 * i), a1[i]);
+    }
+  }
+  if (d < D) {
+    const __m512 x0 = _mm512_set1_ps(xm[d]);
+#pragma GCC unroll 8
+    for (int i = 0; i < NV; ++i) a0[i] = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(mask[i], wh + d * N + 16 * i), a0[i]);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < NV; ++i) _mm512_mask_storeu_ps(yh + 16 * i, mask[i], _mm512_add_ps(a0[i], a1[i]));
+}
+
+void up(const float* x, const float* W, float* y, int64_t M, int64_t D, int64_t N, int64_t ldy, int64_t h0,
+        int64_t h1) {
+  for (int64_t h = h0; h < h1; ++h)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t jb = 0; jb < N; jb += 128) {
+        const int64_t n = std::min<int64_t>(128, N - jb);
+        const float* xm = x + m * D;
+        const float* wh = W + h * D * N + jb;
+        float* yh = y + m * ldy + h * N + jb;
+        if (n > 64)
+          up_block<8>(xm, wh, yh, D, N, n);
+        else if (n > 32)
+          up_block<4>(xm, wh, yh, D, N, n);
+        else
+          up_block<2>(xm, wh, yh, D, N, n);
+      }
+}
 
 // exp(x) for 16 lanes: as avx2::exp8, 2^n by vscalefps.
 static inline __m512 exp16(__m512 x) {
@@ -468,6 +598,15 @@ int64_t resolve_isa(int64_t isa, const char* op) {
               ": isa must be 0 (auto), 1, 2 or 3");
   TORCH_CHECK(rwkvkit_gemv::cpu_has(static_cast<Isa>(isa)), op, ": this CPU lacks the requested instruction set");
   return isa;
+}
+
+UpFn up_fn(int64_t isa) {
+  switch (isa) {
+    case rwkvkit_gemv::kAvx512Vnni:
+    case rwkvkit_gemv::kAvx512: return avx512::up;
+    case rwkvkit_gemv::kAvx2: return avx2::up;
+    default: return up_scalar;
+  }
 }
 
 PrepFn prep_fn(int64_t isa) {
@@ -685,51 +824,49 @@ inline size_t q_bytes(int64_t M, int64_t K) {
   return round(M * KB * kQ4Block) + 2 * round(M * KB * 4);
 }
 
-// The job of y = x @ W^T for rows [row0, row0 + rows) of W (all of them by default). 4-bit weights
-// quantize x into `qbuf` (q_bytes(M, cols) of this thread's scratch) first.
-Job make_job(const Weight& W, const float* x, float* y, int64_t M, int64_t ldy, int64_t isa, int64_t q4_isa,
-             char* qbuf, Epi epi = Epi::kNone, int64_t row0 = 0, int64_t rows = -1) {
-  if (rows < 0) rows = W.rows;
+// The int8 activations of a product's input x [M, cols] in qbuf (q_bytes(M, cols) of this thread's
+// scratch): xq, then xd and xs, each 64-byte aligned.
+void quantize_into(char* qbuf, const float* x, int64_t M, int64_t cols, int64_t isa, int8_t*& xq, float*& xd,
+                   int32_t*& xs) {
+  const int64_t KB = (cols + kQ4Block - 1) / kQ4Block;
+  auto round = [](int64_t n) { return (n + 63) & ~int64_t{63}; };
+  xq = reinterpret_cast<int8_t*>(qbuf);
+  xd = reinterpret_cast<float*>(qbuf + round(M * KB * kQ4Block));
+  xs = reinterpret_cast<int32_t*>(qbuf + round(M * KB * kQ4Block) + round(M * KB * 4));
+  rwkvkit_gemv::quantize_rows(isa, x, M, cols, xq, xd, xs);
+}
+
+// The job of y = x @ W^T (y rows ldy apart). 4-bit and int8 weights multiply int8 activations,
+// quantized first into `qbuf` (q_bytes(M, W.cols) of this thread's scratch) with `qisa`.
+Job make_job(const Weight& W, const float* x, float* y, int64_t M, int64_t ldy, int64_t isa, int64_t qisa,
+             char* qbuf, Epi epi = Epi::kNone) {
   Job j;
   j.epi = epi;
-  if (W.q4()) {  // row0: a multiple of 16 (whole panels)
+  int8_t* xq = nullptr;
+  float* xd = nullptr;
+  int32_t* xs = nullptr;
+  if (W.q4() || W.i8()) quantize_into(qbuf, x, M, W.cols, qisa, xq, xd, xs);
+  if (W.q4()) {
     const int64_t KB = (W.cols + kQ4Block - 1) / kQ4Block;
-    auto round = [](int64_t n) { return (n + 63) & ~int64_t{63}; };
-    int8_t* xq = reinterpret_cast<int8_t*>(qbuf);
-    float* xd = reinterpret_cast<float*>(qbuf + round(M * KB * kQ4Block));
-    int32_t* xs = reinterpret_cast<int32_t*>(qbuf + round(M * KB * kQ4Block) + round(M * KB * 4));
-    rwkvkit_gemv::quantize_rows(q4_isa, x, M, W.cols, xq, xd, xs);
-    const int64_t p0 = row0 / kQ4Panel;
-    j.q = QProblem{xq,     xd,   xs, static_cast<const uint8_t*>(W.w) + p0 * KB * kQ4PanelBlockBytes,
-                   W.d + p0 * KB * kQ4Panel, y + row0, M, rows, KB, ldy};
-    j.qfn = rwkvkit_gemv::q4_panel_fn(q4_isa);
+    j.q = QProblem{xq, xd, xs, static_cast<const uint8_t*>(W.w), W.d, y, M, W.rows, KB, ldy};
+    j.qfn = rwkvkit_gemv::q4_panel_fn(qisa);
     j.panel_rows = kQ4Panel;
-    j.panels = (rows + kQ4Panel - 1) / kQ4Panel;
+    j.panels = (W.rows + kQ4Panel - 1) / kQ4Panel;
     j.panel_cost = KB * (kQ4PanelBlockBytes + 2 * kQ4Panel) + 1;
-    return j;
-  }
-  if (W.i8()) {  // int8 activations too (the exact int8 x fp32 product is compute-bound)
-    const int64_t KB = (W.cols + kQ4Block - 1) / kQ4Block;
-    auto round = [](int64_t n) { return (n + 63) & ~int64_t{63}; };
-    int8_t* xq = reinterpret_cast<int8_t*>(qbuf);
-    float* xd = reinterpret_cast<float*>(qbuf + round(M * KB * kQ4Block));
-    int32_t* xs = reinterpret_cast<int32_t*>(qbuf + round(M * KB * kQ4Block) + round(M * KB * 4));
-    rwkvkit_gemv::quantize_rows(q4_isa, x, M, W.cols, xq, xd, xs);
-    j.i8 = I8Problem{xq, xd, xs, static_cast<const int8_t*>(W.w) + row0 * W.cols, W.scale + row0, y + row0, M, rows,
-                     W.cols, ldy};
-    j.i8fn = rwkvkit_gemv::i8_panel_fn(q4_isa);
+  } else if (W.i8()) {  // int8 activations too: the exact int8 x fp32 product is compute-bound
+    j.i8 = I8Problem{xq, xd, xs, static_cast<const int8_t*>(W.w), W.scale, y, M, W.rows, W.cols, ldy};
+    j.i8fn = rwkvkit_gemv::i8_panel_fn(qisa);
     j.panel_rows = kPanel;
-    j.panels = (rows + kPanel - 1) / kPanel;
+    j.panels = (W.rows + kPanel - 1) / kPanel;
     j.panel_cost = kPanel * W.cols + 1;
-    return j;
+  } else {
+    const int64_t es = static_cast<int64_t>(at::elementSize(W.dt));
+    j.p = Problem{x, W.w, W.scale, y, M, W.rows, W.cols, ldy};
+    j.fn = rwkvkit_gemv::panel_fn(isa, W.dt);
+    j.panel_rows = kPanel;
+    j.panels = (W.rows + kPanel - 1) / kPanel;
+    j.panel_cost = kPanel * W.cols * es + 1;
   }
-  const int64_t es = static_cast<int64_t>(at::elementSize(W.dt));
-  j.p = Problem{x, static_cast<const char*>(W.w) + row0 * W.cols * es, W.scale ? W.scale + row0 : nullptr,
-                y + row0, M, rows, W.cols, ldy};
-  j.fn = rwkvkit_gemv::panel_fn(isa, W.dt);
-  j.panel_rows = kPanel;
-  j.panels = (rows + kPanel - 1) / kPanel;
-  j.panel_cost = kPanel * W.cols * es + 1;
   return j;
 }
 
@@ -788,11 +925,13 @@ struct Dims {
 struct LayerParams {
   const float *ln1w, *ln1b, *ln2w, *ln2b, *mix_r, *mix_w, *mix_k, *mix_v, *mix_a, *mix_g;
   const float *w0, *a0, *v0, *k_k, *k_a, *r_k, *gnw, *gnb, *fmix;
-  Weight Wr, Wk, Wv, Wo, Fk, Fv, w1, w2, a1, a2, v1, v2, g1, g2;
+  Weight Wr, Wk, Wv, Wo, Fk, Fv, w1, a1, v1, g1;
+  const float *w2, *a2, *v2, *g2;  // the LoRA up-projections, [H, D, N] (UpFn)
+  int64_t up_bytes;
   bool first;
   int64_t bytes() const {  // weights streamed per token
-    return Wr.cost() + Wk.cost() + Wv.cost() + Wo.cost() + Fk.cost() + Fv.cost() + w1.cost() + w2.cost() +
-           a1.cost() + a2.cost() + (first ? 0 : v1.cost() + v2.cost()) + g1.cost() + g2.cost();
+    return Wr.cost() + Wk.cost() + Wv.cost() + Wo.cost() + Fk.cost() + Fv.cost() + w1.cost() + a1.cost() +
+           (first ? 0 : v1.cost()) + g1.cost() + up_bytes;
   }
 };
 
@@ -809,15 +948,15 @@ LayerParams check_layer(at::TensorList P, const c10::List<c10::optional<at::Tens
   const int64_t C = d.C;
   static const char* names[kNumParams] = {
       "ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "w1^T",
-      "w2^T", "a0", "a1^T", "a2^T", "v0", "v1^T", "v2^T", "g1^T", "g2^T", "k_k", "k_a", "r_k", "ln_x.weight",
+      "w2^H", "a0", "a1^T", "a2^H", "v0", "v1^T", "v2^H", "g1^T", "g2^H", "k_k", "k_a", "r_k", "ln_x.weight",
       "ln_x.bias", "W_r", "W_k", "W_v", "W_o", "ffn.x_k", "ffn W_key", "ffn W_value"};
   for (int i : {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 16, 21, 22, 24, 25, 30}) check_f32(P[i], {C}, op, names[i]);
   check_f32(P[23], {d.H, d.N}, op, names[23]);
   for (int i : {11, 14, 17, 19}) check_f32(P[i], {P[i].size(0), C}, op, names[i]);
-  check_f32(P[12], {C, d.Dw}, op, names[12]);
-  check_f32(P[15], {C, d.Da}, op, names[15]);
-  check_f32(P[18], {C, d.Dv}, op, names[18]);
-  check_f32(P[20], {C, d.Dg}, op, names[20]);
+  check_f32(P[12], {d.H, d.Dw, d.N}, op, names[12]);
+  check_f32(P[15], {d.H, d.Da, d.N}, op, names[15]);
+  check_f32(P[18], {d.H, d.Dv, d.N}, op, names[18]);
+  check_f32(P[20], {d.H, d.Dg, d.N}, op, names[20]);
   const auto none = c10::optional<at::Tensor>();
   auto fp = [&](int i) { return P[i].data_ptr<float>(); };
   LayerParams L{fp(0),  fp(1),  fp(2),  fp(3),  fp(4),  fp(5),  fp(6),  fp(7),  fp(8),  fp(9),
@@ -829,13 +968,14 @@ LayerParams check_layer(at::TensorList P, const c10::List<c10::optional<at::Tens
                 check_weight(P[31], scales.get(4), d.F, C, names[31]),
                 check_weight(P[32], scales.get(5), C, d.F, names[32]),
                 check_weight(P[11], none, d.Dw, C, names[11]),
-                check_weight(P[12], none, C, d.Dw, names[12]),
                 check_weight(P[14], none, d.Da, C, names[14]),
-                check_weight(P[15], none, C, d.Da, names[15]),
                 check_weight(P[17], none, d.Dv, C, names[17]),
-                check_weight(P[18], none, C, d.Dv, names[18]),
                 check_weight(P[19], none, d.Dg, C, names[19]),
-                check_weight(P[20], none, C, d.Dg, names[20]),
+                fp(12),
+                fp(15),
+                fp(18),
+                fp(20),
+                4 * C * (d.Dw + d.Da + (layer_id == 0 ? 0 : d.Dv) + d.Dg),
                 layer_id == 0};
   return L;
 }
@@ -843,13 +983,13 @@ LayerParams check_layer(at::TensorList P, const c10::List<c10::optional<at::Tens
 // The isa arguments: the float kernels' and the 4-bit kernels' (isa 4 = AVX-512 with VNNI: the float
 // kernels take 3).
 std::pair<int64_t, int64_t> resolve_isas(int64_t isa_arg, const char* op) {
-  const int64_t q4_isa = isa_arg == rwkvkit_gemv::kAuto ? rwkvkit_gemv::best_q4_isa() : isa_arg;
-  TORCH_CHECK(q4_isa >= rwkvkit_gemv::kScalar && q4_isa <= rwkvkit_gemv::kAvx512Vnni, op,
+  const int64_t qisa = isa_arg == rwkvkit_gemv::kAuto ? rwkvkit_gemv::best_qisa() : isa_arg;
+  TORCH_CHECK(qisa >= rwkvkit_gemv::kScalar && qisa <= rwkvkit_gemv::kAvx512Vnni, op,
               ": isa must be 0 (auto), 1, 2, 3 or 4");
-  TORCH_CHECK(rwkvkit_gemv::cpu_has(static_cast<Isa>(q4_isa)), op, ": this CPU lacks the requested instruction set");
+  TORCH_CHECK(rwkvkit_gemv::cpu_has(static_cast<Isa>(qisa)), op, ": this CPU lacks the requested instruction set");
   const int64_t isa = isa_arg == rwkvkit_gemv::kAuto ? rwkvkit_gemv::best_isa()
                                                      : std::min<int64_t>(isa_arg, rwkvkit_gemv::kAvx512);
-  return {isa, q4_isa};
+  return {isa, qisa};
 }
 
 // Scratch for B sequences and T threads: shared buffers (the products' outputs), then per thread the
@@ -911,7 +1051,7 @@ struct LayerIO {
 // (every thread calls it). Barriers inside; it returns after this thread's share of the last product
 // (FFN value, added into Xo): the caller's barrier (or the region's end) completes Xo.
 void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s, const LayerIO& io, int64_t isa,
-                int64_t q4_isa, HeadFn wkv_head, PrepFn prep, int t, int nt, StageClock& clock) {
+                int64_t qisa, HeadFn wkv_head, PrepFn prep, UpFn up, int t, int nt, StageClock& clock) {
   const int64_t C = d.C, H = d.H, N = d.N, BC = B * C;
   const Scratch::Private p = s.mine(t, BC);
   float *xr = p.xr, *xw = p.xw, *xk = p.xk, *xv = p.xv, *xa = p.xa, *xg = p.xg, *xl = p.xl, *xf = p.xf;
@@ -939,13 +1079,13 @@ void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s
     Job jobs[7];
     int n = 0;
     const size_t qc = q_bytes(B, C);
-    jobs[n++] = make_job(L.Wr, xr, r, B, C, isa, q4_isa, p.qb);
-    jobs[n++] = make_job(L.Wk, xk, k, B, C, isa, q4_isa, p.qb + qc);
-    jobs[n++] = make_job(L.Wv, xv, v, B, C, isa, q4_isa, p.qb + 2 * qc);
-    jobs[n++] = make_job(L.w1, xw, s.hw, B, d.Dw, isa, q4_isa, nullptr, Epi::kTanh);
-    jobs[n++] = make_job(L.a1, xa, s.ha, B, d.Da, isa, q4_isa, nullptr);
-    if (!L.first) jobs[n++] = make_job(L.v1, xv, s.hv, B, d.Dv, isa, q4_isa, nullptr);
-    jobs[n++] = make_job(L.g1, xg, s.hg, B, d.Dg, isa, q4_isa, nullptr, Epi::kSigmoid);
+    jobs[n++] = make_job(L.Wr, xr, r, B, C, isa, qisa, p.qb);
+    jobs[n++] = make_job(L.Wk, xk, k, B, C, isa, qisa, p.qb + qc);
+    jobs[n++] = make_job(L.Wv, xv, v, B, C, isa, qisa, p.qb + 2 * qc);
+    jobs[n++] = make_job(L.w1, xw, s.hw, B, d.Dw, isa, qisa, nullptr, Epi::kTanh);
+    jobs[n++] = make_job(L.a1, xa, s.ha, B, d.Da, isa, qisa, nullptr);
+    if (!L.first) jobs[n++] = make_job(L.v1, xv, s.hv, B, d.Dv, isa, qisa, nullptr);
+    jobs[n++] = make_job(L.g1, xg, s.hg, B, d.Dg, isa, qisa, nullptr, Epi::kSigmoid);
     run_share(jobs, n, t, nt);
   }
 #pragma omp barrier
@@ -957,14 +1097,10 @@ void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s
   //    in-context rate, kk, k, value residual, the WKV step, GroupNorm and bonus, times g (into xo).
   const int64_t h0 = H * t / nt, h1 = H * (t + 1) / nt;
   if (h0 < h1) {
-    const int64_t n0 = h0 * N, nr = (h1 - h0) * N;
-    Job jobs[4];
-    int n = 0;
-    jobs[n++] = make_job(L.w2, s.hw, wl, B, C, isa, q4_isa, nullptr, Epi::kNone, n0, nr);
-    jobs[n++] = make_job(L.a2, s.ha, al, B, C, isa, q4_isa, nullptr, Epi::kNone, n0, nr);
-    if (!L.first) jobs[n++] = make_job(L.v2, s.hv, vl, B, C, isa, q4_isa, nullptr, Epi::kNone, n0, nr);
-    jobs[n++] = make_job(L.g2, s.hg, g, B, C, isa, q4_isa, nullptr, Epi::kNone, n0, nr);
-    run_share(jobs, n, 0, 1);
+    up(s.hw, L.w2, wl, B, d.Dw, N, C, h0, h1);
+    up(s.ha, L.a2, al, B, d.Da, N, C, h0, h1);
+    if (!L.first) up(s.hv, L.v2, vl, B, d.Dv, N, C, h0, h1);
+    up(s.hg, L.g2, g, B, d.Dg, N, C, h0, h1);
   }
   for (int64_t bb = 0; bb < B; ++bb) {
     for (int64_t h = h0; h < h1; ++h) {
@@ -995,7 +1131,7 @@ void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s
 
   // 3. Output projection, residual: Xo = X + xo @ W_o^T.
   {
-    Job job = make_job(L.Wo, xo, s.yo, B, C, isa, q4_isa, p.qb, Epi::kAdd);
+    Job job = make_job(L.Wo, xo, s.yo, B, C, isa, qisa, p.qb, Epi::kAdd);
     job.add = X, job.out = Xo, job.ldo = C;
     run_share(&job, 1, t, nt);
   }
@@ -1009,7 +1145,7 @@ void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s
     for (int64_t c = 0; c < C; ++c) xf[o + c] = xl[o + c] + (io.sh_ffn[o + c] - xl[o + c]) * L.fmix[c];
   }
   {
-    Job job = make_job(L.Fk, xf, s.hf, B, d.F, isa, q4_isa, p.qb, Epi::kReluSq);
+    Job job = make_job(L.Fk, xf, s.hf, B, d.F, isa, qisa, p.qb, Epi::kReluSq);
     run_share(&job, 1, t, nt);
   }
 #pragma omp barrier
@@ -1018,7 +1154,7 @@ void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s
 
   // 5. Value projection, residual: Xo += hf @ W_value^T.
   {
-    Job job = make_job(L.Fv, s.hf, s.yf, B, C, isa, q4_isa, p.qb, Epi::kAdd);
+    Job job = make_job(L.Fv, s.hf, s.yf, B, C, isa, qisa, p.qb, Epi::kAdd);
     job.add = Xo, job.out = Xo, job.ldo = C;
     run_share(&job, 1, t, nt);
   }
@@ -1049,9 +1185,10 @@ at::Tensor block_decode(const at::Tensor& x, const at::Tensor& att_shift, const 
   check_alias(S_in, S_out, op);
   TORCH_CHECK(x.data_ptr() != att_shift.data_ptr() && x.data_ptr() != ffn_shift.data_ptr(), op,
               ": x must not be a state tensor");
-  const auto [isa, q4_isa] = resolve_isas(isa_arg, op);
+  const auto [isa, qisa] = resolve_isas(isa_arg, op);
   const HeadFn wkv_head = head_fn(isa);
   const PrepFn prep = prep_fn(isa);
+  const UpFn up = up_fn(isa);
   const int T = pick_threads(L.bytes());
   const Scratch s = make_scratch(d, B, T);
   at::Tensor out = at::empty({B, C}, x.options());
@@ -1062,7 +1199,7 @@ at::Tensor block_decode(const at::Tensor& x, const at::Tensor& att_shift, const 
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();  // nt < T in a nested region
-    layer_step(L, d, B, s, io, isa, q4_isa, wkv_head, prep, t, nt, clock);
+    layer_step(L, d, B, s, io, isa, qisa, wkv_head, prep, up, t, nt, clock);
     if (t == 0) clock.mark(4);
   }
   clock.mark(6);
@@ -1083,7 +1220,7 @@ struct Rwkv7Plan : torch::CustomClassHolder {
   const float *lnw = nullptr, *lnb = nullptr;
   double ln_eps = 1e-5;
   Weight head;
-  int64_t V = 0, isa = 0, q4_isa = 0, bytes = 0;
+  int64_t V = 0, isa = 0, qisa = 0, bytes = 0;
 
   // params: the 33 tensors of every block in order (pack_block's); scales: their 6 scales each;
   // head: empty, or [ln_out.weight, ln_out.bias, head weight (+ its scale)] with head_rows rows.
@@ -1120,7 +1257,7 @@ struct Rwkv7Plan : torch::CustomClassHolder {
       has_head = true, V = head_rows, ln_eps = eps;
       bytes += head.cost();
     }
-    std::tie(isa, q4_isa) = resolve_isas(isa_arg, op);
+    std::tie(isa, qisa) = resolve_isas(isa_arg, op);
   }
 
   int64_t n_layer() const { return static_cast<int64_t>(layers.size()); }
@@ -1142,6 +1279,7 @@ struct Rwkv7Plan : torch::CustomClassHolder {
     check_alias(S_in, S_out, op);
     const HeadFn wkv_head = head_fn(isa);
     const PrepFn prep = prep_fn(isa);
+    const UpFn up = up_fn(isa);
     const int T = pick_threads(bytes / L);
     const Scratch s = make_scratch(d, B, T);
     at::Tensor out = at::empty({B, has_head ? V : C}, x.options());
@@ -1160,7 +1298,7 @@ struct Rwkv7Plan : torch::CustomClassHolder {
       for (int64_t l = 0; l < L; ++l) {
         float* Xo = (l == L - 1 && !has_head) ? o : (l % 2 ? s.xb_ : s.xa_);
         const LayerIO io{X, Xo, att + l * BC, ffn + l * BC, s.vf, Sin + l * SN, Sout + l * SN};
-        layer_step(layers[l], d, B, s, io, isa, q4_isa, wkv_head, prep, t, nt, clock);
+        layer_step(layers[l], d, B, s, io, isa, qisa, wkv_head, prep, up, t, nt, clock);
 #pragma omp barrier
         if (t == 0) clock.mark(4);
         X = Xo;
@@ -1169,7 +1307,7 @@ struct Rwkv7Plan : torch::CustomClassHolder {
         const Scratch::Private p = s.mine(t, BC);
         for (int64_t bb = 0; bb < B; ++bb)
           layer_norm(X + bb * C, lnw, lnb, p.xl + bb * C, C, static_cast<float>(ln_eps));
-        Job job = make_job(head, p.xl, o, B, V, isa, q4_isa, p.qb);
+        Job job = make_job(head, p.xl, o, B, V, isa, qisa, p.qb);
         run_share(&job, 1, t, nt);
         if (t == 0) clock.mark(5);
       }

@@ -187,14 +187,15 @@ def _default_lora_v7(C: int) -> dict[str, int]:
 
 
 # The order of ``params`` of the fused RWKV-7 decoding step (rwkvkit.inference.fused.pack_block):
-# block parameter names, ``^T`` marking LoRA matrices stored transposed ([out, in] gemv weights).
+# block parameter names, ``^T`` marking LoRA matrices stored transposed ([out, in] gemv weights), ``^H``
+# the up-projections [rank, C] stored head-major ([H, rank, head size]).
 FUSED_PARAMS_V7 = (
     "ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias",
     "att.x_r", "att.x_w", "att.x_k", "att.x_v", "att.x_a", "att.x_g",
-    "att.w0", "att.w1^T", "att.w2^T",
-    "att.a0", "att.a1^T", "att.a2^T",
-    "att.v0", "att.v1^T", "att.v2^T",
-    "att.g1^T", "att.g2^T",
+    "att.w0", "att.w1^T", "att.w2^H",
+    "att.a0", "att.a1^T", "att.a2^H",
+    "att.v0", "att.v1^T", "att.v2^H",
+    "att.g1^T", "att.g2^H",
     "att.k_k", "att.k_a", "att.r_k",
     "att.ln_x.weight", "att.ln_x.bias",
     "att.receptance", "att.key", "att.value", "att.output",
