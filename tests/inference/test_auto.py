@@ -193,3 +193,12 @@ def test_lean_loading_refuses_what_it_cannot_do(checkpoint):
         rwkvkit.load(checkpoint, weights="int8", device="cuda")
     with pytest.raises(ConfigError, match="weights must be one of"):
         rwkvkit.load(checkpoint, weights="int3")
+
+
+def test_an_int8_table_is_never_widened_whole(checkpoint, monkeypatch):
+    """The model's device/dtype and a decoding step read the int8 rows they need, not the whole table
+    (a `weight` property that dequantised it made every step 17x slower)."""
+    lean = rwkvkit.load(checkpoint, weights="int8")
+    monkeypatch.setattr(Int8Embedding, "dequantize", lambda self: pytest.fail("the whole table was widened"))
+    assert lean.device.type == "cpu" and lean.dtype == torch.float32
+    run(lean, tokens(8))

@@ -117,6 +117,14 @@ class OptimizedRWKV(RWKV):
 
     _packed: list | None = None
     _kernels_on = True
+
+    @property
+    def device(self) -> torch.device:
+        return self.ln_out.weight.device  # the embedding may be int8 rows (Int8Embedding)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32  # the residual stream: every fast path's embedding returns fp32 rows
     # Up to this many sequences a decoding step takes the fused block operator (matrix-vector kernel,
     # fp32 arithmetic); above it, batched matrix products (bf16 units via oneDNN) win.
     fused_max_batch = MAX_GEMV_ROWS

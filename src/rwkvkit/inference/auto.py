@@ -83,9 +83,8 @@ class Int8Embedding(nn.Module):
         self.register_buffer("weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
         self.register_buffer("scale", torch.ones(num_embeddings))
 
-    @property
-    def weight(self) -> torch.Tensor:
-        """The table it stands for, dequantised (fp32 ``[V, C]``; a new tensor on every read)."""
+    def dequantize(self) -> torch.Tensor:
+        """The table it stands for, fp32 ``[V, C]`` (a new tensor: 4 bytes per weight)."""
         return self.weight_int8.float() * self.scale[:, None]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
