@@ -34,9 +34,9 @@ HUGE_PAGE = 2 * 2**20
 _ALIGN = 64  # every tensor starts on a cache line (the int8pack kernel wants 64-byte aligned weights)
 
 
-def _tensors(model: nn.Module, skip: tuple[str, ...]) -> list[tuple[nn.Module, str, torch.Tensor, bool]]:
-    """``(module, name, tensor, is_parameter)`` of every parameter and buffer, in module order, each
-    tensor once; floating-point or integer CPU tensors only, not those of modules named in ``skip``."""
+def _tensors(model: nn.Module, skip: tuple[str, ...]) -> list[tuple[nn.Module, str, bool, int]]:
+    """``(module, name, is_parameter, bytes)`` of every parameter and buffer, in module order, each
+    tensor once; CPU tensors only, not those of modules named in ``skip``."""
     seen: set[int] = set()
     out = []
     for mname, module in model.named_modules():
@@ -48,20 +48,14 @@ def _tensors(model: nn.Module, skip: tuple[str, ...]) -> list[tuple[nn.Module, s
             if t is None or t.device.type != "cpu" or id(t) in seen or t.numel() == 0 or t.is_sparse:
                 continue
             seen.add(id(t))
-            out.append((module, name, t, is_param))
+            out.append((module, name, is_param, t.numel() * t.element_size()))
     return out
 
 
-@torch.no_grad()
-def to_huge_pages(tensors: list[torch.Tensor], min_bytes: int = 0) -> list[torch.Tensor] | None:
-    """Contiguous copies of ``tensors`` (CPU) in one 2 MB-aligned anonymous mapping advised
-    ``MADV_HUGEPAGE``, each starting on a 64-byte boundary; None off Linux, below ``min_bytes`` in
-    all, or when the mapping cannot be made. The mapping lives as long as any of the copies."""
+def _arena(total: int) -> tuple[torch.Tensor, int] | None:
+    """A uint8 tensor over a fresh private anonymous mapping advised ``MADV_HUGEPAGE``, and the offset
+    of its first 2 MB boundary (``total`` bytes fit after it); None where that cannot be made."""
     if not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return None
-    sizes = [t.numel() * t.element_size() for t in tensors]
-    total = sum(-(-n // _ALIGN) * _ALIGN for n in sizes)
-    if total == 0 or total < min_bytes or any(t.device.type != "cpu" for t in tensors):
         return None
     try:
         # private (the default anonymous mapping is shared: shmem, whose huge pages are off by default);
@@ -69,17 +63,36 @@ def to_huge_pages(tensors: list[torch.Tensor], min_bytes: int = 0) -> list[torch
         flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_ANONYMOUS", 0x20)
         mapped = mmap.mmap(-1, total + HUGE_PAGE, flags=flags)
         mapped.madvise(mmap.MADV_HUGEPAGE)  # before any page is touched
-        arena = torch.frombuffer(mapped, dtype=torch.uint8)
+        arena = torch.frombuffer(mapped, dtype=torch.uint8)  # keeps `mapped` alive
     except (OSError, ValueError) as e:  # no memory, or madvise refused: keep the tensors where they are
         log.info("rwkvkit: weights not moved to huge pages (%s)", e)
         return None
-    offset = -arena.data_ptr() % HUGE_PAGE
+    return arena, -arena.data_ptr() % HUGE_PAGE
+
+
+def _aligned(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+@torch.no_grad()
+def to_huge_pages(tensors: list[torch.Tensor], min_bytes: int = 0) -> list[torch.Tensor] | None:
+    """Contiguous copies of ``tensors`` (CPU) in one 2 MB-aligned anonymous mapping advised
+    ``MADV_HUGEPAGE``, each starting on a 64-byte boundary; None off Linux, below ``min_bytes`` in
+    all, or when the mapping cannot be made. The mapping lives as long as any of the copies."""
+    sizes = [t.numel() * t.element_size() for t in tensors]
+    total = sum(_aligned(n) for n in sizes)
+    if total == 0 or total < min_bytes or any(t.device.type != "cpu" for t in tensors):
+        return None
+    made = _arena(total)
+    if made is None:
+        return None
+    arena, offset = made
     out = []
     for t, n in zip(tensors, sizes):
         view = arena[offset : offset + n].view(t.dtype).view(t.shape)
         view.copy_(t)
         out.append(view)
-        offset += -(-n // _ALIGN) * _ALIGN
+        offset += _aligned(n)
     return out
 
 
@@ -92,15 +105,25 @@ def place_weights_(model: nn.Module, skip: tuple[str, ...] = ("emb",), min_bytes
     models gain nothing), or when the mapping cannot be made. Parameters keep their identity
     (``.data`` is replaced), so references to them stay valid, but other references to the old
     tensors do not follow: call it before anything caches them (``optimize`` does so before
-    wrapping the projections for the kernels).
+    wrapping the projections for the kernels). Tensors are moved one at a time, so the old one can
+    be freed at once: the memory peak is the model plus one tensor, not two models.
     """
     found = _tensors(model, skip)
-    moved = to_huge_pages([t for _, _, t, _ in found], min_bytes)
-    if moved is None:
+    total = sum(_aligned(n) for *_, n in found)
+    if total == 0 or total < min_bytes:
         return False
-    for (module, name, _, is_param), view in zip(found, moved):
+    made = _arena(total)
+    if made is None:
+        return False
+    arena, offset = made
+    for module, name, is_param, n in found:
+        t = module._parameters[name] if is_param else module._buffers[name]
+        view = arena[offset : offset + n].view(t.dtype).view(t.shape)
+        view.copy_(t)
         if is_param:
-            module._parameters[name].data = view
+            t.data = view
         else:
             module._buffers[name] = view
+        del t
+        offset += _aligned(n)
     return True

@@ -1,5 +1,6 @@
-// 4-bit weights (GGUF Q4_0 values in Q4Linear's packed layout) for CPU decoding, and their
-// dequantization for prefill.
+// Matrix-vector products with int8 activations for CPU decoding: 4-bit weights (GGUF Q4_0 values in
+// Q4Linear's packed layout) and int8 weights (Int8Linear's); and the 4-bit weights' dequantization
+// for prefill.
 //
 //   rwkvkit_kernels::gemv_q4(Tensor x, Tensor qweight, Tensor scales, int N, int isa=0) -> Tensor y
 //       y [M, N] float32 = x [M, K] float32 @ W^T, W [N, K] held as qweight [P, KB, 256] uint8 and
@@ -27,13 +28,18 @@
 //   * Per block, the int32 row sums become fp32 and are scaled by d_w (16 rows, fp16 -> fp32 with
 //     F16C) times d_x; fp32 accumulation over the blocks.
 //
+// gemv_int8 (row-major int8 weights, per-row scale) sums w * xq by 4s in the same integer units:
+// VNNI needs an unsigned operand, so it multiplies (w + 128) (the sign bit flipped) and subtracts
+// 128 * sum(xq) per block; vpmaddubsw takes |w| and x with w's sign (no saturation: |pair| <= 2 * 128
+// * 127). 64 inputs (two blocks) per vector, RB = 4 rows at a time with software prefetch of the
+// rows ahead (interleaved short rows defeat the hardware prefetchers, see gemv.cpp).
+//
 // ISA dispatch at run time as gemv.cpp (and the same reasons): AVX-512 with or without VNNI, AVX2
 // (+F16C), plain C++. All paths compute the same integer sums and round x identically.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
 

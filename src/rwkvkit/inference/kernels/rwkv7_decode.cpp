@@ -689,6 +689,9 @@ at::Tensor wkv7_step(const at::Tensor& r, const at::Tensor& log_w, const at::Ten
 // ------------------------------------------------------------------------------------------------
 enum class Epi { kNone, kTanh, kSigmoid, kReluSq, kAdd };
 
+// Bytes of the next stage's weights a thread prefetches before a barrier (prefetch_share).
+constexpr int64_t kPrefetchNext = 16 * 1024;
+
 struct Job {
   Problem p;
   PanelFn fn = nullptr;    // float weights: p, fn
@@ -815,6 +818,51 @@ Weight check_weight(const at::Tensor& w, const c10::optional<at::Tensor>& scale,
   }
   TORCH_CHECK(dt != at::kChar || r.scale != nullptr, op, ": ", name, " is int8 and needs its float32 scale");
   return r;
+}
+
+// The start of thread t's share (of T) of a stage's weights, as run_share splits the jobs that
+// make_job builds from them, prefetched (`bytes`, and the matching scales of 4-bit weights): called
+// before a barrier, it starts the next stage's memory streams while the thread waits.
+void prefetch_share(std::initializer_list<const Weight*> ws, int t, int T, int64_t bytes) {
+  auto split = [](const Weight& W, int64_t& panels, int64_t& cost, int64_t& panel_bytes) {
+    if (W.q4()) {
+      const int64_t KB = (W.cols + kQ4Block - 1) / kQ4Block;
+      panels = (W.rows + kQ4Panel - 1) / kQ4Panel;
+      panel_bytes = KB * kQ4PanelBlockBytes;
+      cost = KB * (kQ4PanelBlockBytes + 2 * kQ4Panel) + 1;
+    } else {
+      panels = (W.rows + kPanel - 1) / kPanel;
+      panel_bytes = kPanel * W.cols * static_cast<int64_t>(at::elementSize(W.dt));
+      cost = panel_bytes + 1;
+    }
+  };
+  int64_t total = 0, panels, cost, panel_bytes;
+  for (const Weight* W : ws) {
+    split(*W, panels, cost, panel_bytes);
+    total += panels * cost;
+  }
+  const int64_t lo = total * t / T;
+  int64_t start = 0;
+  for (const Weight* W : ws) {
+    split(*W, panels, cost, panel_bytes);
+    if (lo < start + panels * cost) {
+      const int64_t q = std::max<int64_t>(0, (lo - start + cost - 1) / cost);
+      if (q >= panels) continue;
+      const char* p = static_cast<const char*>(W->w) + q * panel_bytes;
+      for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+      if (W->q4()) {  // the scales: 32 bytes per block of 256 codes
+        const char* d = reinterpret_cast<const char*>(W->d) + q * (panel_bytes / 8);
+        for (int64_t b = 0; b < bytes / 8; b += 64) _mm_prefetch(d + b, _MM_HINT_T0);
+      }
+      return;
+    }
+    start += panels * cost;
+  }
+}
+
+// The first `bytes` of a range (a thread's LoRA up-projection weights).
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+  for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(static_cast<const char*>(p) + b, _MM_HINT_T0);
 }
 
 // Bytes of int8 activations (xq, xd, xs, each 64-byte aligned) of a 4-bit product of M rows of K.
@@ -1088,6 +1136,11 @@ void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s
     jobs[n++] = make_job(L.g1, xg, s.hg, B, d.Dg, isa, qisa, nullptr, Epi::kSigmoid);
     run_share(jobs, n, t, nt);
   }
+  const int64_t h0 = H * t / nt, h1 = H * (t + 1) / nt;
+  if (h0 < h1) {  // the next stage's first weights, while waiting (see prefetch_share)
+    prefetch_bytes(L.w2 + h0 * d.Dw * N, kPrefetchNext);
+    prefetch_bytes(L.a2 + h0 * d.Da * N, kPrefetchNext);
+  }
 #pragma omp barrier
   // every thread has read the old att_shift: the new one (the LN1 output) can be written
   for (int64_t i = c0; i < c1; ++i) io.sh_att[i] = xl[i];
@@ -1095,7 +1148,6 @@ void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s
 
   // 2. Per head, for this thread's heads: the LoRA up-projections of the head's channels, decay,
   //    in-context rate, kk, k, value residual, the WKV step, GroupNorm and bonus, times g (into xo).
-  const int64_t h0 = H * t / nt, h1 = H * (t + 1) / nt;
   if (h0 < h1) {
     up(s.hw, L.w2, wl, B, d.Dw, N, C, h0, h1);
     up(s.ha, L.a2, al, B, d.Da, N, C, h0, h1);
@@ -1126,6 +1178,7 @@ void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s
       }
     }
   }
+  prefetch_share({&L.Wo}, t, nt, kPrefetchNext);
 #pragma omp barrier
   if (t == 0) clock.mark(1);
 
@@ -1135,6 +1188,7 @@ void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s
     job.add = X, job.out = Xo, job.ldo = C;
     run_share(&job, 1, t, nt);
   }
+  prefetch_share({&L.Fk}, t, nt, kPrefetchNext);
 #pragma omp barrier
   if (t == 0) clock.mark(2);
 
@@ -1148,6 +1202,7 @@ void layer_step(const LayerParams& L, const Dims& d, int64_t B, const Scratch& s
     Job job = make_job(L.Fk, xf, s.hf, B, d.F, isa, qisa, p.qb, Epi::kReluSq);
     run_share(&job, 1, t, nt);
   }
+  prefetch_share({&L.Fv}, t, nt, kPrefetchNext);
 #pragma omp barrier
   for (int64_t i = c0; i < c1; ++i) io.sh_ffn[i] = xl[i];  // every thread has read the old ffn_shift
   if (t == 0) clock.mark(3);
@@ -1299,6 +1354,12 @@ struct Rwkv7Plan : torch::CustomClassHolder {
         float* Xo = (l == L - 1 && !has_head) ? o : (l % 2 ? s.xb_ : s.xa_);
         const LayerIO io{X, Xo, att + l * BC, ffn + l * BC, s.vf, Sin + l * SN, Sout + l * SN};
         layer_step(layers[l], d, B, s, io, isa, qisa, wkv_head, prep, up, t, nt, clock);
+        if (l + 1 < L) {
+          const LayerParams& n = layers[l + 1];
+          prefetch_share({&n.Wr, &n.Wk, &n.Wv, &n.w1, &n.a1, &n.v1, &n.g1}, t, nt, kPrefetchNext);
+        } else if (has_head) {
+          prefetch_share({&head}, t, nt, kPrefetchNext);
+        }
 #pragma omp barrier
         if (t == 0) clock.mark(4);
         X = Xo;
