@@ -233,7 +233,7 @@ def build_inference_model(
             owner._buffers[leaf] = t.to(torch.promote_types(t.dtype, torch.float32))
         else:
             owner._parameters[leaf] = _fixed(t.to(torch.promote_types(t.dtype, torch.float32)))
-        if not _shares(model, t):
+        if not _shares(model.get_submodule(".".join(parents)) if key not in projections else new, t):
             pages.release(t)
         del t
     model.__class__ = OptimizedRWKV
@@ -253,6 +253,6 @@ def _trim_heap() -> None:
 
 
 def _shares(model: nn.Module, t: torch.Tensor) -> bool:
-    """Whether the model kept ``t`` itself (a same-dtype projection or embedding)."""
+    """Whether ``model`` (the module that just took ``t``) kept ``t`` itself (a same-dtype tensor)."""
     ptr = t.data_ptr()
     return any(p.data_ptr() == ptr for p in model.parameters() if p.device.type == "cpu")
