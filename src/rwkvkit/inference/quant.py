@@ -48,18 +48,18 @@ prefill 512 tokens (ms)                    71                                118
 
 q4 on the shipped default model (its head is small: 4096 x 256; ``tests/inference/
 test_fast_quality.py``), and what the head's precision costs on the RWKV-7 0.1B shape, whose
-65536 x 768 head is 37 % of the weights (``benchmarks/decode_bound.py --weights q4:q4 q4:int8
-q4:bf16 int8 bf16``, batch 1; the decode bound is the bytes read per token over the read bandwidth
-measured in the same rounds; AMD EPYC Zen 4, 2 cores shared with other jobs, so measured with 1
-thread against 1 thread's bandwidth, 18-20 GB/s then)::
+65536 x 768 head is 37 % of the weights (``benchmarks/decode_bound.py --weights bf16 int8 q4:q4 q4
+q4:bf16``: batch-1 decoding, 2 threads, AMD EPYC Zen 4 shared with other jobs; "% bound" is the bytes
+read per token over the read bandwidth measured in the same rounds, 33 GB/s in this run; in the
+machine's faster state, 56 GB/s, every row decodes 1.3-1.5x faster but at 62-78 % of the bound)::
 
-    weights (head)            rel. RMS of logits vs fp32   val. loss    greedy     0.1B shape: MB read
-                              prefill      decode          vs fp32      (32 tok.)  per token   ms/token
-    bf16 (bf16)               0.0022       0.0000 (1)      +0.004 %     32/32      292.5       24.7
-    int8 (int8)               0.0049       0.0061          +0.023 %     32/32      157.8       11.7
-    q4 (q4)                   0.049        0.049           +0.39 %      32/32       98.0        9.8
-    q4 (int8)  the default    0.035        0.035           +0.27 %      32/32      120.3       10.6
-    q4 (bf16)                 0.035        0.035           +0.26 %      32/32      170.4       13.6
+    weights (head)            rel. RMS of logits vs fp32   val. loss    greedy     0.1B shape, 2 threads
+                              prefill      decode          vs fp32      (32 tok.)  MB/token  ms/token  % bound
+    bf16 (bf16)               0.0022       0.0000 (1)      +0.004 %     32/32      292.5     10.35     86 %
+    int8 (int8)               0.0049       0.0062          +0.023 %     32/32      157.8      5.42     87 %
+    q4 (q4)                   0.049        0.049           +0.39 %      32/32       98.0      3.39     87 %
+    q4 (int8)  the default    0.035        0.035           +0.27 %      32/32      120.3      4.10     88 %
+    q4 (bf16)                 0.035        0.035           +0.26 %      32/32      170.4      5.86     86 %
 
     (1) the default model's weights are bf16 numbers: bf16 decoding (exact fp32 arithmetic) is fp32's.
 
