@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # torch goes in first, pinned: a bare `torch` requirement would resolve to a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint format clean
+.PHONY: demo test serve lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,14 +23,24 @@ $(VENV)/.run-installed: pyproject.toml $(VENV)/.torch-installed
 	@[ -d /usr/share/datasets/fashion-mnist ] || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) || true
 	touch $@
 
-# everything the tests need
+# rwkvkit serve: the serve extra (starlette, uvicorn)
+$(VENV)/.serve-installed: pyproject.toml $(VENV)/.torch-installed
+	$(PIP) install -q -e ".[serve]"
+	touch $@
+
+# everything the tests need (and, where apt-get can, Debian's chromium for the chat page's browser test)
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/.torch-installed
 	$(PIP) install -q -e ".[dev,plot]"
 	@[ -d /usr/share/datasets/fashion-mnist ] || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) || true
-	touch $@ $(VENV)/.run-installed
+	@[ -x /usr/bin/chromedriver ] || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1) || true
+	touch $@ $(VENV)/.run-installed $(VENV)/.serve-installed
 
 demo: $(VENV)/.run-installed
 	$(BIN)/python -m rwkvkit.demo
+
+# the OpenAI-compatible server and chat page on http://127.0.0.1:8000 (options: make serve ARGS="--help")
+serve: $(VENV)/.serve-installed
+	$(BIN)/rwkvkit serve $(ARGS)
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q

@@ -193,6 +193,9 @@ def run(args: argparse.Namespace) -> int:
         )
     ids = ", ".join(app.state.server.models)
     print(f"rwkvkit serve: model ids {ids}; chat format {chat}", file=sys.stderr)
+    if args.port:
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"rwkvkit serve: chat page on http://{host}:{args.port}/, API under /v1", file=sys.stderr)
     server = make_server(
         app, args.host, args.port, log_level=args.log_level, shutdown_timeout=args.shutdown_timeout
     )
