@@ -194,6 +194,52 @@ def test_matches_generate_alone_exactly(model, tok, max_batch):
         assert max(c.shape[0] for c in spy.calls) == 3  # the queue was used
 
 
+@pytest.mark.parametrize("budget", [1, CHUNK, 3 * CHUNK])
+def test_prefill_budget_gives_the_same_results(model, tok, budget):
+    """With a prefill budget, prompts are fed over several steps (at most ``budget`` tokens per step,
+    plus the rest of the forward that crossed it) and every result still equals generate() alone."""
+    spy = RowByRow(model)
+    engine = BatchEngine(spy, tok, max_batch=64, prefill_chunk=CHUNK, prefill_budget=budget)
+    first, second = CASES[:7], CASES[7:]
+    fed_per_step = []
+    ids = [engine.add(p, **o) for p, o in first]
+    later = {2: second[:2], 5: second[2:]}
+    step = 0
+    while engine.has_work or later:
+        ids += [engine.add(p, **o) for p, o in later.pop(step, [])]
+        before = len(spy.calls)
+        engine.step()
+        fed_per_step.append(sum(c.numel() for c in spy.calls[before:] if c.shape[1] > 1))
+        step += 1
+    for rid, (prompt, options) in zip(ids, first + second, strict=True):
+        tokens, text, reason, state, logits = reference(model, tok, prompt, options)
+        res = engine.pop_result(rid)
+        assert (res.tokens, res.text, res.stop_reason) == (tokens, text, reason), (prompt, options)
+        assert_same_state(res.state, state, exact=True)
+    assert max(fed_per_step) < budget + CHUNK
+
+
+def test_prefill_budget_keeps_decoding_during_a_long_prefill(model, tok):
+    engine = BatchEngine(model, tok, max_batch=4, prefill_chunk=CHUNK, prefill_budget=CHUNK)
+    short = engine.add("hi", max_new_tokens=50, temperature=0)
+    engine.step()  # "hi" is prefilled and decoding
+    long = engine.add("x" * (10 * CHUNK), max_new_tokens=5, temperature=0)
+    tokens_while_prefilling = 0
+    while engine.num_prefilling or engine.num_queued:
+        events = engine.step()
+        tokens_while_prefilling += sum(1 for e in events if e.request_id == short and e.token is not None)
+    assert tokens_while_prefilling >= 9  # one token per step of the ten-chunk prefill
+    # a request being prefilled can be cancelled; its result says so
+    third = engine.add("y" * (5 * CHUNK), max_new_tokens=5)
+    engine.step()
+    assert engine.num_prefilling == 1 and engine.cancel(third)
+    results = engine.run()
+    assert results[third].stop_reason == "cancelled" and results[third].state is None
+    assert len(results[long].tokens) == 5 and len(results[short].tokens) == 50
+    with pytest.raises(ConfigError, match="prefill_budget"):
+        BatchEngine(model, tok, prefill_budget=0)
+
+
 def test_continuous_batching_one_decode_per_step(model, tok):
     """Rows leave early and the rest go on; each step runs exactly one decode forward."""
     spy = RowByRow(model)

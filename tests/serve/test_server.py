@@ -179,6 +179,9 @@ def test_openai_client_unchanged(lm, url):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
     assert [m.id for m in client.models.list()] == ["default"]
+    assert client.models.retrieve("default").id == "default"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
     out = client.completions.create(model="default", prompt=PROMPTS[3], max_tokens=12, temperature=0)
     assert out.choices[0].text == reference(lm, PROMPTS[3], 12)[0]
     messages = [{"role": "user", "content": "Print hello."}]

@@ -21,7 +21,9 @@ Each :meth:`BatchEngine.step`:
    batching: sequences join and leave between steps, the others go on undisturbed);
 3. prefills the admitted prompts. A prompt is cut into chunks exactly like :func:`generate` does
    (``prefill_chunk`` = its ``chunk_len``) and only chunks of *equal length* share a forward, so no
-   sequence ever sees a padding token: padding a recurrent model's input would change its state;
+   sequence ever sees a padding token: padding a recurrent model's input would change its state.
+   With ``prefill_budget`` at most that many prompt tokens are fed per step, so a long prompt is fed
+   over several steps and the other sequences go on decoding in between (chunked prefill);
 4. samples one token per sequence from its own logits, with its own options and ``torch.Generator``.
 
 Per request, the decoding step is the one :func:`generate` runs: a
@@ -190,6 +192,11 @@ class BatchEngine:
             ``chunk_len``; pass the same value to get the same arithmetic), and one prefill forward
             processes at most this many tokens in total (rows x chunk length), which bounds the
             ``[tokens, V]`` logits memory as ``chunk_len`` does for one sequence.
+        prefill_budget: the most prompt tokens prefilled per :meth:`step` (at least one chunk), so a
+            long prompt is fed over several steps while the other sequences go on decoding between
+            them (chunked prefill; each prompt is still cut into the same chunks, so results do not
+            change). None (default): every admitted prompt is prefilled whole in the step that admits
+            it.
         cuda_graphs: True (default): on a CUDA device, the batched decoding forward is one replay of
             a CUDA graph captured for the batch padded to 1, 2, 4, ..., 64 rows, and the batch state
             stays in the graph's buffers while no row joins or leaves
@@ -204,6 +211,7 @@ class BatchEngine:
         max_batch: int = 64,
         prefill_chunk: int = 256,
         *,
+        prefill_budget: int | None = None,
         cuda_graphs: bool | CudaGraphStep = True,
     ) -> None:
         self.model = model
@@ -212,6 +220,11 @@ class BatchEngine:
         self.prefill_chunk = check_int(
             "prefill_chunk", prefill_chunk, 1, "the prefill chunk length in tokens (e.g. 256)"
         )
+        self.prefill_budget = (
+            None
+            if prefill_budget is None
+            else check_int("prefill_budget", prefill_budget, 1, "prompt tokens prefilled per step (e.g. 512)")
+        )
         self._device = model_device(model)
         self._graph_step = decode_step(model, cuda_graphs)  # None: plain batched forwards
         self._vocab = model_vocab_size(model)  # None: learned from the first logits
@@ -219,6 +232,7 @@ class BatchEngine:
         self._weight = token_weights(tokenizer)  # official penalty weight per token id, cached
         self._next_id = 0
         self._queue: deque[_Request] = deque()
+        self._prefilling: list[_Request] = []  # admitted (they hold a row), prompt not fully fed yet
         self._rows: list[_Request] = []  # the sequences of the batch, in the row order of _state
         self._state: Any = None  # batch State of _rows
         self._logits: torch.Tensor | None = None  # [len(_rows), V] next-token logits of _rows
@@ -230,8 +244,13 @@ class BatchEngine:
 
     @property
     def num_active(self) -> int:
-        """Sequences currently in the batch (prefilled, decoding or about to finish)."""
-        return len(self._rows)
+        """Sequences holding a row: being prefilled, decoding or about to finish."""
+        return len(self._rows) + len(self._prefilling)
+
+    @property
+    def num_prefilling(self) -> int:
+        """Admitted sequences whose prompt is not fully prefilled yet (see ``prefill_budget``)."""
+        return len(self._prefilling)
 
     @property
     def num_queued(self) -> int:
@@ -241,7 +260,7 @@ class BatchEngine:
     @property
     def has_work(self) -> bool:
         """True while a call to :meth:`step` would do something."""
-        return bool(self._rows or self._queue or self._events)
+        return bool(self._rows or self._queue or self._events or self._prefilling)
 
     def add(
         self,
@@ -295,11 +314,12 @@ class BatchEngine:
     def cancel(self, request_id: int) -> bool:
         """Stop a queued or active request; its result (stop reason ``"cancelled"``, no state) comes in
         the next :meth:`step`'s events. Returns False if the id is unknown or already finished."""
-        for r in self._queue:
-            if r.id == request_id:
-                self._queue.remove(r)
-                self._events.append(self._finish(r, "cancelled", None, None, token=None, text=""))
-                return True
+        for waiting in (self._queue, self._prefilling):
+            for r in waiting:
+                if r.id == request_id:
+                    waiting.remove(r)
+                    self._events.append(self._finish(r, "cancelled", None, None, token=None, text=""))
+                    return True
         if any(r.id == request_id and r.finish_reason is None for r in self._rows):
             self._cancelled.add(request_id)
             return True
@@ -439,25 +459,35 @@ class BatchEngine:
         return make(1)
 
     def _admit_and_prefill(self, events: list[StepEvent]) -> None:
-        """Move queued requests into free rows, prefill their prompts and join them to the batch."""
-        admitted: list[_Request] = []
-        while self._queue and len(self._rows) + len(admitted) < self.max_batch:
-            admitted.append(self._queue.popleft())
-        if not admitted:
+        """Move queued requests into free rows, prefill their prompts (up to ``prefill_budget`` tokens
+        in this step) and join the fully prefilled ones to the batch."""
+        while self._queue and len(self._rows) + len(self._prefilling) < self.max_batch:
+            self._prefilling.append(self._queue.popleft())
+        if not self._prefilling:
             return
-        todo = [r for r in admitted if r.cursor < len(r.prompt)]
-        while todo:
+        budget, spent = self.prefill_budget, 0
+        todo = [r for r in self._prefilling if r.cursor < len(r.prompt)]
+        while todo and (budget is None or spent < budget):
             # Rows share a forward only when their next chunks have the same length: no padding, and
-            # each prompt is cut into the same chunks as generate() cuts it.
+            # each prompt is cut into the same chunks as generate() cuts it. Groups come in admission
+            # order, so the oldest prompt always advances.
             groups: dict[int, list[_Request]] = {}
             for r in todo:
                 groups.setdefault(min(self.prefill_chunk, len(r.prompt) - r.cursor), []).append(r)
             for n, group in groups.items():
                 rows_per_call = max(1, self.prefill_chunk // n)  # bound the [rows * n, V] logits
                 for start in range(0, len(group), rows_per_call):
-                    self._prefill(group[start : start + rows_per_call], n)
+                    if budget is not None and spent >= budget:
+                        break
+                    part = group[start : start + rows_per_call]
+                    self._prefill(part, n)
+                    spent += n * len(part)
             todo = [r for r in todo if r.cursor < len(r.prompt)]
 
+        admitted = [r for r in self._prefilling if r.cursor >= len(r.prompt)]
+        if not admitted:
+            return
+        self._prefilling = [r for r in self._prefilling if r.cursor < len(r.prompt)]
         joined: list[_Request] = []
         for r in admitted:
             if r.on_prefill is not None and r.prompt:

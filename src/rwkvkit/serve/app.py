@@ -9,7 +9,7 @@ not the OpenAI error format clients expect, so the few fields are validated by h
 Routes:
 
 * ``GET /`` the chat page (one static file in the package); ``GET /health`` liveness;
-* ``GET /v1/models``; ``POST /v1/completions``; ``POST /v1/chat/completions`` (``stream: true`` sends
+* ``GET /v1/models`` (and ``/v1/models/{id}``); ``POST /v1/completions``; ``POST /v1/chat/completions`` (``stream: true`` sends
   server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``);
 * ``GET /v1/stats``: engine and state-cache counters (not an OpenAI route).
 
@@ -227,6 +227,11 @@ class Server:
         self.authorize(request)
         return JSONResponse(P.models_body(list(self.models), self.created))
 
+    async def get_model(self, request: Request) -> Response:
+        self.authorize(request)
+        served = self.served(request.path_params["model_id"])
+        return JSONResponse(P.models_body([served.id], self.created)["data"][0])
+
     async def stats(self, request: Request) -> Response:
         self.authorize(request)
         w = self.worker
@@ -422,6 +427,7 @@ def create_app(model: Any, tokenizer: Any, config: ServerConfig | None = None, *
         Route("/", guarded(server.chat_page), methods=["GET"]),
         Route("/health", guarded(server.health), methods=["GET"]),
         Route("/v1/models", guarded(server.list_models), methods=["GET"]),
+        Route("/v1/models/{model_id:path}", guarded(server.get_model), methods=["GET"]),
         Route("/v1/stats", guarded(server.stats), methods=["GET"]),
         Route("/v1/completions", guarded(server.completions), methods=["POST"]),
         Route("/v1/chat/completions", guarded(server.chat_completions), methods=["POST"]),
