@@ -14,16 +14,16 @@ from rwkvkit.errors import Interrupted, RWKVKitError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rwkvkit.cli import convert, data, distill, forecast, generate, info, train, vision
+    from rwkvkit.cli import convert, data, distill, forecast, generate, info, serve, train, vision
 
     parser = argparse.ArgumentParser(
         prog="rwkvkit",
-        description="RWKV models: prepare data, train, convert, inspect and generate text; distil a "
+        description="RWKV models: prepare data, train, convert, inspect, generate text and serve it over HTTP; distil a "
         "transformer into RWKV-7 (ARWKV); vision models; time-series forecasting.",
     )
     parser.add_argument("--version", action="version", version=f"rwkvkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (info, generate, convert, data, train, distill, vision, forecast):
+    for module in (info, generate, serve, convert, data, train, distill, vision, forecast):
         module.add_parser(sub)
     return parser
 

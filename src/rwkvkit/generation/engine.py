@@ -58,7 +58,7 @@ The engine is not thread-safe: call ``add``, ``cancel`` and ``step`` from one th
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -137,6 +137,7 @@ class _Request:
         "finish_reason",
         "id",
         "logits",
+        "on_prefill",
         "params",
         "pending",
         "prompt",
@@ -156,8 +157,10 @@ class _Request:
         logits: torch.Tensor | None,
         return_state: bool,
         text: TextTracker,
+        on_prefill: Callable[[Any, torch.Tensor], None] | None = None,
     ) -> None:
         self.id = request_id
+        self.on_prefill = on_prefill  # called with (state, logits) once the prompt is prefilled
         self.params = params
         self.prompt = prompt
         self.cursor = 0  # prompt ids prefilled so far
@@ -249,6 +252,7 @@ class BatchEngine:
         state: Any = None,
         logits: torch.Tensor | None = None,
         return_state: bool = True,
+        on_prefill: Callable[[Any, torch.Tensor], None] | None = None,
         **sampling: Any,
     ) -> int:
         """Queue a request; returns its id. It joins the batch at the next :meth:`step` with a free row.
@@ -260,6 +264,11 @@ class BatchEngine:
         empty prompt it also needs ``logits``, which default to ``state.logits`` when the state
         carries them. ``return_state=False`` skips the final model step that feeds the last token (the
         result then has no state), so the request leaves the batch one step earlier.
+
+        ``on_prefill(state, logits)``, if given, is called (in :meth:`step`, before any token is
+        sampled) with the batch-1 state after the whole prompt and the float32 ``[V]`` logits after
+        it; a server keeps them to resume a later request that starts with the same prompt. It is not
+        called for an empty prompt. Treat both as read-only (clone to keep them).
         """
         tokenizer = self.tokenizer
         params = SamplingParams.build(params, max_new_tokens=max_new_tokens, **sampling).for_tokenizer(
@@ -272,11 +281,13 @@ class BatchEngine:
             logits = getattr(state, "logits", None)
         if not isinstance(return_state, bool):
             raise ConfigError(f"return_state must be True or False, got {return_state!r}")
+        if on_prefill is not None and not callable(on_prefill):
+            raise ConfigError(f"on_prefill must be a function (state, logits) or None, got {on_prefill!r}")
         if self._vocab is not None:
             params.check_vocab(self._vocab, self._vocab_limit)
         prompt_tokens, row = start_point(prompt_tokens, state, logits, params.max_new_tokens, self._vocab)
         text = TextTracker(tokenizer, params.stop)
-        r = _Request(self._next_id, params, prompt_tokens, state, row, return_state, text)
+        r = _Request(self._next_id, params, prompt_tokens, state, row, return_state, text, on_prefill)
         self._next_id += 1
         self._queue.append(r)
         return r.id
@@ -449,6 +460,9 @@ class BatchEngine:
 
         joined: list[_Request] = []
         for r in admitted:
+            if r.on_prefill is not None and r.prompt:
+                r.on_prefill(r.state, r.logits)
+                r.on_prefill = None
             if r.params.max_new_tokens == 0:  # generate() then only prefills
                 text = r.text.close()
                 state = r.state if r.return_state else None
