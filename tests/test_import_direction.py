@@ -19,7 +19,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "rwkvkit"
 APPLICATIONS = ("vision", "timeseries", "distill")
 PROGRAMS = ("cli", "demo")  # entry points: `rwkvkit ...`, `python -m rwkvkit.demo`
 # what the model code (layers, models) must never import
-ABOVE_MODELS = ("training", "generation", "inference", "cli", *APPLICATIONS)
+ABOVE_MODELS = ("training", "generation", "inference", "cli", "serve", *APPLICATIONS)
 
 
 def module_name(path: Path) -> str:
@@ -106,6 +106,12 @@ def test_vision_and_time_series_do_not_import_the_lm_trainer(app):
 def test_only_the_cli_imports_the_cli():
     bad = violations(lambda src, dst, t: dst == "cli" and src not in PROGRAMS)
     assert not bad, "a library package imports the command line:\n" + "\n".join(bad)
+
+
+def test_only_the_cli_imports_the_server():
+    """rwkvkit.serve is a top layer beside the command line (it needs the optional serve extra)."""
+    bad = violations(lambda src, dst, t: dst == "serve" and src not in ("serve", *PROGRAMS))
+    assert not bad, "a library package imports rwkvkit.serve:\n" + "\n".join(bad)
 
 
 def test_layers_do_not_import_models():

@@ -18,8 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="rwkvkit",
-        description="RWKV models: prepare data, train, convert, inspect, generate text and serve it over HTTP; distil a "
-        "transformer into RWKV-7 (ARWKV); vision models; time-series forecasting.",
+        description="RWKV models: prepare data, train, convert, inspect, generate text and serve it over "
+        "HTTP; distil a transformer into RWKV-7 (ARWKV); vision models; time-series forecasting.",
     )
     parser.add_argument("--version", action="version", version=f"rwkvkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -35,12 +35,17 @@ def add_parser(sub) -> None:
         "the weights' own precision; fp32/bf16/int8/q4 load straight into it with projections in that "
         "precision (lean in memory); off runs the reference model",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)"
+    )
     p.add_argument(
         "--model-id",
         default=None,
-        help="the id clients pass as 'model' (default: 'default' for the shipped model, else the file's name)",
+        help="the id clients pass as 'model' (default: 'default' for the shipped model, else the file "
+        "name without its extension)",
     )
     p.add_argument(
         "--chat-format",
@@ -63,10 +68,15 @@ def add_parser(sub) -> None:
         default=os.environ.get("RWKVKIT_API_KEY"),
         help="require 'Authorization: Bearer <key>' on /v1 routes (default: $RWKVKIT_API_KEY; none: open)",
     )
-    p.add_argument("--tokenizer", default=None, help="tokenizer, as for 'rwkvkit generate' (default: beside the model)")
+    p.add_argument(
+        "--tokenizer", default=None, help="tokenizer, as for 'rwkvkit generate' (default: beside the model)"
+    )
     p.add_argument("--max-batch", type=int, default=32, help="requests decoded together (default 32)")
     p.add_argument(
-        "--max-queue", type=int, default=64, help="requests waiting beyond --max-batch before 429 (default 64)"
+        "--max-queue",
+        type=int,
+        default=64,
+        help="requests waiting beyond --max-batch before 429 (default 64)",
     )
     p.add_argument(
         "--cache-mb", type=float, default=512, help="state cache bound in MiB; 0 turns it off (default 512)"
@@ -74,20 +84,28 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--max-prompt-tokens", type=int, default=16384, help="longest prompt in tokens (default 16384)"
     )
-    p.add_argument("--max-tokens", type=int, default=4096, help="largest max_tokens a request may ask (default 4096)")
     p.add_argument(
-        "--default-max-tokens", type=int, default=256, help="max_tokens when a request gives none (default 256)"
+        "--max-tokens", type=int, default=4096, help="largest max_tokens a request may ask (default 4096)"
     )
     p.add_argument(
-        "--max-body-kb", type=int, default=1024, help="largest request body in KiB (default 1024)"
+        "--default-max-tokens",
+        type=int,
+        default=256,
+        help="max_tokens when a request gives none (default 256)",
     )
+    p.add_argument("--max-body-kb", type=int, default=1024, help="largest request body in KiB (default 1024)")
     p.add_argument(
         "--shutdown-timeout",
         type=float,
         default=10.0,
         help="on Ctrl-C/SIGTERM, seconds to let running requests finish before cancelling them (default 10)",
     )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="server log level (default info: one line per request)",
+    )
     p.set_defaults(func=run)
 
 
@@ -103,25 +121,31 @@ def _states(specs: list[str], config) -> dict:
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            raise ConfigError(f"--state takes NAME=PATH, got {spec!r}: e.g. --state assistant=assistant.state")
+            raise ConfigError(
+                f"--state takes NAME=PATH, got {spec!r}: e.g. --state assistant=assistant.state"
+            )
         if ":" in name or "/" in name or name in states:
             raise ConfigError(f"--state name {name!r} must be unique and may not contain ':' or '/'")
         state = rwkvkit.State.load(path)
         state.check_fits(config)
         if state.batch_size != 1:
-            raise ConfigError(f"--state {name}: {path} holds {state.batch_size} sequences; save one (batch 1)")
+            raise ConfigError(
+                f"--state {name}: {path} holds {state.batch_size} sequences; save one (batch 1)"
+            )
         states[name] = state
     return states
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        import uvicorn  # deferred: the serve extra is optional
+        import starlette  # noqa: F401  # deferred: the serve extra is optional
+        import uvicorn  # noqa: F401  # deferred: the serve extra is optional
     except ImportError:
         raise ConfigError("rwkvkit serve needs the serve extra: pip install 'rwkvkit[serve]'") from None
     import rwkvkit  # deferred: loads torch
     from rwkvkit.cli.generate import pick_tokenizer  # deferred: loads torch
     from rwkvkit.serve import Limits, ServerConfig, create_app  # deferred: needs the serve extra
+    from rwkvkit.serve.run import make_server  # deferred: needs the serve extra
 
     for name in ("max_batch", "max_tokens", "max_prompt_tokens", "max_body_kb"):
         _positive(name.replace("_", "-"), getattr(args, name))
@@ -169,14 +193,12 @@ def run(args: argparse.Namespace) -> int:
         )
     ids = ", ".join(app.state.server.models)
     print(f"rwkvkit serve: model ids {ids}; chat format {chat}", file=sys.stderr)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level,
-            timeout_graceful_shutdown=args.shutdown_timeout,
-        )
+    server = make_server(
+        app, args.host, args.port, log_level=args.log_level, shutdown_timeout=args.shutdown_timeout
     )
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its clean shutdown: that is the normal end
+        pass
+    print("rwkvkit serve: stopped", file=sys.stderr)
     return 0

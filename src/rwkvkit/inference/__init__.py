@@ -125,6 +125,7 @@ class OptimizedRWKV(RWKV):
     @property
     def dtype(self) -> torch.dtype:
         return torch.float32  # the residual stream: every fast path's embedding returns fp32 rows
+
     # Up to this many sequences a decoding step takes the fused block operator (matrix-vector kernel,
     # fp32 arithmetic); above it, batched matrix products (bf16 units via oneDNN) win.
     fused_max_batch = MAX_GEMV_ROWS

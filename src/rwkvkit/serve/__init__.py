@@ -19,7 +19,16 @@ from rwkvkit.serve.cache import StateCache
 from rwkvkit.serve.chat import CHAT_FORMATS, ChatFormat, Message, chat_format
 from rwkvkit.serve.protocol import Limits
 
-__all__ = ["CHAT_FORMATS", "ChatFormat", "Limits", "Message", "ServerConfig", "StateCache", "chat_format", "create_app"]
+__all__ = [
+    "CHAT_FORMATS",
+    "ChatFormat",
+    "Limits",
+    "Message",
+    "ServerConfig",
+    "StateCache",
+    "chat_format",
+    "create_app",
+]
 
 
 def __getattr__(name: str):

@@ -187,13 +187,15 @@ class Server:
                     param="prompt",
                     code="invalid_value",
                 )
-        if not ids and (served.initial_state is None or getattr(served.initial_state, "logits", None) is None):
+        if not ids and (
+            served.initial_state is None or getattr(served.initial_state, "logits", None) is None
+        ):
             raise APIError(400, "the prompt is empty: send some text", param="prompt", code="invalid_value")
         if len(ids) > self.limits.max_prompt_tokens:
             raise APIError(
                 400,
-                f"the prompt has {len(ids)} tokens; this server takes at most {self.limits.max_prompt_tokens} "
-                "(rwkvkit serve --max-prompt-tokens)",
+                f"the prompt has {len(ids)} tokens; this server takes at most "
+                f"{self.limits.max_prompt_tokens} (rwkvkit serve --max-prompt-tokens)",
                 param="messages" if req.messages is not None else "prompt",
                 code="context_length_exceeded",
             )
@@ -267,37 +269,46 @@ class Server:
             )
         return await self._collect(request, job, req, chat, strip)
 
-    async def _events(self, request: Request, job: Job) -> AsyncIterator[tuple[str, Any]]:
-        """The job's pieces; cancels the job when the consumer stops early (client gone)."""
-        done = False
+    async def _pieces(self, request: Request, job: Job) -> AsyncIterator[tuple[str, Any]]:
+        """The job's pieces (``("text", str)``, then ``("done", RequestResult)``); an engine error is
+        raised as an :class:`APIError`. Ends early, cancelling the job, when the client disconnects
+        or the consumer stops (then the job's batch row is freed at the engine's next step)."""
+        watcher = asyncio.ensure_future(_watch_disconnect(request))
+        finished = False
         try:
             while True:
-                kind, value = await job.queue.get()
+                get = asyncio.ensure_future(job.queue.get())
+                try:
+                    await asyncio.wait({get, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not get.done():
+                        get.cancel()
+                if not get.done() or get.cancelled():
+                    return  # the client went away
+                kind, value = get.result()
                 if kind == "error":
-                    done = True
+                    finished = True
                     raise value if isinstance(value, APIError) else _engine_error(value)
-                yield kind, value
                 if kind == "done":
-                    done = True
+                    finished = True
+                yield kind, value
+                if finished:
                     return
         finally:
-            if not done:
+            watcher.cancel()
+            if not finished:
                 self.worker.cancel(job)
 
-    async def _collect(self, request: Request, job: Job, req: ParsedRequest, chat: bool, strip: bool) -> Response:
+    async def _collect(
+        self, request: Request, job: Job, req: ParsedRequest, chat: bool, strip: bool
+    ) -> Response:
         pieces: list[str] = []
         result = None
-        events = self._events(request, job)
-        watcher = asyncio.create_task(_watch_disconnect(request))
-        try:
-            async for kind, value in _until(events, watcher):
-                if kind == "text":
-                    pieces.append(value)
-                else:
-                    result = value
-        finally:
-            watcher.cancel()
-            await events.aclose()
+        async for kind, value in self._pieces(request, job):
+            if kind == "text":
+                pieces.append(value)
+            else:
+                result = value
         if result is None:  # the client went away; nobody reads this
             return Response(status_code=499)
         text = "".join(pieces)
@@ -319,10 +330,9 @@ class Server:
         if chat:
             yield _sse(P.chat_chunk(rid, model, created, {"role": "assistant", "content": ""}, None))
         started = False
-        events = self._events(request, job)
-        watcher = asyncio.create_task(_watch_disconnect(request))
+        ended = False
         try:
-            async for kind, value in _until(events, watcher):
+            async for kind, value in self._pieces(request, job):
                 if kind == "text":
                     if strip and not started:
                         value = value.lstrip()
@@ -334,6 +344,7 @@ class Server:
                     else:
                         yield _sse(P.completion_chunk(rid, model, created, value, None))
                     continue
+                ended = True
                 finish = P.FINISH[value.stop_reason]
                 if chat:
                     yield _sse(P.chat_chunk(rid, model, created, {}, finish))
@@ -344,12 +355,9 @@ class Server:
                     yield _sse(P.usage_chunk(rid, model, created, obj, use))
         except APIError as e:
             # Headers are gone: the error travels as an event, as OpenAI's streams do.
+            ended = True
             yield _sse(e.body())
-        finally:
-            gone = watcher.done()  # the client disconnected
-            watcher.cancel()
-            await events.aclose()  # cancels the job if it did not end
-        if not gone:
+        if ended:  # else the client went away
             yield _sse("[DONE]")
 
 
@@ -374,22 +382,6 @@ async def _watch_disconnect(request: Request) -> None:
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            return
-
-
-async def _until(events: AsyncIterator[tuple[str, Any]], watcher: asyncio.Task) -> AsyncIterator[tuple[str, Any]]:
-    """``events`` until they end or ``watcher`` finishes first (then stops early)."""
-    while True:
-        nxt = asyncio.ensure_future(events.__anext__())
-        done, _ = await asyncio.wait({nxt, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if nxt not in done:
-            nxt.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                await nxt
-            return
-        try:
-            yield nxt.result()
-        except StopAsyncIteration:
             return
 
 
@@ -437,7 +429,10 @@ def create_app(model: Any, tokenizer: Any, config: ServerConfig | None = None, *
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+        message = {
+            404: f"no route {request.url.path}",
+            405: f"{request.method} is not allowed on {request.url.path}",
+        }
         err = APIError(exc.status_code, message.get(exc.status_code, str(exc.detail)), code=code)
         return _error_response(err)
 

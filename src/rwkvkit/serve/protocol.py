@@ -109,7 +109,9 @@ def _bad(message: str, param: str | None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
 
 
-def _number(body: dict, name: str, default: float, low: float, high: float, *, low_open: bool = False) -> float:
+def _number(
+    body: dict, name: str, default: float, low: float, high: float, *, low_open: bool = False
+) -> float:
     value = body.get(name)
     if value is None:
         return default
@@ -180,7 +182,9 @@ def _stops(body: dict, limits: Limits) -> tuple[str, ...]:
     return tuple(items)
 
 
-def _common(body: Any, limits: Limits, endpoint: str, default_model: str) -> tuple[str, SamplingParams, bool, bool]:
+def _common(
+    body: Any, limits: Limits, endpoint: str, default_model: str
+) -> tuple[str, SamplingParams, bool, bool]:
     if not isinstance(body, dict):
         raise _bad(f"the request body must be a JSON object, got {type(body).__name__}", None)
     _refuse_unsupported(body, endpoint)
@@ -207,7 +211,9 @@ def _common(body: Any, limits: Limits, endpoint: str, default_model: str) -> tup
     include_usage = False
     if options is not None:
         if not isinstance(options, dict):
-            raise _bad(f"'stream_options' must be an object, got {options!r}", "stream_options", "invalid_type")
+            raise _bad(
+                f"'stream_options' must be an object, got {options!r}", "stream_options", "invalid_type"
+            )
         include_usage = _boolean(options, "include_usage", False)
     return model, params, stream, include_usage
 
@@ -225,7 +231,9 @@ def parse_completion(body: Any, limits: Limits, default_model: str) -> ParsedReq
             raise _bad("'prompt' must be a string or a list of token ids", "prompt", "invalid_type")
         prompt = [int(t) for t in prompt]
     elif not isinstance(prompt, str):
-        raise _bad(f"'prompt' must be a string or a list of token ids, got {prompt!r}", "prompt", "invalid_type")
+        raise _bad(
+            f"'prompt' must be a string or a list of token ids, got {prompt!r}", "prompt", "invalid_type"
+        )
     return ParsedRequest(model, params, stream, usage, prompt=prompt)
 
 
@@ -237,7 +245,11 @@ def _content(value: Any, i: int) -> str:
     if isinstance(value, list):  # content parts: only text parts
         texts = []
         for part in value:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            if (
+                not isinstance(part, dict)
+                or part.get("type") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
                 raise _bad(
                     f"messages[{i}].content: only text parts ({{'type': 'text', 'text': ...}}) are supported",
                     f"messages[{i}].content",
@@ -245,7 +257,9 @@ def _content(value: Any, i: int) -> str:
                 )
             texts.append(part["text"])
         return "".join(texts)
-    raise _bad(f"messages[{i}].content must be a string, got {value!r}", f"messages[{i}].content", "invalid_type")
+    raise _bad(
+        f"messages[{i}].content must be a string, got {value!r}", f"messages[{i}].content", "invalid_type"
+    )
 
 
 def parse_chat(body: Any, limits: Limits, default_model: str) -> ParsedRequest:
@@ -253,11 +267,15 @@ def parse_chat(body: Any, limits: Limits, default_model: str) -> ParsedRequest:
     model, params, stream, usage = _common(body, limits, "/v1/chat/completions", default_model)
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
-        raise _bad("'messages' must be a non-empty list of {role, content} objects", "messages", "invalid_type")
+        raise _bad(
+            "'messages' must be a non-empty list of {role, content} objects", "messages", "invalid_type"
+        )
     messages = []
     for i, m in enumerate(raw):
         if not isinstance(m, dict):
-            raise _bad(f"messages[{i}] must be an object with 'role' and 'content'", f"messages[{i}]", "invalid_type")
+            raise _bad(
+                f"messages[{i}] must be an object with 'role' and 'content'", f"messages[{i}]", "invalid_type"
+            )
         role = m.get("role")
         if role not in ("system", "developer", "user", "assistant"):
             raise _bad(
