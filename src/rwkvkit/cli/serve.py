@@ -79,6 +79,13 @@ def add_parser(sub) -> None:
         help="requests waiting beyond --max-batch before 429 (default 64)",
     )
     p.add_argument(
+        "--prefill-budget",
+        type=int,
+        default=512,
+        help="prompt tokens prefilled per engine step, between decoding steps, so a long prompt does not "
+        "stall the other clients (default 512; 0: whole prompts at once)",
+    )
+    p.add_argument(
         "--cache-mb", type=float, default=512, help="state cache bound in MiB; 0 turns it off (default 512)"
     )
     p.add_argument(
@@ -150,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     for name in ("max_batch", "max_tokens", "max_prompt_tokens", "max_body_kb"):
         _positive(name.replace("_", "-"), getattr(args, name))
     _positive("max-queue", args.max_queue, 0)
+    _positive("prefill-budget", args.prefill_budget, 0)
     _positive("cache-mb", args.cache_mb, 0)
     _positive("default-max-tokens", args.default_max_tokens, 0)
     if args.default_max_tokens > args.max_tokens:
@@ -184,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_queue=args.max_queue,
         cache_mb=args.cache_mb,
+        prefill_budget=args.prefill_budget or None,
     )
     app = create_app(model, tokenizer, config)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:

@@ -9,8 +9,9 @@ not the OpenAI error format clients expect, so the few fields are validated by h
 Routes:
 
 * ``GET /`` the chat page (one static file in the package); ``GET /health`` liveness;
-* ``GET /v1/models`` (and ``/v1/models/{id}``); ``POST /v1/completions``; ``POST /v1/chat/completions`` (``stream: true`` sends
-  server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``);
+* ``GET /v1/models`` (and ``/v1/models/{id}``); ``POST /v1/completions``;
+  ``POST /v1/chat/completions`` (``stream: true`` sends server-sent events in OpenAI's chunk format,
+  ending with ``data: [DONE]``);
 * ``GET /v1/stats``: engine and state-cache counters (not an OpenAI route).
 
 Safety: with ``api_key`` set, every ``/v1`` route needs ``Authorization: Bearer <key>`` (401
@@ -78,6 +79,8 @@ class ServerConfig:
         max_queue: requests waiting beyond ``max_batch`` before new ones get 429.
         cache_mb: the state cache's bound in MiB (0: off).
         prefill_chunk: prompt chunk length (``generate``'s ``chunk_len``).
+        prefill_budget: prompt tokens prefilled per engine step, between decoding steps (None: every
+            admitted prompt whole, stalling the others' decoding meanwhile).
     """
 
     model_id: str = "default"
@@ -89,6 +92,7 @@ class ServerConfig:
     max_queue: int = 64
     cache_mb: float = 512.0
     prefill_chunk: int = 256
+    prefill_budget: int | None = 512
 
 
 def _error_response(err: APIError) -> JSONResponse:
@@ -115,7 +119,12 @@ class Server:
             self.models[served] = ServedModel(served, fmt, state)
         self.cache = StateCache(int(config.cache_mb * (1 << 20)))
         self.worker = EngineWorker(
-            model, tokenizer, self.cache, max_batch=config.max_batch, prefill_chunk=config.prefill_chunk
+            model,
+            tokenizer,
+            self.cache,
+            max_batch=config.max_batch,
+            prefill_chunk=config.prefill_chunk,
+            prefill_budget=config.prefill_budget,
         )
         self.vocab_size = int(getattr(getattr(model, "config", None), "vocab_size", 0)) or None
         self.created = int(time.time())

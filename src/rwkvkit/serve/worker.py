@@ -81,16 +81,26 @@ class EngineWorker:
         cache: the prefix-state cache (``StateCache(0)`` turns it off).
         max_batch: the most requests decoded together; later ones wait in the engine's queue.
         prefill_chunk: prompt chunk length (``generate``'s ``chunk_len``).
+        prefill_budget: prompt tokens prefilled per engine step (None: whole prompts at once); a long
+            prompt then does not stall the other requests' decoding for its whole prefill.
     """
 
     def __init__(
-        self, model: Any, tokenizer: Any, cache: StateCache, *, max_batch: int = 32, prefill_chunk: int = 256
+        self,
+        model: Any,
+        tokenizer: Any,
+        cache: StateCache,
+        *,
+        max_batch: int = 32,
+        prefill_chunk: int = 256,
+        prefill_budget: int | None = 512,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.cache = cache
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
+        self.prefill_budget = prefill_budget
         self.engine = self._new_engine()
         self._cond = threading.Condition()
         self._incoming: list[Job] = []
@@ -104,7 +114,11 @@ class EngineWorker:
 
     def _new_engine(self) -> BatchEngine:
         return BatchEngine(
-            self.model, self.tokenizer, max_batch=self.max_batch, prefill_chunk=self.prefill_chunk
+            self.model,
+            self.tokenizer,
+            max_batch=self.max_batch,
+            prefill_chunk=self.prefill_chunk,
+            prefill_budget=self.prefill_budget,
         )
 
     # -- HTTP side -----------------------------------------------------------------------------
