@@ -31,8 +31,10 @@ standard library source (``sysconfig.get_paths()["stdlib"]``), so nothing is dow
      wall time (100 % = one core busy);
    * in-process: the same prompts added at once to one ``BatchEngine(model, tokenizer, max_batch=...)``
      in this process and stepped until done (run while no server runs), measured the same way (a
-     request's text pieces take the time of the step that produced them); the ratio server /
-     in-process is what HTTP, the event loop and the engine thread cost.
+     request's text pieces take the time of the step that produced them), once in the main thread
+     and once in a long-lived thread of its own with grad mode off, as ``rwkvkit serve`` runs its
+     engine ("engine thread"; torch's OpenMP pool behaves differently there). The ratio server /
+     in-process is what serving costs: HTTP, the event loop, and the engine thread.
 
    Measured against the server with its default state cache (512 MiB) and with ``--cache-mb 0``: with
    the cache on, every request also keeps its state after the prompt and after the answer (and so
@@ -70,6 +72,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
@@ -84,6 +87,7 @@ MODELS = {
     "random": {"model": str(RANDOM_CKPT), "chat_format": "world", "tokenizer": "world"},
 }
 SYSTEM = "You are reading the sources of Python's standard library, one part after another."
+IN_PROCESS, IN_THREAD = "in-process", "engine thread"  # the names of the two in-process runs
 WARM_PROMPTS = 5  # one request alone, then four at once
 OTHER_CPU_WARN = 0.25  # other processes' CPU use during a measurement above this (cores): a warning
 QUICK = {"clients": [1, 4], "max_tokens": 8, "turns": 3, "turn_tokens": 100, "repeats": 1}
@@ -546,16 +550,28 @@ def engine_run(model, tokenizer, prompts: list[str], max_tokens: int, max_batch:
     return res
 
 
-def in_process(model, tokenizer, prompts: Prompts, args, max_batch: int) -> dict[int, dict]:
-    engine_run(model, tokenizer, prompts.warm[:1], 8, max_batch)  # warm-up, as the server's
-    engine_run(model, tokenizer, prompts.warm[1:], 4, max_batch)
-    return {
-        n: best_of(
-            lambda r, n=n: engine_run(model, tokenizer, prompts.runs[n][r], args.max_tokens, max_batch),
-            args.repeats,
-        )
-        for n in args.clients
-    }
+def in_process(model, tokenizer, prompts: Prompts, args, max_batch: int) -> dict[str, dict[int, dict]]:
+    """The runs in this process's main thread and in one long-lived thread of its own, as ``rwkvkit
+    serve`` runs its engine (grad mode off): ``{run name: {clients: summary}}``."""
+    import torch
+
+    runs: dict[str, dict[int, dict]] = {IN_PROCESS: {}, IN_THREAD: {}}
+    with ThreadPoolExecutor(1, thread_name_prefix="engine") as pool:
+        pool.submit(torch.set_grad_enabled, False).result()
+        for name in runs:
+            call = (
+                (lambda f, *a: f(*a)) if name == IN_PROCESS else (lambda f, *a: pool.submit(f, *a).result())
+            )
+            call(engine_run, model, tokenizer, prompts.warm[:1], 8, max_batch)  # warm-up, as the server's
+            call(engine_run, model, tokenizer, prompts.warm[1:], 4, max_batch)
+            for n in args.clients:
+                runs[name][n] = best_of(
+                    lambda r, n=n, call=call: call(
+                        engine_run, model, tokenizer, prompts.runs[n][r], args.max_tokens, max_batch
+                    ),
+                    args.repeats,
+                )
+    return runs
 
 
 def best_of(run, repeats: int) -> dict:
@@ -583,34 +599,38 @@ class Report:
         self.path.write_text("\n".join(self.lines) + "\n")
 
 
-def concurrency_table(inproc: dict[int, dict], served: dict[str, dict[int, dict]]) -> list[str]:
-    """Throughput per client count: in-process and each server configuration, with the ratios."""
-    names = list(served)
-    head = "| clients | prompt tok | tokens | in-process tok/s |"
+def concurrency_table(runs: dict[str, dict[int, dict]]) -> list[str]:
+    """Throughput per client count: every run's tokens/s, and its ratio to the first run's (in-process)."""
+    names = list(runs)
+    ref = runs[names[0]]
+    head = f"| clients | prompt tok | tokens | {names[0]} tok/s |"
     rule = "|---:|---:|---:|---:|"
-    for name in names:
-        head += f" {name} tok/s | / in-process |"
+    for name in names[1:]:
+        head += f" {name} tok/s | / {names[0]} |"
         rule += "---:|---:|"
     lines = [head, rule]
-    for n, ref in inproc.items():
-        first = next((served[name][n] for name in names if n in served[name]), {})
-        line = f"| {n} | {_cell(first.get('prompt_tokens'), '.0f')} | {ref['tokens']} | {ref['tok_s']:.1f} |"
-        for name in names:
-            r = served[name].get(n)
-            ratio = r and r["tok_s"] / ref["tok_s"]
-            line += f" {_cell(r and r['tok_s'], '.1f')} | {_cell(ratio, '.2f')} |"
+    for n, r0 in ref.items():
+        # the prompt lengths come from the server's usage
+        prompt = next(
+            (runs[m][n]["prompt_tokens"] for m in names if "prompt_tokens" in runs[m].get(n, {})), None
+        )
+        line = f"| {n} | {_cell(prompt, '.0f')} | {r0['tokens']} | {r0['tok_s']:.1f} |"
+        for name in names[1:]:
+            r = runs[name].get(n)
+            line += f" {_cell(r and r['tok_s'], '.1f')} | {_cell(r and r['tok_s'] / r0['tok_s'], '.2f')} |"
         lines.append(line)
     return lines
 
 
-def latency_table(inproc: dict[int, dict], served: dict[str, dict[int, dict]]) -> list[str]:
+def latency_table(runs: dict[str, dict[int, dict]]) -> list[str]:
     lines = [
         "| clients | run | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms | server CPU | client CPU | "
         "other CPU | errors |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for n in inproc:
-        for name, r in [("in-process", inproc[n]), *((name, runs.get(n)) for name, runs in served.items())]:
+    for n in next(iter(runs.values())):
+        for name, by_n in runs.items():
+            r = by_n.get(n)
             if r is None:
                 continue
             lines.append(
@@ -700,7 +720,7 @@ def run_model(name: str, args: argparse.Namespace, report: Report, raw: dict) ->
     del model
     gc.collect()
 
-    served: dict[str, dict[int, dict]] = {}
+    served: dict[str, dict[int, dict]] = {}  # "cache on"/"cache off" -> clients -> summary
     turns: dict[str, list[dict]] = {}
     stats: dict[str, dict] = {}
     for label, cache_mb in (("cache on", None), ("cache off", 0.0)):
@@ -716,20 +736,22 @@ def run_model(name: str, args: argparse.Namespace, report: Report, raw: dict) ->
                     args.repeats,
                 )
                 served[label][n] = r
-                print(f"  {n:3} clients: {r['tok_s']:7.1f} tok/s (in-process {inproc[n]['tok_s']:.1f}), "
-                      f"TTFT p50 {_cell(r['ttft_p50_ms'], '.0f')} ms, errors {len(r['errors'])}",
-                      flush=True)  # fmt: skip
+                ref = inproc[IN_PROCESS][n]["tok_s"]
+                ttft = _cell(r["ttft_p50_ms"], ".0f")
+                print(f"  {n:3} clients: {r['tok_s']:7.1f} tok/s (in-process {ref:.1f}), TTFT p50 {ttft} ms, "
+                      f"errors {len(r['errors'])}", flush=True)  # fmt: skip
                 if r["errors"]:
                     print(f"    first error: {r['errors'][0]}", flush=True)
             turns[label] = asyncio.run(conversation(port, name, prompts.turns, args.max_tokens))
             stats[label] = _get_json(port, "/v1/stats")
+    runs = {**inproc, **{f"server {label}": by_n for label, by_n in served.items()}}
     report.add(
         "",
         f"### {name}: {args.max_tokens} tokens per request, greedy; best of {args.repeats} run(s) per row",
         "",
-        *concurrency_table(inproc, served),
+        *concurrency_table(runs),
         "",
-        *latency_table(inproc, served),
+        *latency_table(runs),
         "",
         "TTFT: request sent -> first text chunk; ITL: gaps between a request's text chunks; CPU: CPU time / "
         "wall time of the server process (in-process: this process), of the clients and of everything else "
@@ -845,7 +867,7 @@ def main() -> None:
         r["other_cpu"]
         for res in raw.values()
         if isinstance(res, dict) and "in_process" in res
-        for runs in [res["in_process"], *res["served"].values()]
+        for runs in [*res["in_process"].values(), *res["served"].values()]
         for r in runs.values()
     ]
     if other and max(other) > OTHER_CPU_WARN:

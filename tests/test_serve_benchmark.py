@@ -141,11 +141,20 @@ def test_tables():
     run = {"tokens": 64, "tok_s": 100.0, "ttft_p50_ms": 10.0, "ttft_p95_ms": 20.0, "itl_p50_ms": 1.0,
            "itl_p95_ms": 2.0, "server_cpu": 1.5, "client_cpu": 0.1, "other_cpu": 0.0, "errors": [],
            "prompt_tokens": 50.0}  # fmt: skip
-    inproc = {1: dict(run, client_cpu=None, tok_s=200.0)}
-    lines = sb.concurrency_table(inproc, {"cache on": {1: run}, "cache off": {}})
+    inproc = {k: v for k, v in run.items() if k != "prompt_tokens"}  # no usage in-process
+    runs = {
+        "in-process": {1: dict(inproc, client_cpu=None, tok_s=200.0)},
+        "cache on": {1: run},
+        "cache off": {},
+    }
+    lines = sb.concurrency_table(runs)
+    assert lines[0].startswith(
+        "| clients | prompt tok | tokens | in-process tok/s | cache on tok/s | / in-process |"
+    )
     assert lines[2] == "| 1 | 50 | 64 | 200.0 | 100.0 | 0.50 | - | - |"
-    lines = sb.latency_table(inproc, {"cache on": {1: run}})
-    assert lines[2].startswith("| 1 | in-process | 10 | 20 | 1.0 | 2.0 | 150% | - | 0% | 0 |")
+    lines = sb.latency_table(runs)
+    assert len(lines) == 4 and lines[2] == "| 1 | in-process | 10 | 20 | 1.0 | 2.0 | 150% | - | 0% | 0 |"
+    assert lines[3].startswith("| 1 | cache on | 10 |")
     turn = {"prompt_tokens": 100, "cached_tokens": 0, "ttft_ms": 50.0, "empty_answer": False}
     lines = sb.cache_table([dict(turn, cached_tokens=90, ttft_ms=10.0)], [dict(turn, prompt_tokens=101)])
     assert lines[2] == "| 1 | 100 (off: 101) | 90 | 10 | 50 | 5.00x |"
