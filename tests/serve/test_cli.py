@@ -89,3 +89,12 @@ def test_serve_command_with_openai_client(tmp_path):
         text = log.read()
     assert code == 0, text
     assert "model ids default; chat format plain" in text
+
+
+def test_port_in_use_is_a_clear_error(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--log-level", "error"]) == 2
+    assert f"could not listen on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     import rwkvkit  # deferred: loads torch
     from rwkvkit.cli.generate import pick_tokenizer  # deferred: loads torch
     from rwkvkit.serve import Limits, ServerConfig, create_app  # deferred: needs the serve extra
-    from rwkvkit.serve.run import make_server  # deferred: needs the serve extra
+    from rwkvkit.serve.run import make_server, serve_on_main_thread  # deferred: needs the serve extra
 
     for name in ("max_batch", "max_tokens", "max_prompt_tokens", "max_body_kb"):
         _positive(name.replace("_", "-"), getattr(args, name))
@@ -193,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         cache_mb=args.cache_mb,
         prefill_budget=args.prefill_budget or None,
+        engine_thread=False,  # the engine runs on this (the main) thread: serve_on_main_thread
     )
     app = create_app(model, tokenizer, config)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
@@ -208,9 +209,7 @@ def run(args: argparse.Namespace) -> int:
     server = make_server(
         app, args.host, args.port, log_level=args.log_level, shutdown_timeout=args.shutdown_timeout
     )
-    try:
-        server.run()
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its clean shutdown: that is the normal end
-        pass
+    if not serve_on_main_thread(server):
+        raise ConfigError(f"could not listen on {args.host}:{args.port} (is the port in use? try --port)")
     print("rwkvkit serve: stopped", file=sys.stderr)
     return 0

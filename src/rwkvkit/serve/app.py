@@ -81,6 +81,9 @@ class ServerConfig:
         prefill_chunk: prompt chunk length (``generate``'s ``chunk_len``).
         prefill_budget: prompt tokens prefilled per engine step, between decoding steps (None: every
             admitted prompt whole, stalling the others' decoding meanwhile).
+        engine_thread: True: the app's lifespan runs the engine in a thread of its own. False: the
+            caller runs ``app.state.server.worker.run()`` itself (``rwkvkit serve`` runs it on the main
+            thread, where torch's CPU thread pool is fastest; see :meth:`EngineWorker.run`).
     """
 
     model_id: str = "default"
@@ -93,6 +96,7 @@ class ServerConfig:
     cache_mb: float = 512.0
     prefill_chunk: int = 256
     prefill_budget: int | None = 512
+    engine_thread: bool = True
 
 
 def _error_response(err: APIError) -> JSONResponse:
@@ -415,7 +419,8 @@ def create_app(model: Any, tokenizer: Any, config: ServerConfig | None = None, *
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        server.worker.start()
+        if config.engine_thread:
+            server.worker.start()
         try:
             yield
         finally:

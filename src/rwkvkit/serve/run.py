@@ -9,11 +9,13 @@ a connection cut in the middle of a stream.
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
 from typing import Any
 
 import uvicorn
 
-__all__ = ["GracefulServer", "make_server"]
+__all__ = ["GracefulServer", "make_server", "serve_on_main_thread"]
 
 
 class GracefulServer(uvicorn.Server):
@@ -56,3 +58,31 @@ def make_server(
         timeout_graceful_shutdown=shutdown_timeout + 5.0,
     )
     return GracefulServer(config, grace=shutdown_timeout)
+
+
+def serve_on_main_thread(server: GracefulServer) -> bool:
+    """Run ``server`` (its app built with ``engine_thread=False``): uvicorn's event loop in a thread,
+    the engine on the calling (main) thread, where the model was loaded (see
+    :meth:`rwkvkit.serve.worker.EngineWorker.run`). Ctrl-C / SIGTERM start the graceful shutdown; a
+    second Ctrl-C forces it. Returns False if the server could not start (e.g. the port is taken)."""
+    worker = server.config.app.state.server.worker
+    worker.open()
+
+    def http() -> None:
+        try:
+            server.run()
+        except SystemExit:  # uvicorn exits when it cannot bind; it has logged why, and we report it
+            pass
+        finally:
+            worker.stop()  # also when uvicorn could not start: run() below returns
+
+    thread = threading.Thread(target=http, name="rwkvkit-http", daemon=True)
+    previous = {sig: signal.signal(sig, server.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        thread.start()
+        worker.run()
+        thread.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return server.started

@@ -108,6 +108,7 @@ class EngineWorker:
         self._jobs: dict[int, Job] = {}  # engine id -> job
         self._live = 0  # jobs submitted and not finished (read by the HTTP side for its queue limit)
         self._stopping = False
+        self._accepting = False
         self._thread: threading.Thread | None = None
         self.steps = 0
         self.tokens_generated = 0
@@ -130,22 +131,32 @@ class EngineWorker:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """True from :meth:`open` (or :meth:`start`) until :meth:`stop`: jobs are taken."""
+        return self._accepting
+
+    def open(self) -> None:
+        """Take jobs from now on; they wait until :meth:`run` (in some thread) serves them."""
+        with self._cond:
+            self._stopping = False
+            self._accepting = True
 
     def start(self) -> None:
-        if self.running:
+        """:meth:`open`, then :meth:`run` in a daemon thread."""
+        if self._thread is not None and self._thread.is_alive():
             return
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="rwkvkit-engine", daemon=True)
+        self.open()
+        self._thread = threading.Thread(target=self.run, name="rwkvkit-engine", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Cancel every job (each gets an error ``"server shutting down"``) and end the thread."""
+        """Cancel every job (each gets an error ``"server shutting down"``) and end :meth:`run`."""
         with self._cond:
             self._stopping = True
+            self._accepting = False
             self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
             self._thread = None
 
     def submit(self, job: Job) -> None:
@@ -172,7 +183,15 @@ class EngineWorker:
 
     # -- engine thread ---------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Serve jobs in the calling thread until :meth:`stop`.
+
+        ``rwkvkit serve`` calls it on the main thread, where the model was loaded: torch's OpenMP
+        pool hands work to its threads fastest there. Once the main thread has run a parallel region,
+        a team started from another thread is throttled (libgomp spins less when more OpenMP threads
+        exist than cores): measured on 2 cores, an elementwise op took 56 us on the main thread and
+        100 us on another, and the engine decoded up to 2x slower.
+        """
         torch.set_grad_enabled(False)
         while True:
             with self._cond:
@@ -183,6 +202,7 @@ class EngineWorker:
                 stopping = self._stopping
             if stopping:
                 self._fail_all(incoming, RuntimeError("the server is shutting down"))
+                self.engine = self._new_engine()  # a later run() starts clean
                 return
             for job in cancels:
                 if job.engine_id is not None:
