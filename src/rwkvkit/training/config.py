@@ -160,6 +160,18 @@ class TrainConfig(FlatConfig):
     """RWKV-6/7 LoRA ranks as 'w,a,v,g' (v7) or 'mix,decay' (v6); empty = the official formula"""
     init_from: str = ""
     """checkpoint to start from (fine-tuning) instead of the official initialisation"""
+    finetune: str = ""
+    """with init_from: full (every weight), lora, pissa (LoRA started from the principal singular
+    vectors) or state (only the initial WKV state of every layer); empty = train every weight"""
+    lora_r: int = 8
+    """rank of the fine-tuning LoRA adapters (finetune lora/pissa; not the model's own lora_ranks)"""
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator: the adapter's product is multiplied by lora_alpha / lora_r"""
+    lora_dropout: float = 0.0
+    """dropout on the LoRA adapters' input during training"""
+    lora_targets: str = ""
+    """comma-separated module-name patterns to adapt, e.g. 'att.key,att.value,ffn' (empty = every
+    time-mix and channel-mix projection)"""
 
     # ---- batches ----
     ctx_len: int = 512
@@ -258,6 +270,18 @@ class TrainConfig(FlatConfig):
             (self.precision in ("bf16", "fp32"), f"precision must be bf16 or fp32, got {self.precision!r}"),
             (self.parallel in ("auto", "ddp", "fsdp", "none"), f"unknown parallel mode {self.parallel!r}"),
             (self.lr > 0 and self.lr_final >= 0, "lr must be > 0 and lr_final >= 0"),
+            (
+                self.finetune in ("", "full", "lora", "pissa", "state"),
+                f"finetune must be full, lora, pissa or state, got {self.finetune!r}",
+            ),
+            (
+                not self.finetune or (self.init_from and self.arch == "rwkv"),
+                "finetune needs the checkpoint to adapt: pass --init-from BASE (an RWKV model: a path or "
+                "'default')",
+            ),
+            (self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}"),
+            (self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}"),
+            (0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}"),
         ]
         for ok, msg in checks:
             if not ok:

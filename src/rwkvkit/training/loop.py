@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
@@ -84,6 +84,32 @@ class TrainResult:
 
 
 # ---- model construction -------------------------------------------------------------------------
+
+
+class Adaptation(Protocol):
+    """How a fine-tuning method changes a training run (:mod:`rwkvkit.finetune` implements it).
+
+    :func:`train` calls, in order: :meth:`prepare` on the built (or ``init_from``-loaded) model, before
+    it is parallelised; :meth:`parameters` for trainable tensors that live outside the model (an
+    initial state); :meth:`initial_state` at the start of every training and validation window;
+    :meth:`checkpoint_state` / :meth:`load_checkpoint_state` instead of the whole model's state dict
+    (a checkpoint keeps only what training changes: the base is reloaded from ``init_from``); and
+    :meth:`save_outputs` instead of writing ``model.safetensors``.
+    """
+
+    def prepare(self, model: nn.Module) -> nn.Module: ...
+
+    def parameters(self) -> list[nn.Parameter]: ...
+
+    def initial_state(self, batch_size: int) -> Any: ...
+
+    def checkpoint_state(
+        self, model: nn.Module, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]: ...
+
+    def load_checkpoint_state(self, model: nn.Module, saved: dict[str, torch.Tensor]) -> None: ...
+
+    def save_outputs(self, model: nn.Module, out_dir: Path) -> None: ...
 
 
 def head_weight(model: nn.Module) -> torch.Tensor | None:
@@ -176,7 +202,7 @@ def _open_data(cfg: TrainConfig):
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, val, cfg: TrainConfig, bytes_table: torch.Tensor, device
+    model: nn.Module, val, cfg: TrainConfig, bytes_table: torch.Tensor, device, adaptation=None
 ) -> tuple[float, float] | tuple[None, None]:
     """(mean loss per token in nats, bits per byte) over the validation split (or its first
     ``eval_tokens`` tokens): non-overlapping windows of ctx_len, each from a fresh state, so every
@@ -186,10 +212,13 @@ def evaluate(
     model.eval()
     nats, tokens, nbytes = 0.0, 0, 0
     limit = cfg.eval_tokens or None
-    for x, y, mask in iter_eval_windows(val.tokens, cfg.ctx_len, cfg.batch_size, limit=limit):
+    for x, y, mask in _eval_windows(val, cfg, limit):
         x, y, mask = x.to(device), y.to(device), mask.to(device)
+        if not mask.any():  # a window with no target that counts (e.g. only prompts): nothing to add
+            continue
+        state = adaptation.initial_state(x.shape[0]) if adaptation is not None else None
         # the training step's loss (fused or not) without L2Wrap: the mean over the mask, times its count
-        loss, _ = model_loss(model, model, x, y, None, cfg, device, mask=mask, l2wrap=False)
+        loss, _ = model_loss(model, model, x, y, state, cfg, device, mask=mask, l2wrap=False)
         nats += float(loss) * int(mask.sum())
         tokens += int(mask.sum())
         nbytes += int((bytes_table[y] * mask).sum())
@@ -199,6 +228,14 @@ def evaluate(
     nats = parallel.all_reduce_mean(nats)  # every rank evaluates the same windows
     loss = nats / tokens
     return loss, nats / math.log(2) / max(nbytes, 1)
+
+
+def _eval_windows(val, cfg: TrainConfig, limit):
+    """The validation windows; with a loss mask (fine-tuning data), only answer tokens count."""
+    loss_mask = getattr(val, "loss_mask", None)
+    if loss_mask is None:
+        return iter_eval_windows(val.tokens, cfg.ctx_len, cfg.batch_size, limit=limit)
+    return iter_eval_windows(val.tokens, cfg.ctx_len, cfg.batch_size, limit=limit, loss_mask=loss_mask)
 
 
 def _cpu_peak(cfg: TrainConfig, warn: bool) -> float:
@@ -218,16 +255,19 @@ def _cpu_peak(cfg: TrainConfig, warn: bool) -> float:
 # ---- the loop -----------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, adaptation: Adaptation | None = None
+) -> TrainResult:
     """Train (or continue training) a model as ``cfg`` says; returns the loss history.
 
     ``stop_at``: stop (and checkpoint) after this step although the schedule spans ``max_steps``,
-    as an interrupted run would; ``resume=True`` later continues it exactly.
+    as an interrupted run would; ``resume=True`` later continues it exactly. ``adaptation``: a
+    fine-tuning method (:class:`Adaptation`, from :mod:`rwkvkit.finetune`); None trains every weight.
     """
     owns_group = not (dist.is_available() and dist.is_initialized())  # torchrun: _train creates it
     try:
         with StopOnSignal() as stop:
-            result = _train(cfg, resume, stop_at, stop)
+            result = _train(cfg, resume, stop_at, stop, adaptation)
     except BaseException:
         if owns_group:
             parallel.shutdown(barrier=False)  # the other ranks may never reach a barrier
@@ -237,7 +277,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None) ->
     return result
 
 
-def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, stop: StopOnSignal) -> TrainResult:
+def _train(
+    cfg: TrainConfig, resume: bool, stop_at: int | None, stop: StopOnSignal, adaptation: Adaptation | None
+) -> TrainResult:
     """The body of :func:`train` (which also leaves the process group it joined)."""
     rank, world_size = parallel.init_distributed(cfg.device)
     mode = cfg.parallel if cfg.parallel != "auto" else ("ddp" if world_size > 1 else "none")
@@ -258,14 +300,25 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, stop: StopOnSign
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, vocab).to(device).train()
+    if adaptation is not None:
+        model = adaptation.prepare(model).to(device).train()
     if payload is not None:
-        model.load_state_dict(payload["model"])
+        if adaptation is not None:
+            adaptation.load_checkpoint_state(model, payload["model"])
+        else:
+            model.load_state_dict(payload["model"])
     flops_per_token = train_flops_per_token(model, cfg.ctx_len)
     wrapped = parallel.parallelize(model, mode, cfg.activation_checkpointing, cfg.compile)
     optimizer = build_optimizer(
         model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps
     )
+    extra = list(adaptation.parameters()) if adaptation is not None else []
+    if extra:  # trainable tensors outside the model (an initial state): their own group, no decay
+        optimizer.add_param_group({"params": extra, "lr": cfg.lr, "lr_scale": 1.0, "weight_decay": 0.0})
+    if not any(p.requires_grad for g in optimizer.param_groups for p in g["params"]):
+        raise ConfigError("nothing to train: every parameter is frozen")
     sampler = WindowSampler(train_data.tokens, cfg.ctx_len, seed=cfg.seed)
+    loss_mask = getattr(train_data, "loss_mask", None)  # fine-tuning data: the loss on answers only
     step, rows, train_losses = 0, [], []
     if payload is not None:
         parallel.load_optimizer_state(wrapped, optimizer, payload["optimizer"], mode)
@@ -290,12 +343,17 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, stop: StopOnSign
         opt_state = parallel.optimizer_state(wrapped, optimizer, mode)
         if not is_main:
             return
+        if adaptation is not None:  # only what training changes; the base comes from init_from
+            state_dict = adaptation.checkpoint_state(model, state_dict)
         ckpt.save_training_checkpoint(
             out_dir / ckpt.CHECKPOINT,
             {"model": state_dict, "optimizer": opt_state, "sampler": sampler.state_dict(), "step": step,
              "rng": ckpt.rng_state(), "rows": rows, "train_losses": train_losses, "config": cfg.to_dict()},
         )  # fmt: skip
-        if cfg.arch == "rwkv":
+        if adaptation is not None:
+            adaptation.save_outputs(parallel.unwrap(model), out_dir)
+            save_tokenizer_beside(train_data, out_dir)
+        elif cfg.arch == "rwkv":
             save_weights(unwrap_for_save(model, state_dict), out_dir / "model.safetensors", format="rwkvkit")
             save_tokenizer_beside(train_data, out_dir)
         write_csv(out_dir / "loss.csv", rows, LOG_FIELDS)
@@ -312,16 +370,23 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, stop: StopOnSign
         step_loss = 0.0
         n_chunks = -(-cfg.ctx_len // chunk)
         for micro in range(cfg.grad_accum):
-            batch = sampler.next_batch(cfg.batch_size * world_size)  # the same global batch on every rank
-            batch = batch[rank * cfg.batch_size : (rank + 1) * cfg.batch_size].to(device)
+            mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
+            if loss_mask is None:
+                batch = sampler.next_batch(cfg.batch_size * world_size)  # the same global batch everywhere
+                masks = None
+            else:
+                batch, masks = sampler.next_batch_with_mask(cfg.batch_size * world_size, loss_mask)
+                masks = masks[mine].to(device)
+            batch = batch[mine].to(device)
             x, y = batch[:, :-1], batch[:, 1:]
-            state = None
+            state = adaptation.initial_state(x.shape[0]) if adaptation is not None else None
             for c in range(n_chunks):
                 xs, ys = x[:, c * chunk : (c + 1) * chunk], y[:, c * chunk : (c + 1) * chunk]
+                ms = None if masks is None else masks[:, c * chunk : (c + 1) * chunk]
                 share = xs.shape[1] / cfg.ctx_len / cfg.grad_accum  # chunks and micro-batches average
                 last = micro == cfg.grad_accum - 1 and c == n_chunks - 1
                 with parallel.gradient_sync(wrapped, mode, sync=last):
-                    loss, state = model_loss(model, wrapped, xs, ys, state, cfg, device)
+                    loss, state = model_loss(model, wrapped, xs, ys, state, cfg, device, mask=ms)
                     (loss * share).backward()
                 step_loss += float(loss.detach()) * share
                 state = state.detach() if state is not None else None
@@ -359,7 +424,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, stop: StopOnSign
             elif is_main:
                 log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s", step, cfg.max_steps, step_loss, lr, tps)
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            last_val = evaluate(model, val_data, cfg, bytes_table, device)  # FSDP2 shards `model` in place
+            last_val = evaluate(model, val_data, cfg, bytes_table, device, adaptation)  # FSDP2: in place
             row |= {"val_loss": last_val[0], "val_bpb": last_val[1]}  # None, None: no validation data
             if is_main and last_val[0] is not None:
                 msg = f"step {step}: val loss {last_val[0]:.4f}, {last_val[1]:.4f} bits/byte"
