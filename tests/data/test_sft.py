@@ -276,8 +276,13 @@ def test_sampler_masks_line_up_with_windows_and_resume():
     x, m = (torch.cat(t) for t in zip(*(s.next_batch_with_mask(3) for s in ranks)))
     assert torch.equal(m, x[:, 1:] % 3 == 0)
     assert WindowSampler(a, ctx_len=8).next_batch_with_mask(2)[1].all()  # no mask: every target counts
+    # the mask may also be given per call (the sampler then holds only the tokens)
+    x, m = WindowSampler(a, ctx_len=8, seed=11).next_batch_with_mask(5, lm)
+    assert torch.equal(x, got[0][0]) and torch.equal(m, got[0][1])
     with pytest.raises(DataError, match="loss mask has 5 entries"):
         WindowSampler(a, ctx_len=8, loss_mask=lm[:5])
+    with pytest.raises(DataError, match="loss mask has 5 entries"):
+        WindowSampler(a, ctx_len=8).next_batch_with_mask(2, lm[:5])
 
 
 def test_sampler_takes_the_token_files_mask(sft):

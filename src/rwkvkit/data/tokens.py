@@ -359,7 +359,8 @@ class WindowSampler:
     every rank keeps the same state and any rank's ``state_dict()`` resumes all of them.
 
     ``loss_mask`` (uint8 or bool [N], default: the TokenFile's own, if any) is read by
-    :meth:`next_batch_with_mask` only; :meth:`next_batch` returns tokens alone.
+    :meth:`next_batch_with_mask` only (which may also be given one per call); :meth:`next_batch`
+    returns tokens alone.
     """
 
     def __init__(
@@ -428,20 +429,25 @@ class WindowSampler:
         """LongTensor [B, ctx_len + 1]: the next windows (inputs ``[:, :-1]``, targets ``[:, 1:]``)."""
         return self._windows(self.next_starts(batch_size))
 
-    def next_batch_with_mask(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch_with_mask(
+        self, batch_size: int, loss_mask: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The next windows and which of their targets count: ``(tokens, mask)``.
 
         ``tokens``: LongTensor [B, ctx_len + 1], exactly what :meth:`next_batch` would have returned
         (the position advances the same way, so the two can be mixed and resume alike). ``mask``:
         BoolTensor [B, ctx_len], ``mask[:, t]`` is the loss mask of target ``tokens[:, t + 1]``; all
-        True without a loss mask.
+        True without a loss mask. ``loss_mask`` (uint8 or bool [N]) overrides the sampler's own.
         """
+        lm = self.loss_mask if loss_mask is None else loss_mask
+        if lm is not None and len(lm) != self.n_tokens:
+            raise DataError(f"the loss mask has {len(lm)} entries for {self.n_tokens} tokens")
         starts = self.next_starts(batch_size)
         T = self.ctx_len
         mask = np.ones((batch_size, T), dtype=bool)
-        if self.loss_mask is not None:
+        if lm is not None:
             for i, s in enumerate(starts.tolist()):
-                mask[i] = self.loss_mask[s + 1 : s + 1 + T]
+                mask[i] = lm[s + 1 : s + 1 + T]
         return self._windows(starts), torch.from_numpy(mask)
 
     def state_dict(self) -> dict[str, int]:
