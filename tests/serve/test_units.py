@@ -44,6 +44,32 @@ def test_world_format_next_turn_extends_the_fed_ids():
     assert tok.decode(ids2) == "User: Hi\n\nAssistant: Fine.\n\nUser: Good.\n\nAssistant:"
 
 
+def test_world_format_is_the_training_format():
+    """The server renders with rwkvkit.data.chat, as `rwkvkit data prepare` does for fine-tuning data:
+    a served prompt is the start of the training document of the same conversation, up to the answer."""
+    from rwkvkit.data.chat import Message as DataMessage
+    from rwkvkit.data.chat import world_segments
+
+    assert Message is DataMessage
+    tok = rwkvkit.load_tokenizer("world")
+    history = [Message("system", "S"), Message("user", "Hi\n\n\nthere"), Message("assistant", "Yo.")]
+    for n in (2, 3):  # a fresh answer; the continuation of a started one
+        msgs = history[:n]
+        assert WORLD.segments(msgs) == [seg.text for seg in world_segments(msgs)]
+        trained = [i for seg in world_segments(history, complete=True) for i in tok.encode(seg.text)]
+        prompt = WORLD.prompt_ids(tok, msgs)
+        assert trained[: len(prompt)] == prompt
+    # an answer that follows no user message is cued with "Assistant:" of its own
+    assert WORLD.segments([Message("system", "S"), Message("assistant", "Hel")]) == [
+        "System: S\n\n",
+        "Assistant:",
+        " Hel",
+    ]
+    assert WORLD.prompt_text(
+        [Message("user", "a"), Message("assistant", "b"), Message("assistant", "c")]
+    ) == ("User: a\n\nAssistant: b\n\nAssistant: c")
+
+
 def test_plain_format_joins_contents():
     msgs = [
         Message("system", "# header\n"),

@@ -24,8 +24,12 @@ def add_parser(sub: Any) -> None:
         description=(
             "Tokenize documents (a file, each file of a directory, or each line of a .jsonl file) into "
             "OUT/train.bin and OUT/val.bin (every document followed by the end-of-document token 0) and "
-            "OUT/meta.json. Examples: `rwkvkit data prepare docs/ --out data/docs`; "
-            "`rwkvkit data prepare --stdlib data/stdlib --tokenizer bpe:4096`."
+            'OUT/meta.json. A JSONL line is plain text ({"text": ...}) or a fine-tuning example '
+            "(prompt/answer, question/answer, instruction[/input]/output, or messages), rendered in the "
+            "RWKV World chat format; a split with examples also gets OUT/<split>.mask, the loss mask "
+            "(1 on the answers' tokens). Examples: `rwkvkit data prepare docs/ --out data/docs`; "
+            "`rwkvkit data prepare --stdlib data/stdlib --tokenizer bpe:4096`; "
+            "`rwkvkit data prepare sft.jsonl --out data/sft`."
         ),
     )
     pp.add_argument(
@@ -86,7 +90,16 @@ def add_parser(sub: Any) -> None:
         "--jsonl-field",
         default="text",
         metavar="NAME",
-        help="the JSONL field holding the text (default text)",
+        help="the JSONL field holding plain text (default text)",
+    )
+    pp.add_argument(
+        "--jsonl-format",
+        choices=("auto", "text", "chat"),
+        default="auto",
+        help="what a JSONL line holds: text (plain text in --jsonl-field; every token is trained on), "
+        'chat (a fine-tuning example: {"prompt","answer"}, {"question","answer"}, '
+        '{"instruction"[,"input"],"output"} or {"messages":[{"role","content"},...]}, trained on the '
+        "answers only), or auto (default: chat when a line has one of those keys, else text)",
     )
     pp.add_argument(
         "--stdlib",
@@ -118,6 +131,11 @@ def format_summary(meta: dict[str, Any], out_dir: str) -> str:
             f"  {name + ':':6} {s['tokens']:>12,} tokens {s['documents']:>9,} documents "
             f"{s['bytes']:>14,} bytes{per}"
         )
+        if s.get("mask"):  # fine-tuning data (folders of older rwkvkit have no such key)
+            lines.append(
+                f"  {'':6} {s['target_tokens']:>12,} targets {s['chat_documents']:>8,} chat examples "
+                f"(loss mask {s['mask']})"
+            )
     altered = sum(s["altered_documents"] for s in meta["splits"].values())
     if altered:
         lines.append(f"  {altered} documents decode to different text (the tokenizer normalizes)")
@@ -151,6 +169,7 @@ def run_prepare(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             extensions=args.ext or DEFAULT_EXTENSIONS,
             jsonl_field=args.jsonl_field,
+            jsonl_format=args.jsonl_format,
             stdlib=args.stdlib,
             quiet=args.quiet,
         )

@@ -6,6 +6,9 @@
   ``token_bytes_table()`` for exact bits per byte, ``documents()``).
 * :class:`WindowSampler` hands out training windows in a seeded order per epoch and resumes exactly;
   :func:`iter_eval_windows` covers a validation split once.
+* Fine-tuning data: JSONL prompt/answer pairs or messages lists become RWKV World chat text
+  (:mod:`rwkvkit.data.chat`, shared with ``rwkvkit serve``) and a loss mask beside the tokens
+  (``TokenFile.loss_mask``, ``WindowSampler.next_batch_with_mask``, ``iter_eval_windows(loss_mask=)``).
 * :func:`read_binidx` / :func:`write_binidx`: the ``.bin``/``.idx`` format of RWKV-LM's trainer.
 * :func:`stdlib_sources` / :func:`stdlib_split`: the standard library corpus of the default model.
 * :mod:`rwkvkit.data.synthetic`: deterministic recall and state-tracking tasks (:func:`mqar`,

@@ -4,7 +4,9 @@ Every document has a *key*, a name that does not depend on the working directory
 
 * a file inside a directory source: ``<directory name>/<path relative to it>`` (``corpus/a/b.txt``);
 * a file given directly: its file name (``notes.md``);
-* a line of a JSONL file: ``<the file's key>:<line number>`` (1-based, blank lines counted);
+* a line of a JSONL file: ``<the file's key>:<line number>`` (1-based, blank lines counted); a line is
+  plain text (a string field, ``"text"`` by default) or a chat example (a prompt/answer pair or a
+  messages list, :mod:`rwkvkit.data.chat`), rendered in the RWKV World chat format;
 * a file of the Python standard library corpus: ``stdlib/<path relative to the stdlib>``.
 
 The split is a pure function of the key and the seed (:func:`split_score`), so adding or removing
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rwkvkit.data.binidx import DataError
+from rwkvkit.data.chat import CHAT_KEYS, Segment, parse_example, world_segments
 
 # Text-like files taken from a directory source. .json is left out on purpose: it is mostly data,
 # not prose or code; .jsonl files are read line by line (one document per line) when listed here.
@@ -33,6 +36,7 @@ SKIPPED_DIRS = frozenset({"__pycache__"})
 # third-party packages installed inside the stdlib folder (pyenv and conda put site-packages there).
 STDLIB_EXCLUDED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages"})
 STDLIB_PREFIX = "stdlib/"
+JSONL_FORMATS = ("auto", "text", "chat")
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,9 @@ class Document:
     ``skip`` is None for a usable document, else why it is left out: ``"empty"``, ``"not UTF-8"``
     or ``"contains NUL"`` (binary files; also id 0 is the NUL byte of the ``bytes`` tokenizer, so a NUL
     inside a document could not be told apart from the end-of-document separator). ``nbytes`` is the
-    size the document had in its file (for progress).
+    size the document had in its file (for progress). ``segments`` is None for plain text; for a chat
+    example it holds the rendered pieces, each encoded on its own (``text`` is their concatenation),
+    and marks the answers, the only tokens trained on.
     """
 
     key: str
@@ -59,6 +65,7 @@ class Document:
     text: str
     skip: str | None
     nbytes: int
+    segments: tuple[Segment, ...] | None = None
 
 
 def split_score(key: str, seed: int = 0) -> float:
@@ -153,12 +160,52 @@ def _classify(text_bytes: bytes) -> tuple[str, str | None]:
         return "", "not UTF-8"
 
 
-def read_documents(files: Iterable[SourceFile], *, jsonl_field: str = "text") -> Iterator[Document]:
+def _jsonl_document(
+    obj: object, key: str, sf: SourceFile, nbytes: int, jsonl_field: str, jsonl_format: str
+) -> Document:
+    """The document of one parsed JSONL line; DataError (without the location) when it is not one."""
+    if not isinstance(obj, dict):
+        raise DataError(f"expected a JSON object, not {type(obj).__name__}")
+    if jsonl_format == "auto":
+        chat = [k for k in CHAT_KEYS if k in obj]
+        if chat and jsonl_field in obj:
+            raise DataError(
+                f"has both {jsonl_field!r} and {chat[0]!r}: choose jsonl_format='text' or 'chat' "
+                "(--jsonl-format)"
+            )
+        kind = "chat" if chat else "text"
+    else:
+        kind = jsonl_format
+    if kind == "chat":
+        segments = tuple(world_segments(parse_example(obj), complete=True))
+        text = "".join(s.text for s in segments)
+        return Document(key, sf, text, "contains NUL" if "\x00" in text else None, nbytes, segments)
+    if not isinstance(obj.get(jsonl_field), str):
+        raise DataError(
+            f"expected a JSON object with a string field {jsonl_field!r}; choose the field with "
+            "jsonl_field= (--jsonl-field)"
+            + (", or give prompt/answer pairs or messages" if jsonl_format == "auto" else "")
+        )
+    text = obj[jsonl_field]
+    return Document(
+        key, sf, text, "empty" if not text else "contains NUL" if "\x00" in text else None, nbytes
+    )
+
+
+def read_documents(
+    files: Iterable[SourceFile], *, jsonl_field: str = "text", jsonl_format: str = "text"
+) -> Iterator[Document]:
     """The documents of ``files`` in order: a whole file, or each non-blank line of a JSONL file.
 
-    A JSONL line must be a JSON object whose ``jsonl_field`` is a string; otherwise DataError names
-    the file and line (a wrong field name would otherwise silently drop the whole corpus).
+    A JSONL line is a JSON object: plain text in its string field ``jsonl_field``
+    (``jsonl_format="text"``), a chat example (``"chat"``: a prompt/answer pair or a messages list,
+    :func:`rwkvkit.data.chat.parse_example`), or either, decided by its keys (``"auto"``: chat when it
+    has one of :data:`rwkvkit.data.chat.CHAT_KEYS`; both kinds of keys on one line is an error).
+    Anything else raises DataError naming the file and line (a wrong field name would otherwise
+    silently drop the whole corpus). Files that are not JSONL are always plain text.
     """
+    if jsonl_format not in JSONL_FORMATS:
+        raise DataError(f"jsonl_format must be one of {', '.join(JSONL_FORMATS)}, not {jsonl_format!r}")
     for sf in files:
         try:
             if not sf.jsonl:
@@ -170,19 +217,17 @@ def read_documents(files: Iterable[SourceFile], *, jsonl_field: str = "text") ->
                 for lineno, line in enumerate(f, start=1):
                     if not line.strip():
                         continue
-                    key = f"{sf.key}:{lineno}"
                     try:
                         obj = json.loads(line)
                     except (json.JSONDecodeError, UnicodeDecodeError) as e:
                         raise DataError(f"{sf.path}:{lineno}: not a JSON line ({e})") from None
-                    if not isinstance(obj, dict) or not isinstance(obj.get(jsonl_field), str):
-                        raise DataError(
-                            f"{sf.path}:{lineno}: expected a JSON object with a string field "
-                            f"{jsonl_field!r}; choose the field with jsonl_field= (--jsonl-field)"
+                    try:
+                        doc = _jsonl_document(
+                            obj, f"{sf.key}:{lineno}", sf, len(line), jsonl_field, jsonl_format
                         )
-                    text = obj[jsonl_field]
-                    skip = "empty" if not text else "contains NUL" if "\x00" in text else None
-                    yield Document(key, sf, text, skip, len(line))
+                    except DataError as e:
+                        raise DataError(f"{sf.path}:{lineno}: {e}") from None
+                    yield doc
         except OSError as e:
             raise DataError(f"cannot read {sf.path}: {e.strerror or e}") from None
 
@@ -239,6 +284,7 @@ def stdlib_split(
 
 __all__ = [
     "DEFAULT_EXTENSIONS",
+    "JSONL_FORMATS",
     "STDLIB_EXCLUDED_DIRS",
     "Document",
     "SourceFile",

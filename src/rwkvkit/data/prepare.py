@@ -5,6 +5,7 @@
     from rwkvkit.data import prepare, open_tokens
     meta = prepare(["docs/", "extra.jsonl"], "data/mine", tokenizer="world", val_fraction=0.01)
     meta = prepare([], "data/stdlib", tokenizer="bpe:4096", stdlib=True)   # the default model's corpus
+    meta = prepare(["sft.jsonl"], "data/sft")    # {"prompt", "answer"} lines: train.mask marks the answers
     train = open_tokens("data/stdlib", "train")
 
 Output folder (``format="bin"``, the default)::
@@ -13,6 +14,8 @@ Output folder (``format="bin"``, the default)::
                          uint16 when the vocabulary fits (<= 65536 ids), else uint32; no header
     meta.json            format tag and version, tokenizer, vocab_size, dtype, per-split counts, sources,
                          split rule, skipped documents (see ``prepare``)
+    train.mask, val.mask only for a split holding chat examples: the loss mask, one uint8 per token
+                         (1: a target that counts, i.e. the answers and the separator after them)
     tokenizer.json       only for ``tokenizer="bpe:N"``: the BPE trained on the training documents
 
 ``format="binidx"`` writes the same ``train.bin``/``val.bin`` plus ``train.idx``/``val.idx``: the binidx
@@ -28,14 +31,16 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from rwkvkit import __version__
 from rwkvkit.data.binidx import BinIdxWriter, DataError, binidx_dtype
+from rwkvkit.data.chat import Segment
 from rwkvkit.data.corpus import (
     DEFAULT_EXTENSIONS,
+    JSONL_FORMATS,
     STDLIB_PREFIX,
     Document,
     SourceFile,
@@ -53,6 +58,7 @@ BPE_MIN_VOCAB = 257  # 256 byte tokens + <|endoftext|>
 _CHUNK_CHARS = 1 << 20  # encode documents in groups of about 1 MB (HF encodes a group in parallel)
 _CHUNK_DOCS = 512
 _MAX_LISTED = 20  # examples of skipped documents kept in meta.json per reason
+_MASK_FILL = 1 << 20  # loss mask bytes written at once for the documents before the first chat example
 
 
 def parse_bpe_spec(spec: str) -> int | None:
@@ -202,11 +208,18 @@ class _ValRule:
 
 
 class _SplitWriter:
-    """Streams one split to ``<name>.bin`` (and ``.idx`` for binidx) under temporary names."""
+    """Streams one split to ``<name>.bin`` (and ``.idx`` for binidx, ``.mask`` for loss masks).
+
+    Files are written under temporary names until :meth:`publish`. The loss mask file is started by
+    the first document that has a mask (a chat example); the tokens before it get 1 (they all count).
+    """
 
     def __init__(self, out_dir: Path, split: str, dtype: np.dtype, binidx: bool) -> None:
         self.out_dir, self.split, self.dtype, self.binidx = out_dir, split, dtype, binidx
         self.tmp_prefix = out_dir / f".{split}.tmp"
+        self.n_tokens = 0  # tokens written so far
+        self.n_targets = 0  # of which have loss mask 1
+        self._mask_f: BinaryIO | None = None
         if binidx:
             self._w: BinIdxWriter | None = BinIdxWriter(self.tmp_prefix, dtype)
             self._f = None
@@ -214,25 +227,40 @@ class _SplitWriter:
             self._w = None
             self._f = open(Path(f"{self.tmp_prefix}.bin"), "wb")  # noqa: SIM115 (closed in close())
 
-    def add(self, ids: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """One document's ids (separator included) and its loss mask (bool, same length; None: all 1)."""
         if self._w is not None:
             self._w.add_document(ids)
         else:
             assert self._f is not None
             self._f.write(ids.astype(self.dtype.newbyteorder("<"), copy=False).tobytes())
+        if mask is not None and self._mask_f is None:
+            self._mask_f = open(Path(f"{self.tmp_prefix}.mask"), "wb")  # noqa: SIM115 (closed in close())
+            for i in range(0, self.n_tokens, _MASK_FILL):  # the documents before this one: every token counts
+                self._mask_f.write(np.ones(min(_MASK_FILL, self.n_tokens - i), np.uint8).tobytes())
+        if self._mask_f is not None:
+            self._mask_f.write(
+                np.ones(len(ids), np.uint8).tobytes() if mask is None else mask.astype(np.uint8).tobytes()
+            )
+        self.n_tokens += len(ids)
+        self.n_targets += len(ids) if mask is None else int(np.count_nonzero(mask))
 
     def close(self) -> None:
         if self._w is not None:
             self._w.close()
         elif self._f is not None:
             self._f.close()
+        if self._mask_f is not None:
+            self._mask_f.close()
 
     def abort(self) -> None:
         if self._f is not None:
             self._f.close()
         if self._w is not None:
             self._w.abort()
-        for ext in (".bin", ".idx"):
+        if self._mask_f is not None:
+            self._mask_f.close()
+        for ext in (".bin", ".idx", ".mask"):
             Path(f"{self.tmp_prefix}{ext}").unlink(missing_ok=True)
 
     def publish(self) -> dict[str, Any]:
@@ -242,7 +270,15 @@ class _SplitWriter:
             os.replace(f"{self.tmp_prefix}.idx", self.out_dir / f"{self.split}.idx")
         else:
             (self.out_dir / f"{self.split}.idx").unlink(missing_ok=True)  # a stale index of an earlier run
-        return {"file": f"{self.split}.bin", "index": f"{self.split}.idx" if self.binidx else None}
+        if self._mask_f is not None:
+            os.replace(f"{self.tmp_prefix}.mask", self.out_dir / f"{self.split}.mask")
+        else:
+            (self.out_dir / f"{self.split}.mask").unlink(missing_ok=True)  # a stale mask of an earlier run
+        return {
+            "file": f"{self.split}.bin",
+            "index": f"{self.split}.idx" if self.binidx else None,
+            "mask": f"{self.split}.mask" if self._mask_f is not None else None,
+        }
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -263,14 +299,15 @@ def prepare(
     dtype: str = "auto",
     extensions: Sequence[str] = DEFAULT_EXTENSIONS,
     jsonl_field: str = "text",
+    jsonl_format: str = "auto",
     stdlib: bool = False,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Tokenize documents into ``out_dir`` (train/val token files + ``meta.json``); returns the meta dict.
 
     Args:
-        sources: files (one document each; a ``.jsonl`` file is one document per line, the string field
-            ``jsonl_field``) and directories (recursively: every file whose extension is in
+        sources: files (one document each; a ``.jsonl`` file is one document per line, see
+            ``jsonl_format``) and directories (recursively: every file whose extension is in
             ``extensions``, default .txt .md .rst .py; hidden and ``__pycache__`` folders skipped).
         out_dir: created if needed; earlier outputs there are replaced when the run succeeds.
         tokenizer: ``"world"``, ``"bytes"``, a tokenizer file (a ``tokenizer.json`` such as the GPT-NeoX 20B
@@ -284,6 +321,11 @@ def prepare(
         format: ``"bin"`` (flat arrays) or ``"binidx"`` (the same ``.bin`` plus RWKV-LM ``.idx`` files).
         dtype: ``"auto"`` (uint16 when the vocabulary has at most 65536 ids, else uint32; int32 in binidx),
             ``"uint16"`` or ``"uint32"``.
+        jsonl_field: the string field of a plain-text JSONL line (default ``"text"``).
+        jsonl_format: what a JSONL line holds: ``"text"`` (plain text in ``jsonl_field``), ``"chat"``
+            (a fine-tuning example: ``{"prompt", "answer"}``, ``{"question", "answer"}``,
+            ``{"instruction"[, "input"], "output"}`` or ``{"messages": [{"role", "content"}, ...]}``), or
+            ``"auto"`` (the default: chat when the line has one of those keys, else text).
         stdlib: add the Python standard library corpus (:func:`rwkvkit.data.corpus.stdlib_sources`, keys
             ``stdlib/<path>``).
         quiet: no progress bars (they are also off when stderr is not a terminal).
@@ -292,12 +334,24 @@ def prepare(
     20B and ``bpe:N``), or 0 when it has none (``bytes``: the NUL byte, which no written document
     contains). Documents that are empty, not UTF-8 or contain NUL are skipped and counted in
     ``meta["skipped"]``. Raises DataError / ConfigError / TokenizerError (one line) on bad input.
+
+    Chat examples are rendered in the RWKV World chat format exactly as ``rwkvkit serve`` renders a
+    conversation (:func:`rwkvkit.data.chat.world_segments` with ``complete=True``), each segment
+    encoded on its own, and a split that holds one gets a **loss mask** ``<split>.mask``: one uint8
+    per token, 1 where the token is a training target that counts (the answers' tokens, and the
+    separator after a final answer, so the model learns to stop), 0 on the system, user and prompt
+    tokens; plain-text documents are 1 throughout. ``meta["splits"][split]`` names it (``"mask"``,
+    None without one) and counts ``"target_tokens"`` (tokens with mask 1) and ``"chat_documents"``;
+    a folder with masks is ``meta["version"] == 2`` (older rwkvkit refuses it rather than train on
+    the prompts), else 1. For chat examples the byte counts are those of the rendered text.
     """
     t0 = time.perf_counter()
     if format not in ("bin", "binidx"):
         raise ConfigError(f"format must be 'bin' or 'binidx', not {format!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if jsonl_format not in JSONL_FORMATS:
+        raise ConfigError(f"jsonl_format must be one of {', '.join(JSONL_FORMATS)}, not {jsonl_format!r}")
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     tokenizer = os.fspath(tokenizer)
@@ -325,7 +379,7 @@ def prepare(
 
             def train_texts() -> Iterator[str]:
                 with _progress(total_bytes, "reading for BPE", show) as bar:
-                    for d in read_documents(files, jsonl_field=jsonl_field):
+                    for d in read_documents(files, jsonl_field=jsonl_field, jsonl_format=jsonl_format):
                         bar.update(d.nbytes)
                         if d.skip is None and not rule(d):
                             yield d.text
@@ -354,7 +408,7 @@ def prepare(
 
         # 2. tokenize every document into its split
         writers = {s: _SplitWriter(out, s, np_dtype, format == "binidx") for s in SPLITS}
-        counters = ("tokens", "documents", "bytes", "source_bytes", "altered_documents")
+        counters = ("tokens", "documents", "chat_documents", "bytes", "source_bytes", "altered_documents")
         stats = {s: dict.fromkeys(counters, 0) for s in SPLITS}
         skipped: dict[str, dict[str, Any]] = {}
         val_keys: list[str] = []
@@ -367,22 +421,34 @@ def prepare(
                 entry["examples"].append(d.key)
 
         with _progress(total_bytes, "tokenizing", show) as bar:
-            for chunk in _chunks(read_documents(files, jsonl_field=jsonl_field)):
+            for chunk in _chunks(read_documents(files, jsonl_field=jsonl_field, jsonl_format=jsonl_format)):
                 usable = [d for d in chunk if d.skip is None]
                 for d in chunk:
                     if d.skip is not None:
                         skip(d, d.skip)
-                for d, ids in zip(usable, encode([d.text for d in usable])):
-                    a = np.asarray(ids, dtype=np.int64)
+                # a chat example is encoded segment by segment (as the server encodes a conversation)
+                pieces = [d.segments if d.segments is not None else (Segment(d.text, True),) for d in usable]
+                piece_ids = iter(encode([p.text for segs in pieces for p in segs]))
+                for d, segs in zip(usable, pieces):
+                    parts = [np.asarray(next(piece_ids), dtype=np.int64) for _ in segs]
+                    a = np.concatenate(parts)
                     if (a == separator).any():  # cannot happen for World/bytes/BPE (see _encoder); be safe
                         skip(d, "encodes to the separator id")
                         continue
+                    mask = None
+                    if d.segments is not None:  # the answers count, and the separator after a final answer
+                        mask = np.concatenate(
+                            [np.full(len(p), sg.answer, dtype=bool) for p, sg in zip(parts, segs)]
+                            + [np.array([segs[-1].answer])]
+                        )
+                    ids = a.tolist()
                     decoded = tok.decode_bytes(ids)
                     source = d.text.encode("utf-8")
                     split = "val" if rule(d) else "train"
                     st = stats[split]
                     st["tokens"] += len(a) + 1
                     st["documents"] += 1
+                    st["chat_documents"] += d.segments is not None
                     st["bytes"] += len(decoded)
                     st["source_bytes"] += len(source)
                     # a tokenizer that normalizes (the 20B one applies NFC) can change the text
@@ -390,7 +456,7 @@ def prepare(
                     byte_exact = byte_exact and int(table[a].sum()) == len(decoded)
                     if split == "val":
                         val_keys.append(d.key)
-                    writers[split].add(np.append(a, separator))
+                    writers[split].add(np.append(a, separator), mask)
                 bar.update(sum(d.nbytes for d in chunk))
         rule.check_all_matched()
         if stats["train"]["documents"] == 0:
@@ -410,7 +476,7 @@ def prepare(
         split_meta = {}
         for s, w in writers.items():
             w.close()
-            split_meta[s] = {**w.publish(), **stats[s]}
+            split_meta[s] = {**w.publish(), **stats[s], "target_tokens": w.n_targets}
         if bpe_size is not None:
             os.replace(tmp_tokenizer, out / "tokenizer.json")
             tk_meta["sha256"] = file_sha256(out / "tokenizer.json")
@@ -424,7 +490,7 @@ def prepare(
 
     meta: dict[str, Any] = {
         "format": META_FORMAT,
-        "version": META_VERSION,
+        "version": META_VERSION if any(m["mask"] for m in split_meta.values()) else 1,
         "storage": format,
         "tokenizer": tk_meta,
         "vocab_size": tok.vocab_size,
@@ -441,6 +507,8 @@ def prepare(
         else None,
         "extensions": sorted({e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}),
         "jsonl_field": jsonl_field,
+        "jsonl_format": jsonl_format,
+        "chat_format": "world",
         "skipped": skipped,
         "created_by": f"rwkvkit {__version__}",
         "seconds": round(time.perf_counter() - t0, 3),

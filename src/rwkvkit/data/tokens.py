@@ -8,12 +8,16 @@
     sampler = WindowSampler(train, ctx_len=512, seed=0)
     batch = sampler.next_batch(8)      # LongTensor [8, 513]: inputs [:, :-1], targets [:, 1:]
     state = sampler.state_dict()       # save with the checkpoint; load_state_dict() resumes
+    batch, mask = sampler.next_batch_with_mask(8)   # fine-tuning data: mask BoolTensor [8, 512] of the
+                                                    # targets that count (the answers; all True for text)
 
     val = open_tokens("data/stdlib", split="val")
     table = torch.from_numpy(val.token_bytes_table())      # [vocab_size] UTF-8 bytes per id (separator: 0)
     for x, y, mask in iter_eval_windows(val, ctx_len=512, batch_size=8):
         ...  # x, y: LongTensor [B, 512], mask: BoolTensor [B, 512]; every token is a target exactly once
     # bits per byte = sum(nats of the masked targets) / ln 2 / table[targets][mask].sum()
+    for x, y, mask in iter_eval_windows(val, 512, 8, loss_mask=val.loss_mask):
+        ...  # mask: only the answer tokens of fine-tuning data (val.loss_mask None: every token)
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from rwkvkit.tokenizer import Tokenizer, load_tokenizer
 
 META_FILE = "meta.json"
 META_FORMAT = "rwkvkit.tokens"
-META_VERSION = 1
+META_VERSION = 2  # written when a split has a loss mask (version 1 otherwise: older rwkvkit reads it)
+META_VERSIONS = (1, 2)  # versions this rwkvkit reads
 SPLITS = ("train", "val")
 
 
@@ -75,10 +80,10 @@ def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
         raise DataError(f"cannot read {path}: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
         raise DataError(f"{path} is not an rwkvkit token folder description (format {META_FORMAT!r})")
-    if meta.get("version") != META_VERSION:
+    if meta.get("version") not in META_VERSIONS:
         raise DataError(
-            f"{path} has version {meta.get('version')}, this rwkvkit reads version {META_VERSION}: "
-            "prepare the data again"
+            f"{path} has version {meta.get('version')}, this rwkvkit reads versions "
+            f"{', '.join(map(str, META_VERSIONS))}: prepare the data again"
         )
     return meta
 
@@ -113,6 +118,8 @@ class TokenFile:
     reads a slice. ``meta``: the folder's ``meta.json`` (None for a bare binidx dataset). ``separator``:
     the end-of-document id that follows every document (0 for World, 20B, ``bpe:N`` and ``bytes``).
     ``tokenizer``: loaded on first use (DataError when unknown: pass ``tokenizer=`` to open_tokens).
+    ``loss_mask``: np.memmap uint8 [N], 1 where the token is a training target that counts (the answers
+    of fine-tuning data, ``<split>.mask``), or None when the split has none (every token counts).
     """
 
     def __init__(
@@ -124,8 +131,12 @@ class TokenFile:
         meta: dict[str, Any] | None,
         doc_offsets: np.ndarray | None = None,
         tokenizer: Tokenizer | str | os.PathLike[str] | None = None,
+        loss_mask: np.ndarray | None = None,
     ) -> None:
+        if loss_mask is not None and len(loss_mask) != len(tokens):
+            raise DataError(f"{path}: the loss mask has {len(loss_mask)} entries for {len(tokens)} tokens")
         self.tokens = tokens
+        self.loss_mask = loss_mask
         self.path = path
         self.split = split
         self.meta = meta
@@ -224,7 +235,8 @@ def open_tokens(
     ``path`` is a folder written by :func:`rwkvkit.data.prepare` (``split`` picks ``train`` or ``val``), the
     ``.bin`` of such a folder, or a binidx prefix / ``.bin`` / ``.idx`` (e.g. made by RWKV-LM's
     ``make_data.py``; its tokenizer is unknown unless a ``meta.json`` lies beside it or ``tokenizer=`` is
-    given). ``tokenizer`` overrides the one the folder names.
+    given). ``tokenizer`` overrides the one the folder names. The split's loss mask, when the folder
+    has one, is :attr:`TokenFile.loss_mask` (DataError when its file is missing or of another length).
     """
     p = Path(path).expanduser()
     if p.is_dir():
@@ -245,18 +257,36 @@ def open_tokens(
         file = Path(os.fspath(prefix) + ".bin")
     if not file.is_file():
         raise DataError(f"token file {file} is missing")
+    mask = None
     if meta is not None:  # name the split after the file when a .bin was given directly
         split = next((s for s, d in meta["splits"].items() if d["file"] == file.name), split)
+        mask_name = meta["splits"].get(split, {}).get("mask")  # absent in folders of older rwkvkit
+        if mask_name:
+            mask_file = file.parent / mask_name
+            if not mask_file.is_file():
+                raise DataError(f"loss mask file {mask_file} is missing: prepare the data again")
+            mask = _flat_memmap(mask_file, np.dtype(np.uint8))
     if binidx_prefix(file) is not None and (meta is None or meta.get("storage") == "binidx"):
         b = read_binidx(file)
         if meta is not None and b.dtype != np.dtype(meta["dtype"]):
             raise DataError(f"{file}: index dtype {b.dtype} differs from meta.json's {meta['dtype']}")
         return TokenFile(
-            b.tokens, path=file, split=split, meta=meta, doc_offsets=b.doc_offsets(), tokenizer=tokenizer
+            b.tokens,
+            path=file,
+            split=split,
+            meta=meta,
+            doc_offsets=b.doc_offsets(),
+            tokenizer=tokenizer,
+            loss_mask=mask,
         )
     assert meta is not None
     return TokenFile(
-        _flat_memmap(file, np.dtype(meta["dtype"])), path=file, split=split, meta=meta, tokenizer=tokenizer
+        _flat_memmap(file, np.dtype(meta["dtype"])),
+        path=file,
+        split=split,
+        meta=meta,
+        tokenizer=tokenizer,
+        loss_mask=mask,
     )
 
 
@@ -327,6 +357,10 @@ class WindowSampler:
     that crosses the end of an epoch continues in the next epoch's order. With ``world_size > 1`` each
     call consumes ``world_size * batch_size`` windows and rank ``r`` gets the ``r``-th block of them, so
     every rank keeps the same state and any rank's ``state_dict()`` resumes all of them.
+
+    ``loss_mask`` (uint8 or bool [N], default: the TokenFile's own, if any) is read by
+    :meth:`next_batch_with_mask` only (which may also be given one per call); :meth:`next_batch`
+    returns tokens alone.
     """
 
     def __init__(
@@ -337,8 +371,14 @@ class WindowSampler:
         *,
         rank: int = 0,
         world_size: int = 1,
+        loss_mask: np.ndarray | None = None,
     ) -> None:
+        if loss_mask is None and isinstance(tokens, TokenFile):
+            loss_mask = tokens.loss_mask
         self.tokens = tokens.tokens if isinstance(tokens, TokenFile) else tokens
+        if loss_mask is not None and len(loss_mask) != len(self.tokens):
+            raise DataError(f"the loss mask has {len(loss_mask)} entries for {len(self.tokens)} tokens")
+        self.loss_mask = loss_mask
         if ctx_len < 1:
             raise DataError(f"ctx_len must be at least 1, got {ctx_len}")
         if not 0 <= rank < world_size:
@@ -378,14 +418,37 @@ class WindowSampler:
         self._consumed += self.world_size * batch_size
         return w * self.ctx_len
 
-    def next_batch(self, batch_size: int) -> torch.Tensor:
-        """LongTensor [B, ctx_len + 1]: the next windows (inputs ``[:, :-1]``, targets ``[:, 1:]``)."""
-        starts = self.next_starts(batch_size)
+    def _windows(self, starts: np.ndarray) -> torch.Tensor:
         T = self.ctx_len + 1
-        out = np.empty((batch_size, T), dtype=np.int64)
+        out = np.empty((len(starts), T), dtype=np.int64)
         for i, s in enumerate(starts.tolist()):  # one small memmap read per row
             out[i] = self.tokens[s : s + T]
         return torch.from_numpy(out)
+
+    def next_batch(self, batch_size: int) -> torch.Tensor:
+        """LongTensor [B, ctx_len + 1]: the next windows (inputs ``[:, :-1]``, targets ``[:, 1:]``)."""
+        return self._windows(self.next_starts(batch_size))
+
+    def next_batch_with_mask(
+        self, batch_size: int, loss_mask: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next windows and which of their targets count: ``(tokens, mask)``.
+
+        ``tokens``: LongTensor [B, ctx_len + 1], exactly what :meth:`next_batch` would have returned
+        (the position advances the same way, so the two can be mixed and resume alike). ``mask``:
+        BoolTensor [B, ctx_len], ``mask[:, t]`` is the loss mask of target ``tokens[:, t + 1]``; all
+        True without a loss mask. ``loss_mask`` (uint8 or bool [N]) overrides the sampler's own.
+        """
+        lm = self.loss_mask if loss_mask is None else loss_mask
+        if lm is not None and len(lm) != self.n_tokens:
+            raise DataError(f"the loss mask has {len(lm)} entries for {self.n_tokens} tokens")
+        starts = self.next_starts(batch_size)
+        T = self.ctx_len
+        mask = np.ones((batch_size, T), dtype=bool)
+        if lm is not None:
+            for i, s in enumerate(starts.tolist()):
+                mask[i] = lm[s + 1 : s + 1 + T]
+        return self._windows(starts), torch.from_numpy(mask)
 
     def state_dict(self) -> dict[str, int]:
         """The position (``epoch``, ``cursor``) and what it is only valid for (seed, sizes)."""
@@ -422,7 +485,8 @@ class EvalBatch(NamedTuple):
     """One batch of evaluation windows (unpacks as ``x, y, mask``).
 
     ``inputs``, ``targets``: LongTensor [B, T] (T = ctx_len; padding is 0); ``mask``: BoolTensor [B, T],
-    True where ``targets`` holds a real token to score. Row ``r`` of the whole sequence of batches
+    True where ``targets`` holds a real token to score (and, with a
+    ``loss_mask``, one whose loss counts). Row ``r`` of the whole sequence of batches
     scores ``tokens[first + r*T : first + (r+1)*T]`` (``first`` = 0, or 1 with ``context_token=None``).
     """
 
@@ -438,6 +502,7 @@ def iter_eval_windows(
     *,
     context_token: int | None = 0,
     limit: int | None = None,
+    loss_mask: np.ndarray | None = None,
 ) -> Iterator[EvalBatch]:
     """Sequential, non-overlapping windows over the whole split: every token is a target exactly once.
 
@@ -448,8 +513,14 @@ def iter_eval_windows(
     the targets are ``tokens[1:]``. The last window is shorter: its padding is masked out. The final
     batch may have fewer than ``batch_size`` rows. ``limit`` scores only the first ``limit`` targets
     (a quicker estimate on a prefix of the split); None scores all.
+
+    ``loss_mask`` (uint8 or bool [N], e.g. ``TokenFile.loss_mask``): only the targets whose mask is
+    nonzero are scored (``mask`` is also False elsewhere), so the loss of fine-tuning data counts
+    the answer tokens only; ``limit`` still counts positions. Not taken from a TokenFile unless given.
     """
     a = tokens.tokens if isinstance(tokens, TokenFile) else tokens
+    if loss_mask is not None and len(loss_mask) != len(a):
+        raise DataError(f"the loss mask has {len(loss_mask)} entries for {len(a)} tokens")
     if ctx_len < 1 or batch_size < 1:
         raise DataError(f"ctx_len and batch_size must be at least 1 (got {ctx_len}, {batch_size})")
     T = int(ctx_len)
@@ -466,7 +537,7 @@ def iter_eval_windows(
             e = min(s + T, end)
             n = e - s
             y[i, :n] = a[s:e]
-            m[i, :n] = True
+            m[i, :n] = True if loss_mask is None else loss_mask[s:e] != 0
             if s == 0:  # the virtual context token before the split
                 x[i, 0] = context_token
                 x[i, 1:n] = a[0 : n - 1]
@@ -477,6 +548,7 @@ def iter_eval_windows(
 
 __all__ = [
     "META_FILE",
+    "META_VERSIONS",
     "EvalBatch",
     "TokenFile",
     "WindowSampler",

@@ -14,12 +14,17 @@ Two formats, chosen per served model (``rwkvkit serve --chat-format``):
 
     Assistant:
 
+The rendering lives in :mod:`rwkvkit.data.chat` (:func:`~rwkvkit.data.chat.world_segments`), which
+``rwkvkit data prepare`` also uses for fine-tuning data, so a model is served the prompts it was
+trained on. In short:
+
 * every message is stripped, and runs of blank lines inside it become one newline (``\\n\\n``
   separates turns, so a message may not contain it, as in the official demo);
 * the prompt ends with ``Assistant:`` and no space (the model writes the space); generation stops at
   ``\\n\\nUser:`` (the official stop), and the answer is returned without its leading space;
 * roles: ``system`` (``developer`` is read as ``system``), ``user``, ``assistant``. A conversation that
-  ends with an assistant message is continued: the answer extends that message.
+  ends with an assistant message is continued: the answer extends that message. An assistant
+  message that does not follow a user message is preceded by ``Assistant:`` (its own segment).
 
 ``plain``: no roles at all: the prompt is the messages' contents joined as they are, and the model
 continues the text. This is the fallback for models that were not trained to chat, such as the model
@@ -34,29 +39,14 @@ then the answer's tokens), and the state cache (:mod:`rwkvkit.serve.cache`) resu
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rwkvkit.data.chat import Message, world_segments
 from rwkvkit.errors import ConfigError
 
 __all__ = ["CHAT_FORMATS", "ChatFormat", "Message", "chat_format"]
-
-_ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
-
-
-@dataclass(frozen=True)
-class Message:
-    """One chat message: ``role`` is system, user or assistant; ``content`` its text."""
-
-    role: str
-    content: str
-
-
-def _clean(text: str) -> str:
-    """A World-format message: stripped, with no blank line inside (``\\n\\n`` separates turns)."""
-    return re.sub(r"\n\s*\n+", "\n", text.strip().replace("\r\n", "\n"))
 
 
 @dataclass(frozen=True)
@@ -78,23 +68,7 @@ class ChatFormat:
         """The prompt as text segments, each to be encoded on its own (see the module docstring)."""
         if self.name == "plain":
             return [m.content for m in messages if m.content]
-        out: list[str] = []
-        for i, m in enumerate(messages):
-            label = _ROLES[m.role]
-            content = _clean(m.content)
-            last = i == len(messages) - 1
-            if label == "Assistant":
-                # What the model wrote after "Assistant:", then the turn separator.
-                out.append(f" {content}" if last else f" {content}\n\n")
-            elif label == "User":
-                # The user's turn and the cue for the answer; a following assistant message is its answer.
-                nxt = messages[i + 1].role if not last else "assistant"
-                out.append(f"User: {content}\n\nAssistant:" if nxt == "assistant" else f"User: {content}\n\n")
-            else:
-                out.append(f"System: {content}\n\n")
-        if messages and _ROLES[messages[-1].role] == "System":
-            out.append("Assistant:")
-        return out
+        return [seg.text for seg in world_segments(messages)]
 
     def prompt_ids(self, tokenizer: Any, messages: Sequence[Message]) -> list[int]:
         """The prompt's token ids: every segment encoded on its own, concatenated."""
