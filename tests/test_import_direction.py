@@ -19,7 +19,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "rwkvkit"
 APPLICATIONS = ("vision", "timeseries", "distill")
 PROGRAMS = ("cli", "demo")  # entry points: `rwkvkit ...`, `python -m rwkvkit.demo`
 # what the model code (layers, models) must never import
-ABOVE_MODELS = ("training", "generation", "inference", "cli", "serve", *APPLICATIONS)
+ABOVE_MODELS = ("training", "finetune", "generation", "inference", "cli", "serve", *APPLICATIONS)
 
 
 def module_name(path: Path) -> str:
@@ -101,6 +101,12 @@ def test_vision_and_time_series_do_not_import_the_lm_trainer(app):
     rwkvkit.utils.runlog with the LM trainer, not the trainer itself."""
     bad = violations(lambda src, dst, t: src == app and dst == "training")
     assert not bad, f"rwkvkit.{app} imports rwkvkit.training:\n" + "\n".join(bad)
+
+
+def test_finetune_does_not_import_the_trainer():
+    """rwkvkit.finetune gives the trainer its pieces (adapters, state tuning); the trainer imports it."""
+    bad = violations(lambda src, dst, t: src == "finetune" and dst == "training")
+    assert not bad, "rwkvkit.finetune imports rwkvkit.training:\n" + "\n".join(bad)
 
 
 def test_only_the_cli_imports_the_cli():
