@@ -18,6 +18,7 @@ import rwkvkit
 from rwkvkit.errors import ConfigError
 from rwkvkit.finetune import LoRALinear, apply_lora, find_targets, lora_modules, lora_parameters, merge_lora
 from rwkvkit.formats import save as save_weights
+from rwkvkit.inference.auto import fast_view
 from rwkvkit.models.rwkv.init import random_model
 from rwkvkit.optim import param_groups
 from tests.models.configs import ONE_PER_VERSION
@@ -287,12 +288,43 @@ def test_int8_frozen_weights():
     with torch.no_grad():
         out, _ = model(x)
     assert (out - ref).norm() / ref.norm() < 0.02  # int8 rounding of the projections
+    # the int8 product's own backward (it keeps int8, not a dequantized copy) equals autograd's
+    m = next(m for _, m in lora_modules(model))
+    h = torch.randn(3, 5, m.in_features, requires_grad=True)
+    m(h).square().sum().backward()
+    h2 = h.detach().clone().requires_grad_(True)
+    plain = (
+        F.linear(h2, m.base_weight(torch.float32)) + F.linear(F.linear(h2, m.lora_A), m.lora_B) * m.scaling
+    )
+    plain.square().sum().backward()
+    torch.testing.assert_close(h.grad, h2.grad, atol=1e-5, rtol=1e-5)
+    m.lora_A.grad = m.lora_B.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y16 = m(h)
+    assert y16.dtype == torch.bfloat16
+    y16.float().sum().backward()
+    assert m.lora_B.grad.dtype == torch.float32
     train_steps(model, V7)
     with torch.no_grad():
         unmerged, _ = model(x)
         merge_lora(model)
         merged, _ = model(x)
     torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=0)
+
+
+def test_generation_runs_an_unmerged_adapter_as_it_is(monkeypatch):
+    """The fast CPU twin packs plain projections only: a model with LoRA modules is run as it is."""
+    model = random_model(V7.replace(vocab_size=256), seed=8)
+    apply_lora(model, r=4)
+    with torch.no_grad():
+        for _, m in lora_modules(model):
+            m.lora_B.normal_()
+    tok = rwkvkit.load_tokenizer("bytes")
+    monkeypatch.setenv("RWKVKIT_FAST", "1")
+    assert fast_view(model) is model
+    fast = rwkvkit.generate(model, tok, "abc", max_new_tokens=8, temperature=0)
+    monkeypatch.setenv("RWKVKIT_FAST", "0")
+    assert rwkvkit.generate(model, tok, "abc", max_new_tokens=8, temperature=0) == fast
 
 
 # ---- choosing the modules, bad options -------------------------------------------------------------------

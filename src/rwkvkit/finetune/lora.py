@@ -259,7 +259,7 @@ class LoRALinear(nn.Module):
         """``x [..., in]`` -> ``[..., out]``: the frozen product plus the scaled low-rank branch."""
         if self.weight_int8 is not None:
             dt = torch.get_autocast_dtype(x.device.type) if _autocast_on(x) else x.dtype
-            y = F.linear(x, self.base_weight(dt), self.bias)
+            y = _Int8Product.apply(x.to(dt), self.weight_int8, self.weight_scale, self.bias)
         else:
             y = F.linear(x, self.weight, self.bias)
         h = self.dropout(x)
@@ -278,6 +278,27 @@ class LoRALinear(nn.Module):
         if self.bias is not None:
             lin.bias = self.bias
         return lin
+
+
+class _Int8Product(torch.autograd.Function):
+    """``F.linear(x, weight_int8 * scale, bias)`` that keeps only the int8 weight for the backward
+    (autograd would keep the dequantized copy of every layer until then, undoing the int8 saving);
+    the frozen weight and bias get no gradient."""
+
+    @staticmethod
+    def forward(ctx, x, q, scale, bias):
+        with torch.autocast(x.device.type, enabled=False):
+            w = q.to(x.dtype) * scale.to(x.dtype)[:, None]
+            y = F.linear(x, w, None if bias is None else bias.to(x.dtype))
+        ctx.save_for_backward(q, scale)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        q, scale = ctx.saved_tensors
+        with torch.autocast(dy.device.type, enabled=False):
+            dx = dy @ (q.to(dy.dtype) * scale.to(dy.dtype)[:, None]) if ctx.needs_input_grad[0] else None
+        return dx, None, None, None
 
 
 def _autocast_on(x: torch.Tensor) -> bool:
