@@ -101,9 +101,12 @@ def parse_init(init: str) -> int | None:
     return int(m.group(1))
 
 
-def weight_digest(weight: torch.Tensor) -> str:
+def weight_digest(weight: torch.Tensor) -> str | None:
     """A digest of a weight's values rounded to bf16 (xxh3-128), the same for a base model loaded in
-    fp32 or bf16: how an adapter file recognises the base it was trained on."""
+    fp32 or bf16: how an adapter file recognises the base it was trained on. None for a weight on
+    the meta device (no values yet)."""
+    if weight.device.type == "meta":
+        return None
     w = weight.detach().to("cpu", torch.bfloat16).contiguous()
     h = xxhash.xxh3_128(f"{list(w.shape)}\0".encode())
     h.update(w.view(-1).view(torch.int16).numpy())
