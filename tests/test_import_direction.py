@@ -103,12 +103,6 @@ def test_vision_and_time_series_do_not_import_the_lm_trainer(app):
     assert not bad, f"rwkvkit.{app} imports rwkvkit.training:\n" + "\n".join(bad)
 
 
-def test_finetune_does_not_import_the_trainer():
-    """rwkvkit.finetune gives the trainer its pieces (adapters, state tuning); the trainer imports it."""
-    bad = violations(lambda src, dst, t: src == "finetune" and dst == "training")
-    assert not bad, "rwkvkit.finetune imports rwkvkit.training:\n" + "\n".join(bad)
-
-
 def test_only_the_cli_imports_the_cli():
     bad = violations(lambda src, dst, t: dst == "cli" and src not in PROGRAMS)
     assert not bad, "a library package imports the command line:\n" + "\n".join(bad)

@@ -104,6 +104,17 @@ def test_start_state_gradient_equals_finite_differences():
             torch.testing.assert_close(tuned.wkv.grad[idx], fd, atol=1e-8, rtol=1e-5)
 
 
+def test_start_state_passed_to_the_base_model_carries_the_gradient():
+    """A trainer that calls the base model itself with ``start_state(B)`` trains the same state."""
+    tuned = StateTuned(random_model(V7, seed=4)).train()
+    randomise_(tuned, scale=0.2)
+    x = tokens(V7, B=3, T=20)
+    tuned(x)[0].square().mean().backward()
+    via_wrapper, tuned.wkv.grad = tuned.wkv.grad, None
+    tuned.model(x, tuned.start_state(3))[0].square().mean().backward()
+    assert via_wrapper.abs().max() > 0 and torch.equal(tuned.wkv.grad, via_wrapper)
+
+
 def test_training_changes_only_the_state():
     cfg = V7
     model = random_model(cfg, seed=4)

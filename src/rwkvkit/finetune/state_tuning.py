@@ -100,18 +100,21 @@ class StateTuned(nn.Module):
     def check_state(self, state: State, batch_size: int) -> None:
         self.model.check_state(state, batch_size)
 
-    def _start(self, batch_size: int) -> State:
-        """The start state of ``batch_size`` sequences: the learned WKV (expanded, differentiable),
-        zero token shifts."""
+    def start_state(self, batch_size: int) -> State:
+        """The start state of ``batch_size`` sequences: the learned WKV (expanded over the batch,
+        differentiable: pass it to the base model and the gradient reaches :attr:`wkv`), zero token
+        shifts. What :meth:`forward` uses for ``state=None``."""
         fresh = self.model.initial_state(batch_size)
         L, H, K, V = self.wkv.shape
         wkv = self.wkv.unsqueeze(1).expand(L, batch_size, H, K, V)
         return State({**fresh.tensors, "wkv": wkv}, fresh.version)
 
+    _start = start_state  # the name the first callers used
+
     def initial_state(self, batch_size: int = 1) -> State:
         """The learned start state for ``batch_size`` sequences (a detached copy: what ``state=None``
         means for this wrapper)."""
-        start = self._start(batch_size)
+        start = self.start_state(batch_size)
         return State({n: t.detach().clone() for n, t in start.tensors.items()}, start.version)
 
     def export_state(self) -> State:
@@ -131,5 +134,5 @@ class StateTuned(nn.Module):
             if not isinstance(tokens, torch.Tensor):
                 tokens = torch.as_tensor(tokens, dtype=torch.long)
             B = tokens.shape[0] if tokens.dim() == 2 else 1  # the model checks the shape itself
-            state = self._start(B)
+            state = self.start_state(B)
         return self.model(tokens, state, **kwargs)
