@@ -19,7 +19,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "rwkvkit"
 APPLICATIONS = ("vision", "timeseries", "distill")
 PROGRAMS = ("cli", "demo")  # entry points: `rwkvkit ...`, `python -m rwkvkit.demo`
 # what the model code (layers, models) must never import
-ABOVE_MODELS = ("training", "generation", "inference", "cli", "serve", *APPLICATIONS)
+ABOVE_MODELS = ("training", "finetune", "generation", "inference", "cli", "serve", *APPLICATIONS)
 
 
 def module_name(path: Path) -> str:

@@ -17,8 +17,9 @@ The twin is built on the first call and cached per model; any change of a parame
 step, ``load_state_dict``, a new tensor) is seen through the tensors' version counters and makes a
 new twin on the next call. Models that do not qualify are used as they are: not an exact
 ``RWKV`` (an ``OptimizedRWKV`` already is fast; other families have no fast path), in training
-mode (``model.train()``: call ``model.eval()`` for inference), not on the CPU, or with weights in
-another dtype than fp32/bf16.
+mode (``model.train()``: call ``model.eval()`` for inference), not on the CPU, with weights in
+another dtype than fp32/bf16, or holding a module whose class is not torch's or rwkvkit's model
+code (an unmerged LoRA adapter: ``rwkvkit.finetune.merge_lora`` makes it a plain model again).
 
 **Turning it off**: set the environment variable ``RWKVKIT_FAST=0`` (read on every call). Then
 generation runs the model exactly as given (the reference path).
@@ -148,11 +149,19 @@ def build_twin(model: RWKV) -> RWKV:
     return twin
 
 
+# where the classes of the modules the twin rebuilds are defined
+_OWN_MODULES = ("torch.nn.", "rwkvkit.layers.", "rwkvkit.models.", "rwkvkit.inference.")
+
+
 def _qualifies(model: object) -> bool:
     if type(model) is not RWKV or model.training or not fast_enabled():
         return False
     w = model.head.weight
-    return w.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16)
+    if w.device.type != "cpu" or w.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    # a module from elsewhere (an unmerged LoRA adapter of rwkvkit.finetune, a user's own) has a
+    # forward the twin's packed kernels would skip: such a model runs as it is
+    return all(type(m).__module__.startswith(_OWN_MODULES) for m in model.modules())
 
 
 def _version_key(model: nn.Module) -> tuple:
