@@ -5,7 +5,9 @@
 * :mod:`~rwkvkit.finetune.adapter`: adapter files holding only the LoRA tensors, with a fingerprint
   of the base model (:func:`save_adapter`, :func:`load_adapter`);
 * :mod:`~rwkvkit.finetune.state_tuning`: a trainable initial WKV state (:class:`StateTuned`),
-  exported as an ordinary :class:`rwkvkit.State`.
+  exported as an ordinary :class:`rwkvkit.State`;
+* :mod:`~rwkvkit.finetune.workflow`: whole runs on rwkvkit's trainer (:func:`finetune`, the
+  ``rwkvkit finetune`` command) and :func:`merge` of an adapter into a plain checkpoint.
 
 Example::
 
@@ -29,8 +31,9 @@ from rwkvkit.finetune.lora import (
     merge_lora,
 )
 from rwkvkit.finetune.state_tuning import StateTuned
+from rwkvkit.finetune.workflow import finetune, merge
 
 __all__ = [
     "DEFAULT_TARGETS", "LoRALinear", "StateTuned", "apply_lora", "find_targets", "load_adapter",
-    "lora_modules", "lora_parameters", "merge_lora", "read_adapter", "save_adapter",
+    "lora_modules", "lora_parameters", "merge", "merge_lora", "read_adapter", "save_adapter", "finetune",
 ]  # fmt: skip

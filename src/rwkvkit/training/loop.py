@@ -309,13 +309,18 @@ def _train(
             model.load_state_dict(payload["model"])
     flops_per_token = train_flops_per_token(model, cfg.ctx_len)
     wrapped = parallel.parallelize(model, mode, cfg.activation_checkpointing, cfg.compile)
-    optimizer = build_optimizer(
-        model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps
-    )
     extra = list(adaptation.parameters()) if adaptation is not None else []
-    if extra:  # trainable tensors outside the model (an initial state): their own group, no decay
-        optimizer.add_param_group({"params": extra, "lr": cfg.lr, "lr_scale": 1.0, "weight_decay": 0.0})
-    if not any(p.requires_grad for g in optimizer.param_groups for p in g["params"]):
+    betas = (cfg.beta1, cfg.beta2)
+    if any(p.requires_grad for p in model.parameters()):
+        optimizer = build_optimizer(
+            model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=betas, eps=cfg.adam_eps
+        )
+        if extra:  # trainable tensors outside the model (an initial state): their own group, no decay
+            optimizer.add_param_group({"params": extra, "lr": cfg.lr, "lr_scale": 1.0, "weight_decay": 0.0})
+    elif extra:  # the model is frozen (state tuning): only the adaptation's tensors train
+        group = {"params": extra, "lr": cfg.lr, "lr_scale": 1.0, "weight_decay": 0.0}
+        optimizer = torch.optim.AdamW([group], lr=cfg.lr, betas=betas, eps=cfg.adam_eps, weight_decay=0.0)
+    else:
         raise ConfigError("nothing to train: every parameter is frozen")
     sampler = WindowSampler(train_data.tokens, cfg.ctx_len, seed=cfg.seed)
     loss_mask = getattr(train_data, "loss_mask", None)  # fine-tuning data: the loss on answers only
@@ -387,7 +392,8 @@ def _train(
                 last = micro == cfg.grad_accum - 1 and c == n_chunks - 1
                 with parallel.gradient_sync(wrapped, mode, sync=last):
                     loss, state = model_loss(model, wrapped, xs, ys, state, cfg, device, mask=ms)
-                    (loss * share).backward()
+                    if loss.requires_grad:  # else nothing trainable reached it (a tuned start state,
+                        (loss * share).backward()  # detached after the window's first chunk)
                 step_loss += float(loss.detach()) * share
                 state = state.detach() if state is not None else None
         step_loss = parallel.all_reduce_mean(step_loss)
