@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-import rwkvkit
 from tests.serve.helpers import request, running_server
 
 pytest.importorskip("starlette", reason="rwkvkit serve needs the serve extra (starlette, uvicorn)")
@@ -136,13 +135,6 @@ BAD = [
         "context_length_exceeded",
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def lm():
-    model = rwkvkit.load("default")
-    model.eval()
-    return model, rwkvkit.load_tokenizer("default")
 
 
 @pytest.fixture(scope="module")

@@ -37,13 +37,6 @@ WORLD_STOP = CHAT_FORMATS["world"].stop
 
 
 @pytest.fixture(scope="module")
-def lm():
-    model = rwkvkit.load("default")
-    model.eval()
-    return model, rwkvkit.load_tokenizer("default")
-
-
-@pytest.fixture(scope="module")
 def url(lm):
     """A server with the World chat format and the cache off (parity: every prompt prefilled whole)."""
     model, tok = lm
