@@ -14,7 +14,19 @@ from rwkvkit.errors import Interrupted, RWKVKitError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rwkvkit.cli import convert, data, distill, finetune, forecast, generate, info, serve, train, vision
+    from rwkvkit.cli import (
+        convert,
+        data,
+        distill,
+        eval,
+        finetune,
+        forecast,
+        generate,
+        info,
+        serve,
+        train,
+        vision,
+    )
 
     parser = argparse.ArgumentParser(
         prog="rwkvkit",
@@ -23,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rwkvkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (info, generate, serve, convert, data, train, finetune, distill, vision, forecast):
+    for module in (info, generate, serve, convert, data, train, finetune, eval, distill, vision, forecast):
         module.add_parser(sub)
     return parser
 

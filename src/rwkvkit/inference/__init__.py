@@ -137,15 +137,18 @@ class OptimizedRWKV(RWKV):
         *,
         impl: str | None = None,
         full_output: bool = True,
+        return_hidden: bool = False,
     ) -> tuple[torch.Tensor, State]:
-        """:meth:`RWKV.forward`; ``impl`` defaults to ``"kernel"`` (``"auto"`` with kernels off)."""
+        """:meth:`RWKV.forward`; ``impl`` defaults to ``"kernel"`` (``"auto"`` with kernels off).
+        ``return_hidden=True`` (the hidden states after ``ln_out``, for a caller that applies the head
+        to a few positions only, as :mod:`rwkvkit.eval` does) skips the fused decoding plan."""
         if impl is None:
             tokens, state = self._begin(tokens, state)  # checked once here for the fused path
             B, T = tokens.shape
-            if T == 1 and B <= self.fused_max_batch and self._fused_ok():
+            if T == 1 and B <= self.fused_max_batch and not return_hidden and self._fused_ok():
                 return self._decode_fused(tokens, state)
             impl = "kernel" if self._kernels_on else "auto"
-        return super().forward(tokens, state, impl=impl, full_output=full_output)
+        return super().forward(tokens, state, impl=impl, full_output=full_output, return_hidden=return_hidden)
 
     def _fused_ok(self) -> bool:
         if self.config.spec.fused_params is None or self.device.type != "cpu" or not self._kernels_on:

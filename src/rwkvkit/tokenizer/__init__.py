@@ -43,7 +43,9 @@ __all__ = [
     "WORLD_VOCAB_FILE",
     "WorldTokenizer",
     "load_tokenizer",
+    "pick_tokenizer",
     "read_vocab",
+    "tokenizer_beside",
     "world_vocab_path",
 ]
 
@@ -159,3 +161,38 @@ def _load_file(kind: str, path: str, size: int, mtime_ns: int) -> Tokenizer:
     from rwkvkit.tokenizer.hf import HFTokenizer  # deferred: imports `tokenizers` only when needed
 
     return HFTokenizer.from_file(path)
+
+
+def tokenizer_beside(model_path: str) -> str | None:
+    """The tokenizer a model was saved with: ``tokenizer.json`` or ``tokenizer.spec`` in its folder."""
+    if model_path == "default" and not Path(model_path).exists():
+        return "default"
+    folder = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
+    if (folder / "tokenizer.json").is_file():
+        return str(folder / "tokenizer.json")
+    if (folder / "tokenizer.spec").is_file():  # a named tokenizer ("world", "bytes"), written by the trainer
+        return (folder / "tokenizer.spec").read_text().strip()
+    return None
+
+
+def pick_tokenizer(spec: str | None, vocab_size: int, model_path: str | None = None) -> Tokenizer:
+    """The tokenizer named by ``spec``, else the one saved beside the model, else the one implied by
+    the model's vocabulary size; checks that it fits the model."""
+    if spec is None and model_path is not None:
+        spec = tokenizer_beside(model_path)
+    if spec is None:
+        if vocab_size >= 65530:
+            spec = "world"
+        elif vocab_size == 256:
+            spec = "bytes"
+        else:
+            raise TokenizerError(
+                f"cannot tell which tokenizer a model with vocabulary {vocab_size} uses; pass --tokenizer"
+            )
+    tok = load_tokenizer(spec)
+    if tok.vocab_size > vocab_size:
+        raise TokenizerError(
+            f"tokenizer {spec!r} has {tok.vocab_size} ids but the model's vocabulary has only {vocab_size}; "
+            "pass the tokenizer the model was trained with (--tokenizer)"
+        )
+    return tok
