@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import sysconfig
 import time
@@ -83,9 +84,11 @@ def run_method(method: str, data: Path, steps: int, eval_every: int, threads: in
         "batch_size": 8, "eval_every": eval_every, "save_every": steps, "eval_tokens": 32768,
         "progress": False, "threads": threads, "lora_r": 8, "lora_alpha": 16,
     })  # fmt: skip
+    load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     result = finetune(cfg)
     seconds = time.perf_counter() - t0
+    load_after = os.getloadavg()[0]
     trainable = trainable_parameters(method)
     output = {"full": "model.safetensors", "lora": "adapter.safetensors", "pissa": "adapter.safetensors",
               "state": "state.safetensors"}[method]  # fmt: skip
@@ -101,6 +104,7 @@ def run_method(method: str, data: Path, steps: int, eval_every: int, threads: in
         "output": output,
         "output_bytes": file_size(out / output),
         "seconds": round(seconds, 1),
+        "load": [round(load_before, 2), round(load_after, 2)],  # 1-min load average (2 cores): others' work
         "config": cfg.to_dict(),
     }
 
@@ -120,9 +124,8 @@ def trainable_parameters(method: str) -> int:
 
 
 def lambada_rows(limit: int | None) -> list[dict]:
-    from rwkvkit.eval import lambada
-
     import rwkvkit
+    from rwkvkit.eval import lambada
     from rwkvkit.models.rwkv.config import RWKVConfig
     from rwkvkit.models.rwkv.init import random_model
 
@@ -186,20 +189,28 @@ def write_report(summary: dict) -> None:
         "validation tokens (whole files held out); windows of 256 tokens, batch 8, "
         f"{summary['steps']} steps per method, bf16; validation on the first 32,768 validation tokens.",
         "",
-        "| method | lr | val loss (nats) | val bits/byte | trainable parameters | output file | wall time |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| method | lr | val loss (nats) | val bits/byte | trainable parameters | output file | wall time | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
         f"| base model (no training) | - | {base[0]:.4f} | {base[1]:.4f} | - | "
-        f"model.safetensors {model_bytes / 2**20:.1f} MiB (bf16) | - |",
+        f"model.safetensors {model_bytes / 2**20:.1f} MiB (bf16) | - | - |",
     ]
     for r in summary["runs"]:
+        load = "-" if "load" not in r else f"{r['load'][0]:.1f} / {r['load'][1]:.1f}"
         lines.append(
             f"| {r['method']} | {r['lr']:g} | {r['val_loss']:.4f} | {r['val_bpb']:.4f} | {r['trainable']:,} | "
-            f"{r['output']} {r['output_bytes'] / 2**10:,.0f} KiB | {r['seconds'] / 60:.1f} min |"
+            f"{r['output']} {r['output_bytes'] / 2**10:,.0f} KiB | {r['seconds'] / 60:.1f} min | {load} |"
         )
+    lines += [
+        "",
+        "Wall time is of the whole run (loading, 150 steps, 7 validation passes, saving) on 2 cores; the",
+        "load average (1 min, at the start / end of the run) shows when other work shared them.",
+    ]
     lines += ["", "![loss curves](val_loss.png)", ""]
     if summary.get("lambada"):
         lines += [
             "## LAMBADA (OpenAI test split, 5153 passages; `rwkvkit eval lambada`)",
+            "",
+            f"Command: `{summary.get('lambada_command', summary['command'])}`.",
             "",
             "| model | passages | accuracy | perplexity | time |",
             "|---|---:|---:|---:|---:|",
@@ -231,7 +242,25 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--lambada-limit", type=int, default=None, help="LAMBADA passages (default: all 5153)")
     ap.add_argument("--skip-lambada", action="store_true", help="do not run LAMBADA")
+    ap.add_argument(
+        "--replace",
+        action="store_true",
+        help="run --methods again and replace their rows in results/summary.json (the others are kept)",
+    )
+    ap.add_argument(
+        "--lambada-only",
+        action="store_true",
+        help="keep the fine-tuning results of results/summary.json; run LAMBADA",
+    )
     args = ap.parse_args()
+    if args.lambada_only:
+        summary = json.loads((HERE / "results" / "summary.json").read_text())
+        summary["lambada"] = lambada_rows(args.lambada_limit)
+        summary["lambada_command"] = "python experiments/finetune/finetune.py " + " ".join(sys.argv[1:])
+        (HERE / "results" / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        write_report(summary)
+        print((HERE / "finetune.md").read_text())
+        return
 
     import subprocess
 
@@ -244,10 +273,16 @@ def main() -> None:
     base = base_val_loss(data, cfg)
     print(f"base model: val loss {base[0]:.4f}, {base[1]:.4f} bits/byte", flush=True)
     runs = []
+    previous = None
+    if args.replace:
+        previous = json.loads((HERE / "results" / "summary.json").read_text())
     for method in args.methods:
         print(f"== {method}", flush=True)
         runs.append(run_method(method, data, args.steps, args.eval_every, args.threads))
         print({k: v for k, v in runs[-1].items() if k != "config"}, flush=True)
+    if previous is not None:
+        fresh = {r["method"]: r for r in runs}
+        runs = [fresh.pop(r["method"], r) for r in previous["runs"]] + list(fresh.values())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     meta = json.loads((data / "meta.json").read_text())
     summary = {
@@ -266,6 +301,11 @@ def main() -> None:
         "runs": runs,
         "lambada": None if args.skip_lambada else lambada_rows(args.lambada_limit),
     }
+    if previous is not None:
+        summary["command"] = previous["command"] + "; then " + summary["command"]
+        if args.skip_lambada and previous.get("lambada"):
+            summary["lambada"] = previous["lambada"]
+            summary["lambada_command"] = previous.get("lambada_command", previous["command"])
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     plot([r["method"] for r in runs], base[0], HERE / "val_loss.png")
