@@ -193,11 +193,11 @@ def _positive(name: str, value: int | None) -> None:
         raise ConfigError(f"{name} must be at least 1, got {value}")
 
 
-def _write_json(path: str | None, payload: dict[str, Any]) -> None:
+def _write_json(path: str | None, payload: dict[str, Any], default=str) -> None:
     if path:
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        out.write_text(json.dumps(payload, indent=2, default=default) + "\n")
         print(f"results written to {out}", file=sys.stderr)
 
 
@@ -286,7 +286,7 @@ def run_lm_eval(args: argparse.Namespace) -> int:
     try:
         import lm_eval  # deferred: the optional eval extra
         from lm_eval.tasks import TaskManager
-        from lm_eval.utils import make_table, simple_parse_args_string
+        from lm_eval.utils import handle_non_serializable, make_table, simple_parse_args_string
     except ImportError:
         raise ConfigError(
             "lm-evaluation-harness is not installed: pip install 'rwkvkit[eval]' (or pip install lm-eval)"
@@ -339,5 +339,8 @@ def run_lm_eval(args: argparse.Namespace) -> int:
     print(make_table(results))
     if results.get("groups"):
         print(make_table(results, "groups"))
-    _write_json(args.output, results)
+    results.setdefault("config", {}).update(
+        model_args=model_args, batch_size=lm.batch_size
+    )  # lm-eval leaves them None
+    _write_json(args.output, results, default=handle_non_serializable)
     return 0
