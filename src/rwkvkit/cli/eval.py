@@ -38,7 +38,11 @@ def add_parser(sub) -> None:
     _model_options(pl)
     pl.add_argument("--limit", type=int, default=None, help="score only the first N passages")
     pl.add_argument(
-        "--batch-size", type=int, default=32, help="passages per forward, right-padded (default 32)"
+        "--batch-size",
+        type=int,
+        default=8,
+        help="passages per forward, right-padded (default 8: on a CPU larger batches fall out of the "
+        "cache and run slower; more on a GPU)",
     )
     _output_options(pl)
     pl.set_defaults(func=run_lambada)
@@ -189,11 +193,11 @@ def _positive(name: str, value: int | None) -> None:
         raise ConfigError(f"{name} must be at least 1, got {value}")
 
 
-def _write_json(path: str | None, payload: dict[str, Any]) -> None:
+def _write_json(path: str | None, payload: dict[str, Any], default=str) -> None:
     if path:
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        out.write_text(json.dumps(payload, indent=2, default=default) + "\n")
         print(f"results written to {out}", file=sys.stderr)
 
 
@@ -282,7 +286,7 @@ def run_lm_eval(args: argparse.Namespace) -> int:
     try:
         import lm_eval  # deferred: the optional eval extra
         from lm_eval.tasks import TaskManager
-        from lm_eval.utils import make_table, simple_parse_args_string
+        from lm_eval.utils import handle_non_serializable, make_table, simple_parse_args_string
     except ImportError:
         raise ConfigError(
             "lm-evaluation-harness is not installed: pip install 'rwkvkit[eval]' (or pip install lm-eval)"
@@ -335,5 +339,8 @@ def run_lm_eval(args: argparse.Namespace) -> int:
     print(make_table(results))
     if results.get("groups"):
         print(make_table(results, "groups"))
-    _write_json(args.output, results)
+    results.setdefault("config", {}).update(
+        model_args=model_args, batch_size=lm.batch_size
+    )  # lm-eval leaves them None
+    _write_json(args.output, results, default=handle_non_serializable)
     return 0

@@ -27,7 +27,6 @@ weights; the same switch as generation: ``RWKVKIT_FAST=0`` runs the model as giv
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -226,13 +225,3 @@ def states_after(
             if rows:
                 state = state.select(list(range(done, done + len(rows))))
     return out
-
-
-def perplexity_of(nats: float, count: int) -> float:
-    """``exp(nats / count)``, inf on overflow, nan for no tokens."""
-    if count == 0:
-        return math.nan
-    try:
-        return math.exp(nats / count)
-    except OverflowError:
-        return math.inf
