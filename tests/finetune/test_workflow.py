@@ -66,6 +66,16 @@ def test_resume_continues_exactly(data_dir, base, tmp_path, method):
         assert n_saved < n_model / 2
 
 
+def test_int8_base_trains_and_resumes_exactly(data_dir, base, tmp_path):
+    """QLoRA-style: the frozen projections int8; a resumed run still continues bitwise."""
+    full = finetune(cfg(data_dir, base, tmp_path / "a", "lora", lora_int8=True, max_steps=4))
+    c = cfg(data_dir, base, tmp_path / "b", "lora", lora_int8=True, max_steps=4)
+    finetune(c, stop_at=2)
+    assert finetune(c, resume=True).train_losses == full.train_losses
+    plain = finetune(cfg(data_dir, base, tmp_path / "c", "lora", max_steps=4))
+    assert plain.train_losses != full.train_losses  # the int8 weights are really used
+
+
 def test_lora_outputs_merge_to_a_plain_checkpoint(data_dir, base, tmp_path):
     finetune(cfg(data_dir, base, tmp_path / "run", "lora"))
     adapter = tmp_path / "run" / "adapter.safetensors"

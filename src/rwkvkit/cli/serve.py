@@ -150,9 +150,9 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise ConfigError("rwkvkit serve needs the serve extra: pip install 'rwkvkit[serve]'") from None
     import rwkvkit  # deferred: loads torch
-    from rwkvkit.tokenizer import pick_tokenizer  # deferred: loads the tokenizer machinery
     from rwkvkit.serve import Limits, ServerConfig, create_app  # deferred: needs the serve extra
     from rwkvkit.serve.run import make_server, serve_on_main_thread  # deferred: needs the serve extra
+    from rwkvkit.tokenizer import pick_tokenizer  # deferred: loads the tokenizer machinery
 
     for name in ("max_batch", "max_tokens", "max_prompt_tokens", "max_body_kb"):
         _positive(name.replace("_", "-"), getattr(args, name))

@@ -57,6 +57,8 @@ class LoRAAdaptation:
         targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()] or None
         kwargs: dict[str, Any] = {} if targets is None else {"targets": targets}
         init = "pissa_niter_4" if cfg.finetune == "pissa" else "lora"
+        if cfg.lora_int8:
+            kwargs["quantize"] = "int8"
         self.names = apply_lora(
             model,
             r=cfg.lora_r,

@@ -172,6 +172,9 @@ class TrainConfig(FlatConfig):
     lora_targets: str = ""
     """comma-separated module-name patterns to adapt, e.g. 'att.key,att.value,ffn' (empty = every
     time-mix and channel-mix projection)"""
+    lora_int8: bool = False
+    """LoRA/PiSSA: keep the frozen projections as int8 with per-row scales (QLoRA-style): a quarter of
+    their memory, dequantised in each forward (not faster)"""
 
     # ---- batches ----
     ctx_len: int = 512
