@@ -98,3 +98,15 @@ def test_port_in_use_is_a_clear_error(capsys):
         port = taken.getsockname()[1]
         assert main(["serve", "--port", str(port), "--log-level", "error"]) == 2
     assert f"could not listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_serving_on_this_thread_leaves_grad_mode_alone():
+    """rwkvkit serve runs its engine on the calling thread: afterwards autograd works as before."""
+    import torch
+
+    assert torch.is_grad_enabled()
+    with socket.socket() as taken:  # a port in use: the engine loop starts and ends at once
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        main(["serve", "--port", str(taken.getsockname()[1]), "--log-level", "error"])
+    assert torch.is_grad_enabled()
