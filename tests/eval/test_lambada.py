@@ -61,7 +61,7 @@ def test_file_and_limit(model, tok, tmp_path, passages):
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in passages) + "\n")
     assert read_lambada(path) == passages
     r = lambada(model, tok, path, limit=2, progress=False)
-    assert r.documents == 2 and r.tokens > 0 and r.seconds > 0
+    assert r.documents == 2 and r.tokens > 0
 
 
 @pytest.mark.parametrize(

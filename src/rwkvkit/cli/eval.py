@@ -5,16 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
+from rwkvkit.cli.model_options import add_model_options, fast_mode, load_model
 from rwkvkit.errors import ConfigError
-
-FAST_CHOICES = ["auto", "off", "fp32", "bf16", "int8", "q4"]
 
 
 def add_parser(sub) -> None:
@@ -126,32 +122,7 @@ def add_parser(sub) -> None:
 
 
 def _model_options(p: argparse.ArgumentParser, progress: bool = True) -> None:
-    p.add_argument(
-        "--model",
-        default="default",
-        help="checkpoint (.pth, .safetensors, .gguf or HF directory), or 'default', the model shipped "
-        "with rwkvkit (the default)",
-    )
-    p.add_argument(
-        "--tokenizer",
-        default=None,
-        help="'world', 'bytes', 'default' or a tokenizer file (default: the tokenizer saved beside the "
-        "model, else chosen from the model's vocabulary size)",
-    )
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=["fp32", "bf16", "fp16"],
-        help="weight dtype (default: the checkpoint's)",
-    )
-    p.add_argument(
-        "--fast",
-        default="auto",
-        choices=FAST_CHOICES,
-        help="CPU inference path, as for 'rwkvkit generate': auto (default) runs the compiled fast path "
-        "at the weights' own precision; fp32/bf16/int8/q4 load straight into it with projections in "
-        "that precision; off runs the reference model",
-    )
+    add_model_options(p)
     if progress:
         p.add_argument(
             "--progress",
@@ -163,29 +134,6 @@ def _model_options(p: argparse.ArgumentParser, progress: bool = True) -> None:
 
 def _output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, metavar="OUT", help="also write the figures to this JSON file")
-
-
-def _fast_off(args: argparse.Namespace):
-    """``--fast off``: the evaluation runs the model as loaded (the environment is restored after)."""
-    from rwkvkit.inference.auto import ENV_FAST  # deferred: loads torch
-
-    return mock.patch.dict(os.environ, {ENV_FAST: "0"}) if args.fast == "off" else nullcontext()
-
-
-def _load(args: argparse.Namespace):
-    """The model and tokenizer the options name (checked to fit each other)."""
-    import rwkvkit  # deferred: loads torch
-    from rwkvkit.tokenizer import pick_tokenizer
-
-    if args.fast in ("auto", "off"):
-        model = rwkvkit.load(args.model, dtype=args.dtype)
-    elif args.dtype is not None:
-        raise ConfigError(
-            f"--dtype {args.dtype} and --fast {args.fast} both choose the weights' precision; pass one"
-        )
-    else:
-        model = rwkvkit.load(args.model, weights=args.fast)
-    return model, pick_tokenizer(args.tokenizer, model.config.vocab_size, args.model)
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -212,8 +160,8 @@ def run_lambada(args: argparse.Namespace) -> int:
     _positive("--batch-size", args.batch_size)
     _positive("--limit", args.limit)
     texts = read_lambada(args.data)  # a bad file fails before the model is loaded
-    model, tok = _load(args)
-    with _fast_off(args):
+    model, tok = load_model(args)
+    with fast_mode(args):
         r = lambada(model, tok, texts, batch_size=args.batch_size, limit=args.limit, progress=args.progress)
     print(f"LAMBADA  {args.data}  model {args.model}")
     print(f"  accuracy    {100 * r.accuracy:.2f} %")
@@ -241,8 +189,8 @@ def run_ppl(args: argparse.Namespace) -> int:
     # bad files or folders fail before the model is loaded
     texts = read_documents(args.files) if args.files else None
     split = open_tokens(args.data, split=args.split) if args.data else None
-    model, tok = _load(args)
-    with _fast_off(args):
+    model, tok = load_model(args)
+    with fast_mode(args):
         if texts is not None:
             r = perplexity(
                 model,

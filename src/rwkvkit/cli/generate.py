@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from unittest import mock
 
 import rwkvkit
-from rwkvkit.errors import ConfigError
+from rwkvkit.cli.model_options import add_model_options, fast_mode, load_model
 from rwkvkit.generation import SamplingParams
-from rwkvkit.inference.auto import ENV_FAST
 from rwkvkit.tokenizer import pick_tokenizer, tokenizer_beside  # noqa: F401 (imported from here by others)
 
 DEFAULTS = SamplingParams()  # the sampling defaults, declared once in SamplingParams
@@ -21,12 +18,6 @@ def add_parser(sub) -> None:
         "generate",
         help="generate text from a prompt",
         description="Continue a prompt: chunked prefill, then recurrent decoding.",
-    )
-    p.add_argument(
-        "--model",
-        default="default",
-        help="checkpoint (.pth, .safetensors or HF directory), or 'default', the model shipped with "
-        "rwkvkit (RWKV-7 trained on Python's standard library; the default)",
     )
     p.add_argument("--prompt", default="", help="text to continue (may be empty with --state-in)")
     p.add_argument("--max-tokens", type=int, default=100, help="most new tokens to generate (default 100)")
@@ -71,28 +62,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--state-in", default=None, help="continue from a state saved by --state-out")
     p.add_argument("--state-out", default=None, help="save the state after the generated text to this file")
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=["fp32", "bf16", "fp16"],
-        help="weight dtype (default: the checkpoint's)",
-    )
-    p.add_argument(
-        "--fast",
-        default="auto",
-        choices=["auto", "off", "fp32", "bf16", "int8", "q4"],
-        help="CPU inference path. auto (default): the compiled fast path at the weights' own precision "
-        "(fp32 or bf16; the same as RWKVKIT_FAST unset). fp32/bf16/int8/q4: load straight into the fast "
-        "path with projection weights in this precision (int8: per-channel scales, a quarter of the "
-        "bytes; q4: 4-bit groups of 32, an eighth), lean in memory. off: the reference model as loaded "
-        "(the same as RWKVKIT_FAST=0). State and WKV stay fp32 in every mode",
-    )
-    p.add_argument(
-        "--tokenizer",
-        default=None,
-        help="'world', 'bytes', 'default' or a tokenizer file (default: the tokenizer saved beside the "
-        "model, else chosen from the model's vocabulary size)",
-    )
+    add_model_options(p)
     p.set_defaults(func=run)
 
 
@@ -112,23 +82,13 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.fast == "off":  # generation runs the model as loaded (the environment is restored after)
-        with mock.patch.dict(os.environ, {ENV_FAST: "0"}):
-            return _run(args)
-    return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
     params = sampling_params(args)  # a bad option fails here, before the model is loaded
-    if args.fast in ("auto", "off"):
-        model = rwkvkit.load(args.model, dtype=args.dtype)
-    elif args.dtype is not None:
-        raise ConfigError(
-            f"--dtype {args.dtype} and --fast {args.fast} both choose the weights' precision; pass one"
-        )
-    else:
-        model = rwkvkit.load(args.model, weights=args.fast)
-    tok = pick_tokenizer(args.tokenizer, model.config.vocab_size, args.model)
+    with fast_mode(args):
+        model, tok = load_model(args)
+        return _run(args, params, model, tok)
+
+
+def _run(args: argparse.Namespace, params: SamplingParams, model, tok) -> int:
     state = rwkvkit.State.load(args.state_in) if args.state_in else None
     if state is not None:
         state.check_fits(model.config)

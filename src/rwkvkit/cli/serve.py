@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from rwkvkit.cli.model_options import add_model_options, fast_mode, load_model
 from rwkvkit.errors import ConfigError
 
 DEFAULT_PORT = 8000
@@ -21,19 +22,10 @@ def add_parser(sub) -> None:
         "continuous batching; the state after each served prompt is cached so a conversation's next "
         "turn only prefills its new tokens.",
     )
-    p.add_argument(
-        "--model",
-        default="default",
-        help="checkpoint (.pth, .safetensors, .gguf or HF directory), or 'default', the model shipped with "
-        "rwkvkit (the default; it writes Python, so it is served with --chat-format plain)",
-    )
-    p.add_argument(
-        "--fast",
-        default="auto",
-        choices=["auto", "off", "fp32", "bf16", "int8", "q4"],
-        help="CPU inference path, as for 'rwkvkit generate': auto (default) runs the compiled fast path at "
-        "the weights' own precision; fp32/bf16/int8/q4 load straight into it with projections in that "
-        "precision (lean in memory); off runs the reference model",
+    add_model_options(
+        p,
+        model_help="checkpoint (.pth, .safetensors, .gguf or HF directory), or 'default', the model shipped "
+        "with rwkvkit (the default; it writes Python, so it is served with --chat-format plain)",
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
@@ -67,9 +59,6 @@ def add_parser(sub) -> None:
         "--api-key",
         default=os.environ.get("RWKVKIT_API_KEY"),
         help="require 'Authorization: Bearer <key>' on /v1 routes (default: $RWKVKIT_API_KEY; none: open)",
-    )
-    p.add_argument(
-        "--tokenizer", default=None, help="tokenizer, as for 'rwkvkit generate' (default: beside the model)"
     )
     p.add_argument("--max-batch", type=int, default=32, help="requests decoded together (default 32)")
     p.add_argument(
@@ -149,10 +138,6 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn  # noqa: F401  # deferred: the serve extra is optional
     except ImportError:
         raise ConfigError("rwkvkit serve needs the serve extra: pip install 'rwkvkit[serve]'") from None
-    import rwkvkit  # deferred: loads torch
-    from rwkvkit.serve import Limits, ServerConfig, create_app  # deferred: needs the serve extra
-    from rwkvkit.serve.run import make_server, serve_on_main_thread  # deferred: needs the serve extra
-    from rwkvkit.tokenizer import pick_tokenizer  # deferred: loads the tokenizer machinery
 
     for name in ("max_batch", "max_tokens", "max_prompt_tokens", "max_body_kb"):
         _positive(name.replace("_", "-"), getattr(args, name))
@@ -165,15 +150,15 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
 
-    if args.fast == "off":
-        os.environ["RWKVKIT_FAST"] = "0"
-        model = rwkvkit.load(args.model)
-    elif args.fast == "auto":
-        model = rwkvkit.load(args.model)
-    else:
-        model = rwkvkit.load(args.model, weights=args.fast)
-    model.eval()
-    tokenizer = pick_tokenizer(args.tokenizer, model.config.vocab_size, args.model)
+    with fast_mode(args):  # --fast off: the model runs as loaded until the server stops
+        return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from rwkvkit.serve import Limits, ServerConfig, create_app  # deferred: needs the serve extra
+    from rwkvkit.serve.run import make_server, serve_on_main_thread  # deferred: needs the serve extra
+
+    model, tokenizer = load_model(args)
     shipped = args.model == "default" and not Path(args.model).exists()
     model_id = args.model_id or ("default" if shipped else Path(args.model.rstrip("/")).stem)
     chat = args.chat_format if args.chat_format != "auto" else ("plain" if shipped else "world")

@@ -50,7 +50,6 @@ class LoRAAdaptation:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        self.names: list[str] = []
 
     def prepare(self, model: nn.Module) -> nn.Module:
         cfg = self.cfg
@@ -59,7 +58,7 @@ class LoRAAdaptation:
         init = "pissa_niter_4" if cfg.finetune == "pissa" else "lora"
         if cfg.lora_int8:
             kwargs["quantize"] = "int8"
-        self.names = apply_lora(
+        apply_lora(
             model,
             r=cfg.lora_r,
             alpha=cfg.lora_alpha,

@@ -20,11 +20,10 @@ into the cache, keyed by the ids fed to reach them.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import secrets
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -60,7 +59,6 @@ class Job:
     cached_tokens: int = 0
     engine_id: int | None = None
     cancelled: bool = False
-    serial: int = field(default_factory=itertools.count().__next__)
 
     def post(self, kind: str, value: Any) -> None:
         """Hand ``(kind, value)`` to the job's event loop (from any thread)."""

@@ -212,7 +212,10 @@ def evaluate(
     model.eval()
     nats, tokens, nbytes = 0.0, 0, 0
     limit = cfg.eval_tokens or None
-    for x, y, mask in _eval_windows(val, cfg, limit):
+    loss_mask = getattr(val, "loss_mask", None)  # fine-tuning data: only the answers' tokens count
+    for x, y, mask in iter_eval_windows(
+        val.tokens, cfg.ctx_len, cfg.batch_size, limit=limit, loss_mask=loss_mask
+    ):
         x, y, mask = x.to(device), y.to(device), mask.to(device)
         if not mask.any():  # a window with no target that counts (e.g. only prompts): nothing to add
             continue
@@ -228,14 +231,6 @@ def evaluate(
     nats = parallel.all_reduce_mean(nats)  # every rank evaluates the same windows
     loss = nats / tokens
     return loss, nats / math.log(2) / max(nbytes, 1)
-
-
-def _eval_windows(val, cfg: TrainConfig, limit):
-    """The validation windows; with a loss mask (fine-tuning data), only answer tokens count."""
-    loss_mask = getattr(val, "loss_mask", None)
-    if loss_mask is None:
-        return iter_eval_windows(val.tokens, cfg.ctx_len, cfg.batch_size, limit=limit)
-    return iter_eval_windows(val.tokens, cfg.ctx_len, cfg.batch_size, limit=limit, loss_mask=loss_mask)
 
 
 def _cpu_peak(cfg: TrainConfig, warn: bool) -> float:
