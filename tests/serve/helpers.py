@@ -101,3 +101,16 @@ def streamed_text(events: list[object], chat: bool) -> tuple[str, str | None, di
             text.append(c["delta"].get("content", "") if chat else c["text"])
             finish = c["finish_reason"] or finish
     return "".join(text), finish, usage
+
+
+class NeverStops:
+    """A tokenizer's stand-in with no end-of-text id: a request then runs to its ``max_tokens`` (the tests
+    of disconnects, full queues and shutdown need requests that are surely still running)."""
+
+    eos_id = None
+
+    def __init__(self, tokenizer) -> None:
+        self._tokenizer = tokenizer
+
+    def __getattr__(self, name: str):
+        return getattr(self._tokenizer, name)

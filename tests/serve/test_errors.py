@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.serve.helpers import request, running_server
+from tests.serve.helpers import NeverStops, request, running_server
 
 pytest.importorskip("starlette", reason="rwkvkit serve needs the serve extra (starlette, uvicorn)")
 from rwkvkit.serve import Limits, create_app  # noqa: E402
@@ -200,7 +200,7 @@ def test_api_key(lm):
 
 def test_full_server_answers_429_with_retry_after(lm):
     model, tok = lm
-    app = create_app(model, tok, chat_format="plain", max_batch=1, max_queue=0)
+    app = create_app(model, NeverStops(tok), chat_format="plain", max_batch=1, max_queue=0)
     with running_server(app) as base:
         parts = urlsplit(base)
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)

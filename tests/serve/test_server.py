@@ -18,7 +18,7 @@ import pytest
 
 import rwkvkit
 from rwkvkit.serve.chat import CHAT_FORMATS, Message
-from tests.serve.helpers import request, running_server, stream_events, streamed_text
+from tests.serve.helpers import NeverStops, request, running_server, stream_events, streamed_text
 
 pytest.importorskip("starlette", reason="rwkvkit serve needs the serve extra (starlette, uvicorn)")
 from rwkvkit.serve import create_app  # noqa: E402
@@ -295,10 +295,19 @@ def wait_for(predicate, seconds=30.0):
     return False
 
 
-def test_disconnect_frees_the_slot(url):
+@pytest.fixture(scope="module")
+def long_url(lm):
+    """A server whose requests never stop before max_tokens (no end-of-text token)."""
+    model, tok = lm
+    with running_server(create_app(model, NeverStops(tok), chat_format="plain", cache_mb=0)) as base:
+        yield base
+
+
+def test_disconnect_frees_the_slot(long_url):
     import http.client
     from urllib.parse import urlsplit
 
+    url = long_url
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     body = {"prompt": PROMPTS[0], "max_tokens": 4000, "temperature": 1.0, "stream": True}
@@ -318,7 +327,7 @@ def test_shutdown_ends_running_streams_cleanly(lm):
     """Stopping the server (Ctrl-C) lets running requests finish within the grace period, then cancels
     them: the stream ends with an error event and [DONE], and the server thread exits."""
     model, tok = lm
-    app = create_app(model, tok, chat_format="plain", cache_mb=0)
+    app = create_app(model, NeverStops(tok), chat_format="plain", cache_mb=0)
     events: list = []
 
     def client(base):
